@@ -1,0 +1,203 @@
+package config
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"regexp"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/daraja-edge/daraja-edge/allowlist"
+)
+
+// Validate reports every problem with c at once, each naming its key. It
+// changes nothing. Files named by the config must exist.
+func (c Config) Validate() error {
+	var v validator
+
+	u, err := url.Parse(c.PublicURL)
+	switch {
+	case err != nil || u.Host == "" || u.Hostname() == "":
+		v.add("public_url", "%q is not an absolute URL like https://callbacks.example.co.ke", c.PublicURL)
+	case u.Scheme != "https" && !(u.Scheme == "http" && c.TLS.Mode == TLSOff):
+		v.add("public_url", "%q must use https (http only with tls.mode: off)", c.PublicURL)
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+		v.add("public_url", "%q must not carry credentials, a query or a fragment", c.PublicURL)
+	}
+	v.hostPort("listen", c.Listen)
+
+	switch c.TLS.Mode {
+	case TLSSelfSigned, TLSOff:
+	case TLSFiles:
+		v.file("tls.cert_file", c.TLS.CertFile)
+		v.file("tls.key_file", c.TLS.KeyFile)
+	case TLSACME:
+		if len(c.TLS.ACME.Domains) == 0 && (u == nil || u.Hostname() == "") {
+			v.add("tls.acme.domains", "is empty and public_url names no host")
+		}
+		for i, d := range c.TLS.ACME.Domains {
+			if d == "" || strings.ContainsAny(d, " /:@") {
+				v.add(fmt.Sprintf("tls.acme.domains[%d]", i), "%q is not a domain name", d)
+			}
+		}
+		if d, err := url.Parse(c.TLS.ACME.Directory); err != nil || d.Scheme != "https" || d.Host == "" {
+			v.add("tls.acme.directory", "%q is not an https URL", c.TLS.ACME.Directory)
+		}
+		if c.TLS.ACME.Email != "" && !strings.Contains(c.TLS.ACME.Email, "@") {
+			v.add("tls.acme.email", "%q is not an email address", c.TLS.ACME.Email)
+		}
+	default:
+		v.add("tls.mode", "%q is not one of acme, files, self-signed, off", c.TLS.Mode)
+	}
+	if c.TLS.Storage == "" {
+		v.add("tls.storage", "must be a directory or \"nats\"")
+	}
+
+	for i, p := range c.ClientIP.TrustedProxies {
+		if _, err := allowlist.ParsePrefix(p); err != nil {
+			v.add(fmt.Sprintf("client_ip.trusted_proxies[%d]", i), "%q is not a CIDR", p)
+		}
+	}
+	if c.ClientIP.ProxyProtocol && len(c.ClientIP.TrustedProxies) == 0 {
+		v.add("client_ip.proxy_protocol", "needs client_ip.trusted_proxies: PROXY headers are believed only from them")
+	}
+
+	if c.Allowlist.Mode != AllowlistEnforce && c.Allowlist.Mode != AllowlistReport {
+		v.add("allowlist.mode", "%q is not one of enforce, report", c.Allowlist.Mode)
+	}
+	known := allowlist.PresetNames()
+	for i, p := range c.Allowlist.Presets {
+		if !slices.Contains(known, p) {
+			v.add(fmt.Sprintf("allowlist.presets[%d]", i), "%q is not a preset (known: %s)", p, strings.Join(known, ", "))
+		}
+	}
+	for i, p := range c.Allowlist.CIDRs {
+		if _, err := allowlist.ParsePrefix(p); err != nil {
+			v.add(fmt.Sprintf("allowlist.cidrs[%d]", i), "%q is not a CIDR", p)
+		}
+	}
+	if c.Allowlist.Mode == AllowlistEnforce && len(c.Allowlist.Presets) == 0 && len(c.Allowlist.CIDRs) == 0 {
+		v.add("allowlist", "enforce mode with no presets and no cidrs would refuse every callback")
+	}
+
+	if !regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`).MatchString(c.Tokens.QueryParam) {
+		v.add("tokens.query_param", "%q must be 1 to 32 letters, digits, _ or -", c.Tokens.QueryParam)
+	}
+	v.positive("tokens.default_ttl", c.Tokens.DefaultTTL)
+	v.positive("tokens.max_ttl", c.Tokens.MaxTTL)
+	if c.Tokens.DefaultTTL > c.Tokens.MaxTTL {
+		v.add("tokens.default_ttl", "%s is longer than tokens.max_ttl %s", c.Tokens.DefaultTTL, c.Tokens.MaxTTL)
+	}
+
+	v.positive("validation.timeout", c.Validation.Timeout)
+	if c.Validation.Timeout >= c.Limits.WriteTimeout {
+		v.add("validation.timeout", "%s must be shorter than limits.write_timeout %s", c.Validation.Timeout, c.Limits.WriteTimeout)
+	}
+	if c.Validation.OnTimeout != OnTimeoutAccept && c.Validation.OnTimeout != OnTimeoutReject {
+		v.add("validation.on_timeout", "%q is not one of accept, reject", c.Validation.OnTimeout)
+	}
+
+	if c.NATS.URL != "" {
+		for i, s := range strings.Split(c.NATS.URL, ",") {
+			nu, err := url.Parse(strings.TrimSpace(s))
+			if err != nil || nu.Host == "" || !slices.Contains([]string{"nats", "tls", "ws", "wss"}, nu.Scheme) {
+				key := "nats.url"
+				if strings.Contains(c.NATS.URL, ",") {
+					key = fmt.Sprintf("nats.url[%d]", i)
+				}
+				// Never echo the URL: it may hold a password.
+				v.add(key, "is not a nats://, tls://, ws:// or wss:// URL")
+			}
+		}
+	} else {
+		v.hostPort("nats.embedded.listen", c.NATS.Embedded.Listen)
+		if c.NATS.Embedded.StoreDir == "" {
+			v.add("nats.embedded.store_dir", "must be a directory")
+		}
+	}
+	if c.NATS.CredentialsFile != "" {
+		v.file("nats.credentials_file", c.NATS.CredentialsFile)
+	}
+	if !regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`).MatchString(c.NATS.SubjectPrefix) {
+		v.add("nats.subject_prefix", "%q must be dot-separated tokens of letters, digits, _ or -", c.NATS.SubjectPrefix)
+	}
+	if !regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`).MatchString(c.NATS.Stream.Name) {
+		v.add("nats.stream.name", "%q must be 1 to 64 letters, digits, _ or -", c.NATS.Stream.Name)
+	}
+	if c.NATS.Stream.Replicas < 1 || c.NATS.Stream.Replicas > 5 {
+		v.add("nats.stream.replicas", "%d must be between 1 and 5", c.NATS.Stream.Replicas)
+	}
+	v.positive("nats.stream.duplicate_window", c.NATS.Stream.DuplicateWindow)
+	v.positive("nats.stream.max_age", c.NATS.Stream.MaxAge)
+	if c.NATS.Stream.DuplicateWindow > c.NATS.Stream.MaxAge {
+		v.add("nats.stream.duplicate_window", "%s is longer than nats.stream.max_age %s", c.NATS.Stream.DuplicateWindow, c.NATS.Stream.MaxAge)
+	}
+
+	if c.Spool.Dir == "" {
+		v.add("spool.dir", "must be a directory")
+	}
+	if c.Spool.MaxBytes < 1<<20 {
+		v.add("spool.max_bytes", "%d must be at least 1048576 (1 MiB)", c.Spool.MaxBytes)
+	}
+
+	if c.Limits.MaxBodyBytes < 1024 || c.Limits.MaxBodyBytes > 16<<20 {
+		v.add("limits.max_body_bytes", "%d must be between 1024 and 16777216", c.Limits.MaxBodyBytes)
+	}
+	v.positive("limits.read_header_timeout", c.Limits.ReadHeaderTimeout)
+	v.positive("limits.read_timeout", c.Limits.ReadTimeout)
+	v.positive("limits.write_timeout", c.Limits.WriteTimeout)
+	v.positive("limits.idle_timeout", c.Limits.IdleTimeout)
+
+	v.hostPort("admin.listen", c.Admin.Listen)
+	if c.Admin.Listen == c.Listen {
+		v.add("admin.listen", "%q is also the public listen address", c.Admin.Listen)
+	}
+	for i, k := range c.Admin.APIKeys {
+		if k != "" && len(k) < 16 {
+			v.add(fmt.Sprintf("admin.api_keys[%d]", i), "is shorter than 16 characters")
+		}
+	}
+	if len(c.Admin.Keys()) == 0 && c.Admin.KeyFile == "" {
+		v.add("admin.key_file", "must be set when admin.api_keys holds no key")
+	}
+
+	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
+		v.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
+	}
+	if c.Log.Format != "json" && c.Log.Format != "console" {
+		v.add("log.format", "%q is not one of json, console", c.Log.Format)
+	}
+	return errors.Join(v.problems...)
+}
+
+type validator struct{ problems []error }
+
+func (v *validator) add(key, format string, args ...any) {
+	v.problems = append(v.problems, &Problem{Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (v *validator) positive(key string, d time.Duration) {
+	if d <= 0 {
+		v.add(key, "%s must be longer than zero", d)
+	}
+}
+
+func (v *validator) hostPort(key, addr string) {
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+		v.add(key, "%q is not a host:port address", addr)
+	}
+}
+
+func (v *validator) file(key, path string) {
+	if path == "" {
+		v.add(key, "must name a file")
+		return
+	}
+	if _, err := os.Stat(path); err != nil {
+		v.add(key, "%q cannot be read: %v", path, errors.Unwrap(err))
+	}
+}
