@@ -153,7 +153,7 @@ func (c Config) Validate() error {
 	v.positive("limits.idle_timeout", c.Limits.IdleTimeout)
 
 	v.hostPort("admin.listen", c.Admin.Listen)
-	if c.Admin.Listen == c.Listen {
+	if _, port, _ := net.SplitHostPort(c.Admin.Listen); c.Admin.Listen == c.Listen && port != "0" {
 		v.add("admin.listen", "%q is also the public listen address", c.Admin.Listen)
 	}
 	for i, k := range c.Admin.APIKeys {

@@ -1,0 +1,173 @@
+// Package broker provides daraja-edge's NATS connection: an embedded
+// nats-server with JetStream when no URL is configured, or a connection to
+// the operator's servers.
+package broker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
+)
+
+// Options says where NATS is.
+type Options struct {
+	// URL of remote servers; empty starts an embedded server.
+	URL string
+	// CredentialsFile is a .creds file for the remote servers.
+	CredentialsFile string
+	// EmbeddedListen is host:port for the embedded server's clients; port 0
+	// picks a free one.
+	EmbeddedListen string
+	// EmbeddedStoreDir holds the embedded server's JetStream data.
+	EmbeddedStoreDir string
+	// Name is this edge's name, used as the connection name.
+	Name string
+}
+
+// Broker is a live NATS connection, with the embedded server if it runs one.
+type Broker struct {
+	Conn      *nats.Conn
+	JetStream jetstream.JetStream
+	server    *server.Server
+	log       *zap.Logger
+}
+
+// Start starts the embedded server if asked for, then connects.
+func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
+	if log == nil {
+		log = zap.NewNop()
+	}
+	log = log.Named("nats")
+	b := &Broker{log: log}
+	opts := []nats.Option{
+		nats.Name("daraja-edge " + o.Name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.ReconnectBufSize(-1), // never buffer publishes while disconnected: callers need the truth
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			log.Warn("disconnected from NATS", zap.Error(err))
+		}),
+		nats.ReconnectHandler(func(nc *nats.Conn) {
+			log.Info("reconnected to NATS", zap.String("server", nc.ConnectedServerName()))
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			log.Warn("NATS error", zap.Error(err))
+		}),
+	}
+	url := o.URL
+	if url == "" {
+		ns, err := startEmbedded(o, log)
+		if err != nil {
+			return nil, err
+		}
+		b.server = ns
+		url = ns.ClientURL()
+		opts = append(opts, nats.InProcessServer(ns))
+	} else if o.CredentialsFile != "" {
+		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	}
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		b.Close()
+		// The URL may hold a password: never put it in the error.
+		return nil, fmt.Errorf("broker: connect to NATS: %w", err)
+	}
+	b.Conn = nc
+	js, err := jetstream.New(nc)
+	if err != nil {
+		b.Close()
+		return nil, fmt.Errorf("broker: jetstream: %w", err)
+	}
+	b.JetStream = js
+	if _, err := js.AccountInfo(ctx); err != nil {
+		b.Close()
+		return nil, fmt.Errorf("broker: JetStream is not available on this NATS account: %w", err)
+	}
+	return b, nil
+}
+
+func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
+	host, portStr, err := net.SplitHostPort(o.EmbeddedListen)
+	if err != nil {
+		return nil, fmt.Errorf("broker: nats.embedded.listen %q: %w", o.EmbeddedListen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("broker: nats.embedded.listen %q: bad port", o.EmbeddedListen)
+	}
+	if port == 0 {
+		port = server.RANDOM_PORT
+	}
+	if err := os.MkdirAll(o.EmbeddedStoreDir, 0o700); err != nil {
+		return nil, fmt.Errorf("broker: nats.embedded.store_dir: %w", err)
+	}
+	name := o.Name
+	if name == "" {
+		name = "daraja-edge"
+	}
+	ns, err := server.NewServer(&server.Options{
+		ServerName: name,
+		Host:       host,
+		Port:       port,
+		JetStream:  true,
+		StoreDir:   o.EmbeddedStoreDir,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("broker: embedded NATS: %w", err)
+	}
+	ns.SetLoggerV2(&serverLog{log.Named("server").Sugar()}, false, false, false)
+	go ns.Start()
+	if !ns.ReadyForConnections(30 * time.Second) {
+		ns.Shutdown()
+		return nil, errors.New("broker: embedded NATS did not start within 30s (is " + o.EmbeddedListen + " in use?)")
+	}
+	log.Info("embedded NATS started", zap.String("listen", ns.Addr().String()), zap.String("store_dir", o.EmbeddedStoreDir))
+	return ns, nil
+}
+
+// ClientURL is the URL consumers use to reach this broker's embedded server,
+// or "" when connected to a remote one.
+func (b *Broker) ClientURL() string {
+	if b.server == nil {
+		return ""
+	}
+	return b.server.ClientURL()
+}
+
+// Close drains the connection and stops the embedded server. It is safe to
+// call more than once.
+func (b *Broker) Close() {
+	if b.Conn != nil && !b.Conn.IsClosed() {
+		if err := b.Conn.Drain(); err != nil {
+			b.Conn.Close()
+		}
+		deadline := time.Now().Add(5 * time.Second)
+		for !b.Conn.IsClosed() && time.Now().Before(deadline) {
+			time.Sleep(10 * time.Millisecond)
+		}
+		b.Conn.Close()
+	}
+	if b.server != nil {
+		b.server.Shutdown()
+		b.server.WaitForShutdown()
+	}
+}
+
+type serverLog struct{ s *zap.SugaredLogger }
+
+func (l *serverLog) Noticef(f string, v ...any) { l.s.Debugf(f, v...) }
+func (l *serverLog) Warnf(f string, v ...any)   { l.s.Warnf(f, v...) }
+func (l *serverLog) Fatalf(f string, v ...any)  { l.s.Errorf(f, v...) }
+func (l *serverLog) Errorf(f string, v ...any)  { l.s.Errorf(f, v...) }
+func (l *serverLog) Debugf(f string, v ...any)  { l.s.Debugf(f, v...) }
+func (l *serverLog) Tracef(f string, v ...any)  {}

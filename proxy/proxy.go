@@ -1,0 +1,510 @@
+// Package proxy is the public side of daraja-edge: the HTTP handler that
+// vets each Daraja callback (source address, path, token, body, single use)
+// and answers Daraja only once the callback is durable on NATS.
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/daraja-edge/daraja-edge/allowlist"
+	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/publish"
+	"github.com/daraja-edge/daraja-edge/verify"
+)
+
+// Tokens checks and consumes callback tokens.
+type Tokens interface {
+	Authorize(ctx context.Context, token string, kind daraja.Kind) (verify.Grant, error)
+	Consume(ctx context.Context, g verify.Grant, callbackID string) (verify.Outcome, error)
+}
+
+// Publisher stores a message durably and reports whether it was a duplicate.
+type Publisher interface {
+	Publish(ctx context.Context, msg *nats.Msg) (duplicate bool, err error)
+}
+
+// Requester asks a C2B validator and returns its reply.
+type Requester interface {
+	Request(ctx context.Context, msg *nats.Msg, timeout time.Duration) ([]byte, error)
+}
+
+// Notifier sends best-effort events (rejections).
+type Notifier interface {
+	Notify(msg *nats.Msg)
+}
+
+// Metrics observes outcomes. Every method must be cheap and safe for
+// concurrent use.
+type Metrics interface {
+	Request(kind, outcome string, d time.Duration)
+	Rejected(reason string)
+	AllowlistMiss()
+	Published(d time.Duration)
+	Validation(decision, by string)
+}
+
+// Policy is the part of the configuration a reload may change. A Policy is
+// never modified after it is handed to the Handler.
+type Policy struct {
+	// Allow lists the sources that may deliver callbacks.
+	Allow *allowlist.List
+	// ReportOnly lets sources outside Allow through, counted and logged.
+	ReportOnly bool
+	// ClientIP resolves the real client behind trusted proxies.
+	ClientIP *ClientIP
+	// MaxBodyBytes caps a callback body.
+	MaxBodyBytes int64
+}
+
+// Options are the Handler's fixed collaborators and settings.
+type Options struct {
+	Tokens    Tokens
+	Publisher Publisher
+	Requester Requester
+	Notifier  Notifier // optional
+	Metrics   Metrics  // optional
+	Subjects  publish.Subjects
+	// QueryParam carries the token.
+	QueryParam string
+	// Edge is this instance's name (Daraja-Edge header).
+	Edge string
+	// ValidationTimeout bounds the wait for a C2B validator.
+	ValidationTimeout time.Duration
+	// RejectOnTimeout answers C2B validation with a rejection when no
+	// validator replies; otherwise it accepts.
+	RejectOnTimeout bool
+	Log             *zap.Logger
+}
+
+// Handler serves the callback endpoints.
+type Handler struct {
+	o      Options
+	log    *zap.Logger
+	policy atomic.Pointer[Policy]
+}
+
+// New returns a Handler enforcing p.
+func New(o Options, p *Policy) *Handler {
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.Metrics == nil {
+		o.Metrics = nopMetrics{}
+	}
+	h := &Handler{o: o, log: o.Log.Named("callback")}
+	h.policy.Store(p)
+	return h
+}
+
+// SetPolicy swaps in a new policy; requests in flight finish on the old one.
+func (h *Handler) SetPolicy(p *Policy) { h.policy.Store(p) }
+
+// Answers to Daraja.
+var (
+	answerAccepted = []byte(`{"ResultCode":0,"ResultDesc":"Accepted"}`)
+	// C2B validation answers when no validator decides in time.
+	validationAccept = []byte(`{"ResultCode":"0","ResultDesc":"Accepted"}`)
+	validationReject = []byte(`{"ResultCode":"C2B00016","ResultDesc":"Rejected"}`)
+)
+
+// Error is a refused request: Status and Reason drive the answer, the log and
+// the metrics; Err is detail for the log only.
+type Error struct {
+	Status int
+	Reason string
+	Err    error
+}
+
+func (e *Error) Error() string {
+	if e.Err != nil {
+		return e.Reason + ": " + e.Err.Error()
+	}
+	return e.Reason
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func refuse(status int, reason string, err error) *Error {
+	return &Error{Status: status, Reason: reason, Err: err}
+}
+
+// publicAnswer is all a refused caller learns: the status, in words.
+func publicAnswer(status int) []byte {
+	switch status {
+	case http.StatusForbidden:
+		return []byte(`{"error":"forbidden"}` + "\n")
+	case http.StatusNotFound:
+		return []byte(`{"error":"not found"}` + "\n")
+	case http.StatusMethodNotAllowed:
+		return []byte(`{"error":"method not allowed"}` + "\n")
+	case http.StatusRequestEntityTooLarge:
+		return []byte(`{"error":"body too large"}` + "\n")
+	case http.StatusBadRequest:
+		return []byte(`{"error":"bad request"}` + "\n")
+	default:
+		return []byte(`{"error":"unavailable"}` + "\n")
+	}
+}
+
+// ServeHTTP vets one callback. Checks run cheapest first; a refused request
+// publishes nothing.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	rl := requestLog{method: r.Method, path: r.URL.Path}
+	answer, err := h.serve(w, r, &rl, start)
+	hdr := w.Header()
+	hdr.Set("Content-Type", "application/json")
+	hdr.Set("Cache-Control", "no-store")
+	status := http.StatusOK
+	if err != nil {
+		var e *Error
+		if !errors.As(err, &e) {
+			e = refuse(http.StatusServiceUnavailable, "internal", err)
+		}
+		status, rl.reason, rl.err = e.Status, e.Reason, e.Err
+		rl.outcome = "rejected"
+		answer = publicAnswer(e.Status)
+		if e.Status == http.StatusMethodNotAllowed {
+			hdr.Set("Allow", http.MethodPost)
+		}
+		if e.Status >= 500 {
+			rl.outcome = "failed"
+		} else {
+			h.notifyRejected(&rl)
+		}
+		h.o.Metrics.Rejected(e.Reason)
+		// A refused request's body is not worth reading: close the
+		// connection rather than drain it.
+		if e.Status != http.StatusServiceUnavailable {
+			hdr.Set("Connection", "close")
+		}
+	}
+	w.WriteHeader(status)
+	_, _ = w.Write(answer)
+	rl.status = status
+	rl.latency = time.Since(start)
+	h.o.Metrics.Request(string(rl.kind), rl.outcome, rl.latency)
+	switch {
+	case status >= 500:
+		h.log.Error("callback", zap.Object("req", &rl))
+	case status >= 400:
+		h.log.Warn("callback", zap.Object("req", &rl))
+	default:
+		h.log.Info("callback", zap.Object("req", &rl))
+	}
+}
+
+func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, received time.Time) ([]byte, error) {
+	p := h.policy.Load()
+
+	// 1. Source address, after trusted proxies.
+	peer, err := peerAddr(r.RemoteAddr)
+	if err != nil {
+		return nil, refuse(http.StatusForbidden, "bad_peer", err)
+	}
+	rl.peer = peer
+	client, err := p.ClientIP.Resolve(peer, r.Header.Values("X-Forwarded-For"))
+	if err != nil {
+		return nil, refuse(http.StatusForbidden, "bad_forwarded_for", err)
+	}
+	rl.source = client
+	if !p.Allow.Contains(client) {
+		if !p.ReportOnly {
+			return nil, refuse(http.StatusForbidden, "source_not_allowed", nil)
+		}
+		rl.allowlistMiss = true
+		h.o.Metrics.AllowlistMiss()
+	}
+
+	// 2. Path and method. The escaped path must be the plain one, so
+	// encodings and dot segments name nothing.
+	kind, ok := daraja.KindForPath(r.URL.Path)
+	if !ok || r.URL.RawPath != "" || r.URL.EscapedPath() != r.URL.Path {
+		return nil, refuse(http.StatusNotFound, "unknown_path", nil)
+	}
+	rl.kind = kind
+	if r.Method != http.MethodPost {
+		return nil, refuse(http.StatusMethodNotAllowed, "method_not_allowed", nil)
+	}
+
+	// 3. Token, before the body is read.
+	token, ok := singleQueryValue(r.URL.RawQuery, h.o.QueryParam)
+	if !ok {
+		return nil, refuse(http.StatusForbidden, verify.ErrUnknown.Reason, errors.New("no single token in the query"))
+	}
+	ctx := r.Context()
+	grant, err := h.o.Tokens.Authorize(ctx, token, kind)
+	if err != nil {
+		return nil, tokenError(err)
+	}
+	rec := &grant.Record
+	rl.tokenID = rec.ID
+
+	// 4. Body: bounded, then parsed for its kind.
+	if r.ContentLength > p.MaxBodyBytes {
+		return nil, refuse(http.StatusRequestEntityTooLarge, "body_too_large", nil)
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.MaxBodyBytes))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return nil, refuse(http.StatusRequestEntityTooLarge, "body_too_large", nil)
+		}
+		return nil, refuse(http.StatusBadRequest, "body_unreadable", err)
+	}
+	cb, err := daraja.Parse(kind, body)
+	if err != nil {
+		return nil, refuse(http.StatusBadRequest, "malformed_body", err)
+	}
+	rl.transactionID, rl.msisdn = cb.TransactionID, cb.MSISDN
+	if cb.Shortcode != "" && cb.Shortcode != rec.Shortcode {
+		return nil, tokenError(verify.ErrWrongShortcode)
+	}
+
+	// 5. Single use. From here on the work must finish even if Daraja hangs
+	// up: a consumed token must get its message.
+	ctx = context.WithoutCancel(ctx)
+	callbackID := string(kind) + ":" + cb.TransactionID
+	outcome, err := h.o.Tokens.Consume(ctx, grant, callbackID)
+	if err != nil {
+		return nil, tokenError(err)
+	}
+	rl.outcome = "accepted"
+	if outcome == verify.Duplicate {
+		rl.outcome = "duplicate"
+	}
+
+	// 6. Durable before the answer. A duplicate is published again with
+	// the same Nats-Msg-Id: the stream keeps one, and a first attempt
+	// whose ack was lost still lands.
+	msg := publish.Callback{
+		Kind: string(kind), Shortcode: rec.Shortcode, TransactionID: cb.TransactionID,
+		Receipt: cb.Receipt, ResultCode: cb.ResultCode, Reference: rec.Reference, TokenID: rec.ID,
+		SourceIP: client.String(), ReceivedAt: received, Edge: h.o.Edge, Body: body,
+	}
+	answer := answerAccepted
+	var decision, decidedBy string
+	if kind == daraja.C2BValidation {
+		answer, decision, decidedBy = h.validate(ctx, &msg)
+		rl.decision = decision
+	}
+	nm := msg.Msg(h.o.Subjects.Callback(msg.Kind, msg.Shortcode))
+	if decision != "" {
+		nm.Header.Set(publish.HeaderDecision, decision)
+		nm.Header.Set(publish.HeaderDecisionBy, decidedBy)
+	}
+	t0 := time.Now()
+	dup, err := h.o.Publisher.Publish(ctx, nm)
+	if err != nil {
+		return nil, refuse(http.StatusServiceUnavailable, "not_durable", err)
+	}
+	h.o.Metrics.Published(time.Since(t0))
+	if dup {
+		rl.outcome = "duplicate"
+	}
+	return answer, nil
+}
+
+// validate asks the shortcode's validator and returns Daraja's answer.
+func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []byte, decision, by string) {
+	reply, err := h.o.Requester.Request(ctx, cb.Msg(h.o.Subjects.Validate(cb.Shortcode)), h.o.ValidationTimeout)
+	by = "validator"
+	if err == nil {
+		if accepted, ok := validatorDecision(reply); ok {
+			decision = "rejected"
+			if accepted {
+				decision = "accepted"
+			}
+			h.o.Metrics.Validation(decision, by)
+			return reply, decision, by
+		}
+		by = "invalid-reply"
+		h.log.Warn("validator reply is not a Daraja answer; using on_timeout", zap.String("transaction_id", cb.TransactionID))
+	} else {
+		by = "timeout"
+	}
+	answer, decision = validationAccept, "accepted"
+	if h.o.RejectOnTimeout {
+		answer, decision = validationReject, "rejected"
+	}
+	h.o.Metrics.Validation(decision, by)
+	return answer, decision, by
+}
+
+// validatorDecision reads a validator's reply: a JSON object with a
+// ResultCode, "0" or 0 accepting. ok is false for anything else.
+func validatorDecision(reply []byte) (accepted, ok bool) {
+	if len(reply) == 0 || len(reply) > 4096 {
+		return false, false
+	}
+	var a struct {
+		ResultCode json.RawMessage
+	}
+	dec := json.NewDecoder(bytes.NewReader(reply))
+	if err := dec.Decode(&a); err != nil || dec.More() || len(a.ResultCode) == 0 {
+		return false, false
+	}
+	code := strings.Trim(string(a.ResultCode), `"`)
+	if code == "" || code == "null" {
+		return false, false
+	}
+	return code == "0", true
+}
+
+func tokenError(err error) error {
+	var rej *verify.Rejection
+	if errors.As(err, &rej) {
+		return refuse(http.StatusForbidden, rej.Reason, nil)
+	}
+	return refuse(http.StatusServiceUnavailable, "token_store_unavailable", err)
+}
+
+// singleQueryValue finds key in a raw query and returns its value when it
+// appears exactly once and is not empty.
+func singleQueryValue(rawQuery, key string) (string, bool) {
+	var value string
+	found := 0
+	for rawQuery != "" {
+		var part string
+		part, rawQuery, _ = strings.Cut(rawQuery, "&")
+		k, v, _ := strings.Cut(part, "=")
+		if k != key {
+			continue
+		}
+		if found++; found > 1 {
+			return "", false
+		}
+		value = v
+	}
+	// Tokens are URL-safe: an escaped token is not one we issued.
+	if found != 1 || value == "" || strings.ContainsAny(value, "%+") {
+		return "", false
+	}
+	return value, true
+}
+
+func peerAddr(remote string) (netip.Addr, error) {
+	ap, err := netip.ParseAddrPort(remote)
+	if err == nil {
+		return ap.Addr().Unmap(), nil
+	}
+	host, _, err := net.SplitHostPort(remote)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return netip.Addr{}, err
+	}
+	return a.Unmap().WithZone(""), nil
+}
+
+// rejection is what lands on <prefix>.rejected.<reason>: never the body,
+// never the token.
+type rejection struct {
+	Reason   string `json:"reason"`
+	SourceIP string `json:"source_ip,omitempty"`
+	Path     string `json:"path"`
+	TokenID  string `json:"token_id,omitempty"`
+	At       string `json:"at"`
+	Edge     string `json:"edge"`
+}
+
+func (h *Handler) notifyRejected(rl *requestLog) {
+	if h.o.Notifier == nil {
+		return
+	}
+	ev := rejection{Reason: rl.reason, Path: truncate(rl.path, 128), TokenID: rl.tokenID,
+		At: time.Now().UTC().Format(time.RFC3339Nano), Edge: h.o.Edge}
+	if rl.source.IsValid() {
+		ev.SourceIP = rl.source.String()
+	}
+	data, _ := json.Marshal(ev)
+	h.o.Notifier.Notify(&nats.Msg{Subject: h.o.Subjects.Rejected(rl.reason), Data: data})
+}
+
+func truncate(s string, n int) string {
+	if len(s) > n {
+		return s[:n]
+	}
+	return s
+}
+
+// requestLog is one request's log line. It marshals only what is safe:
+// no query (the token), no body, the MSISDN masked.
+type requestLog struct {
+	method, path  string
+	peer, source  netip.Addr
+	kind          daraja.Kind
+	tokenID       string
+	transactionID string
+	msisdn        string
+	decision      string
+	allowlistMiss bool
+	status        int
+	outcome       string
+	reason        string
+	err           error
+	latency       time.Duration
+}
+
+func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
+	e.AddString("method", truncate(l.method, 16))
+	e.AddString("path", truncate(l.path, 128))
+	if l.source.IsValid() {
+		e.AddString("source_ip", l.source.String())
+	}
+	if l.peer.IsValid() && l.peer != l.source {
+		e.AddString("peer_ip", l.peer.String())
+	}
+	if l.kind != "" {
+		e.AddString("kind", string(l.kind))
+	}
+	if l.tokenID != "" {
+		e.AddString("token_id", l.tokenID)
+	}
+	if l.transactionID != "" {
+		e.AddString("transaction_id", l.transactionID)
+	}
+	if l.msisdn != "" {
+		e.AddString("msisdn", daraja.MaskMSISDN(l.msisdn))
+	}
+	if l.decision != "" {
+		e.AddString("decision", l.decision)
+	}
+	if l.allowlistMiss {
+		e.AddBool("allowlist_miss", true)
+	}
+	e.AddInt("status", l.status)
+	e.AddString("outcome", l.outcome)
+	if l.reason != "" {
+		e.AddString("reason", l.reason)
+	}
+	if l.err != nil {
+		e.AddString("error", l.err.Error())
+	}
+	e.AddDuration("latency", l.latency)
+	return nil
+}
+
+type nopMetrics struct{}
+
+func (nopMetrics) Request(string, string, time.Duration) {}
+func (nopMetrics) Rejected(string)                       {}
+func (nopMetrics) AllowlistMiss()                        {}
+func (nopMetrics) Published(time.Duration)               {}
+func (nopMetrics) Validation(string, string)             {}

@@ -1,0 +1,103 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"reflect"
+	"syscall"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/edge"
+)
+
+func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("serve", stderr)
+	path := fs.String("config", "config.yaml", "configuration file")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	cfg, err := loadConfig(*path, stderr)
+	if err != nil {
+		return err
+	}
+	level := zap.NewAtomicLevel()
+	log, err := newLogger(cfg.Log, level, stderr)
+	if err != nil {
+		return err
+	}
+	defer func() { _ = log.Sync() }()
+
+	srv, err := edge.New(ctx, cfg, log)
+	if err != nil {
+		return err
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				cfg = reload(*path, cfg, srv, level, log)
+			}
+		}
+	}()
+	return srv.Run(ctx)
+}
+
+// reload re-reads the file on SIGHUP. An invalid file is refused and the
+// running configuration stays; changes that need a restart are logged.
+func reload(path string, old config.Config, srv *edge.Server, level zap.AtomicLevel, log *zap.Logger) config.Config {
+	cfg, err := config.LoadFile(path)
+	if err != nil {
+		var problems []string
+		for _, p := range config.Problems(err) {
+			problems = append(problems, p.Error())
+		}
+		log.Error("reload refused: the file is invalid; the running configuration stays", zap.Strings("problems", problems))
+		return old
+	}
+	if err := srv.Reload(cfg); err != nil {
+		log.Error("reload refused", zap.Error(err))
+		return old
+	}
+	if l, err := zapcore.ParseLevel(cfg.Log.Level); err == nil {
+		level.SetLevel(l)
+	}
+	// What a reload applies; everything else needs a restart.
+	applied := old
+	applied.Allowlist, applied.ClientIP.TrustedProxies, applied.Limits.MaxBodyBytes, applied.Log.Level =
+		cfg.Allowlist, cfg.ClientIP.TrustedProxies, cfg.Limits.MaxBodyBytes, cfg.Log.Level
+	if !reflect.DeepEqual(applied, cfg) {
+		log.Warn("reloaded allowlist, trusted proxies, body limit and log level; other changes need a restart")
+	} else {
+		log.Info("configuration reloaded")
+	}
+	return applied
+}
+
+func newLogger(c config.Log, level zap.AtomicLevel, stderr io.Writer) (*zap.Logger, error) {
+	l, err := zapcore.ParseLevel(c.Level)
+	if err != nil {
+		return nil, fmt.Errorf("log.level: %w", err)
+	}
+	level.SetLevel(l)
+	encCfg := zap.NewProductionEncoderConfig()
+	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
+	var enc zapcore.Encoder
+	if c.Format == "console" {
+		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
+		enc = zapcore.NewConsoleEncoder(encCfg)
+	} else {
+		enc = zapcore.NewJSONEncoder(encCfg)
+	}
+	return zap.New(zapcore.NewCore(enc, zapcore.Lock(zapcore.AddSync(stderr)), level), zap.ErrorOutput(zapcore.AddSync(stderr))), nil
+}

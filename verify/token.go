@@ -1,0 +1,135 @@
+// Package verify issues and checks the tokens that prove a callback was
+// expected: random secrets carried in callback URLs, stored only as hashes
+// in a JetStream key-value bucket, bound to kinds, a shortcode and a
+// reference, single use unless issued reusable.
+package verify
+
+import (
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/base32"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"slices"
+	"time"
+
+	"github.com/daraja-edge/daraja-edge/daraja"
+)
+
+// Token states.
+const (
+	StateIssued   = "issued"
+	StateConsumed = "consumed"
+	StateExpired  = "expired"
+	StateRevoked  = "revoked"
+)
+
+const (
+	idBytes     = 10 // 80 bits: the public handle, safe to log
+	secretBytes = 20 // 160 bits: the part only Daraja and the business see
+	tokenLen    = (idBytes + secretBytes) * 4 / 3
+	idPrefix    = "tok_"
+)
+
+var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
+
+// Record is what the bucket holds for one token. It never holds the token.
+type Record struct {
+	ID         string        `json:"id"`
+	Hash       string        `json:"hash"` // hex SHA-256 of the token
+	Kinds      []daraja.Kind `json:"kinds"`
+	Shortcode  string        `json:"shortcode"`
+	Reference  string        `json:"reference,omitempty"`
+	Reusable   bool          `json:"reusable,omitempty"`
+	IssuedAt   time.Time     `json:"issued_at"`
+	ExpiresAt  time.Time     `json:"expires_at"`
+	State      string        `json:"state"`
+	ConsumedBy string        `json:"consumed_by,omitempty"` // kind:transaction id
+	ConsumedAt *time.Time    `json:"consumed_at,omitempty"`
+	RevokedAt  *time.Time    `json:"revoked_at,omitempty"`
+}
+
+// Allows reports whether the token was issued for kind k.
+func (r *Record) Allows(k daraja.Kind) bool { return slices.Contains(r.Kinds, k) }
+
+// StateAt is the token's state as seen at now: an issued token past its
+// expiry is expired.
+func (r *Record) StateAt(now time.Time) string {
+	if r.State == StateIssued && !now.Before(r.ExpiresAt) {
+		return StateExpired
+	}
+	return r.State
+}
+
+// newToken returns a fresh token and its id. The token is URL-safe base64
+// of id bytes followed by secret bytes, so a token names its own record.
+func newToken() (token, id string) {
+	var b [idBytes + secretBytes]byte
+	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+	return base64.RawURLEncoding.EncodeToString(b[:]), idFromBytes(b[:idBytes])
+}
+
+func idFromBytes(b []byte) string {
+	return idPrefix + toLower(idEncoding.EncodeToString(b))
+}
+
+func toLower(s string) string {
+	out := []byte(s)
+	for i, c := range out {
+		if c >= 'A' && c <= 'Z' {
+			out[i] = c + 'a' - 'A'
+		}
+	}
+	return string(out)
+}
+
+// ErrTokenFormat means a string cannot be a token this edge issued.
+var ErrTokenFormat = errors.New("not a token")
+
+// ParseToken returns the id a token claims to have. It checks the format
+// only; the secret is checked against the stored hash by the Store.
+func ParseToken(token string) (id string, err error) {
+	if len(token) != tokenLen {
+		return "", ErrTokenFormat
+	}
+	var b [idBytes + secretBytes]byte
+	n, err := base64.RawURLEncoding.Decode(b[:], []byte(token))
+	if err != nil || n != len(b) {
+		return "", ErrTokenFormat
+	}
+	// Only the canonical encoding is a token: no two strings name one token.
+	if base64.RawURLEncoding.EncodeToString(b[:]) != token {
+		return "", ErrTokenFormat
+	}
+	return idFromBytes(b[:idBytes]), nil
+}
+
+// ValidID reports whether s has the form of a token id.
+func ValidID(s string) bool {
+	if len(s) != len(idPrefix)+16 || s[:len(idPrefix)] != idPrefix {
+		return false
+	}
+	for _, c := range []byte(s[len(idPrefix):]) {
+		if !(c >= 'a' && c <= 'z' || c >= '2' && c <= '7') {
+			return false
+		}
+	}
+	return true
+}
+
+func hashToken(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+// matches compares token against the record's hash in constant time.
+func (r *Record) matches(token string) bool {
+	want, err := hex.DecodeString(r.Hash)
+	if err != nil {
+		return false
+	}
+	got := sha256.Sum256([]byte(token))
+	return subtle.ConstantTimeCompare(got[:], want) == 1
+}
