@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
@@ -54,16 +55,42 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	defer nc.Close()
 
-	subjects := []string{*subject}
+	p := cfg.NATS.SubjectPrefix
+	pr := &tailPrinter{w: stdout, json: *asJSON, color: isTerminal(stdout) && !*asJSON, prefix: p}
+	// Callbacks and missing events are read from the stream, so tail shows
+	// what landed (once), not every publish attempt; rejections are core
+	// NATS events.
+	var streamSubjects, coreSubjects []string
 	if *subject == "" {
-		p := cfg.NATS.SubjectPrefix
-		subjects = []string{p + ".cb.>", p + ".missing.>", p + ".rejected.>"}
+		streamSubjects, coreSubjects = []string{p + ".cb.>", p + ".missing.>"}, []string{p + ".rejected.>"}
+	} else if strings.HasPrefix(*subject, p+".cb.") || strings.HasPrefix(*subject, p+".missing.") {
+		streamSubjects = []string{*subject}
+	} else {
+		coreSubjects = []string{*subject}
 	}
-	pr := &tailPrinter{w: stdout, json: *asJSON, color: isTerminal(stdout) && !*asJSON, prefix: cfg.NATS.SubjectPrefix}
-	for _, s := range subjects {
+	for _, s := range coreSubjects {
 		if _, err := nc.Subscribe(s, pr.print); err != nil {
 			return fmt.Errorf("tail: subscribe %s: %w", s, err)
 		}
+	}
+	if len(streamSubjects) > 0 {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("tail: %w", err)
+		}
+		cons, err := js.OrderedConsumer(ctx, cfg.NATS.Stream.Name, jetstream.OrderedConsumerConfig{
+			FilterSubjects: streamSubjects, DeliverPolicy: jetstream.DeliverNewPolicy,
+		})
+		if err != nil {
+			return fmt.Errorf("tail: stream %s: %w", cfg.NATS.Stream.Name, err)
+		}
+		cc, err := cons.Consume(func(m jetstream.Msg) {
+			pr.print(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+		})
+		if err != nil {
+			return fmt.Errorf("tail: %w", err)
+		}
+		defer cc.Stop()
 	}
 	if err := nc.Flush(); err != nil {
 		return fmt.Errorf("tail: %w", err)

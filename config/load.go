@@ -84,10 +84,8 @@ func Load(data []byte, getenv func(string) string) (Config, error) {
 	expandEnv(&doc, getenv)
 	var problems []error
 	decodeNode("", &doc, reflect.ValueOf(&cfg).Elem(), &problems)
-	if len(problems) > 0 {
-		return cfg, errors.Join(problems...)
-	}
-	return cfg, cfg.Validate()
+	// Report what Validate finds too, so one run shows every problem.
+	return cfg, errors.Join(append(problems, Problems(cfg.Validate())...)...)
 }
 
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)

@@ -1,0 +1,22 @@
+# syntax=docker/dockerfile:1
+# Build: docker build -t daraja-edge .
+# Run:   docker run -p 8443:8443 -v $PWD/config.yaml:/etc/daraja-edge/config.yaml:ro \
+#          -v daraja-data:/var/lib/daraja-edge daraja-edge
+FROM golang:1.26-bookworm AS build
+WORKDIR /src
+COPY go.mod go.sum ./
+RUN go mod download
+COPY . .
+ARG VERSION=dev
+ARG COMMIT=unknown
+RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/daraja-edge .
+
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /out/daraja-edge /usr/local/bin/daraja-edge
+# Relative paths in the config (./data/…) resolve under the data volume.
+WORKDIR /var/lib/daraja-edge
+VOLUME ["/var/lib/daraja-edge"]
+EXPOSE 8443 9090
+USER nonroot:nonroot
+ENTRYPOINT ["/usr/local/bin/daraja-edge"]
+CMD ["serve", "--config", "/etc/daraja-edge/config.yaml"]

@@ -1,0 +1,151 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	err := run(context.Background(), args, &out, &errb)
+	code = 0
+	if err != nil {
+		code = 1
+		var ee *exitError
+		if errors.As(err, &ee) {
+			code = ee.code
+		}
+		errb.WriteString(err.Error())
+	}
+	return out.String(), errb.String(), code
+}
+
+func TestCheck(t *testing.T) {
+	if out, errs, code := runCLI(t, "check", "--config", "config.example.yaml"); code != 0 || !strings.Contains(out, "ok") {
+		t.Fatalf("example: code %d, %s %s", code, out, errs)
+	}
+	bad := filepath.Join(t.TempDir(), "bad.yaml")
+	os.WriteFile(bad, []byte("allowlist:\n  cidrs: [10.0.0.0/8, 10.1.0.0/16, 10.0.0.0/33]\ntls:\n  mod: acme\n"), 0o600)
+	_, errs, code := runCLI(t, "check", "--config", bad)
+	if code != 2 {
+		t.Fatalf("code %d, want 2", code)
+	}
+	lines := strings.Split(strings.TrimSpace(errs), "\n")
+	want := []string{
+		bad + `: allowlist.cidrs[2]: "10.0.0.0/33" is not a CIDR`,
+		bad + `: tls.mod: unknown key (line 4)`,
+	}
+	for _, w := range want {
+		found := false
+		for _, l := range lines {
+			found = found || l == w
+		}
+		if !found {
+			t.Errorf("missing line %q in:\n%s", w, errs)
+		}
+	}
+	if _, _, code := runCLI(t, "check", "--config", "/nonexistent.yaml"); code != 2 {
+		t.Errorf("missing file: code %d", code)
+	}
+}
+
+func TestUsageAndVersion(t *testing.T) {
+	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "daraja-edge ") {
+		t.Errorf("version: %d %q", code, out)
+	}
+	for _, args := range [][]string{{}, {"bogus"}, {"token"}, {"token", "issue"}, {"serve", "--nope"}, {"check", "extra"}} {
+		if _, _, code := runCLI(t, args...); code != 2 {
+			t.Errorf("%q: code %d, want 2", args, code)
+		}
+	}
+	if out, _, code := runCLI(t, "--help"); code != 0 || !strings.Contains(out, "serve") {
+		t.Errorf("help: %d", code)
+	}
+}
+
+func freePort(t *testing.T) string {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// TestServeAndTokenIssue runs `serve` as the README does, with a generated
+// admin key, and `token issue` against it.
+func TestServeAndTokenIssue(t *testing.T) {
+	dir := t.TempDir()
+	public, adm, natsAddr := freePort(t), freePort(t), freePort(t)
+	cfgPath := filepath.Join(dir, "config.yaml")
+	cfg := strings.NewReplacer(
+		`listen: ":8443"`, `listen: "`+public+`"`,
+		`listen: 127.0.0.1:9090`, `listen: "`+adm+`"`,
+		`listen: "127.0.0.1:4222"`, `listen: "`+natsAddr+`"`,
+		"./data", filepath.Join(dir, "data"),
+	).Replace(string(mustRead(t, "config.example.yaml")))
+	os.WriteFile(cfgPath, []byte(cfg), 0o600)
+	t.Setenv("DARAJA_EDGE_ADMIN_KEY", "")
+
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	var serveErr bytes.Buffer // written by serve until it returns
+	go func() { done <- run(ctx, []string{"serve", "--config", cfgPath}, &bytes.Buffer{}, &serveErr) }()
+	defer func() {
+		cancel()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Errorf("serve: %v", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("serve did not stop")
+		}
+		key := strings.TrimSpace(string(mustRead(t, filepath.Join(dir, "data", "admin.key"))))
+		if len(key) < 32 || strings.Contains(serveErr.String(), key) {
+			t.Errorf("generated admin key missing or logged")
+		}
+		if !strings.Contains(serveErr.String(), "daraja-edge serving") {
+			t.Errorf("serve log: %s", serveErr.String())
+		}
+	}()
+	var out, errs string
+	var code int
+	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		out, errs, code = runCLI(t, "token", "issue", "--config", cfgPath, "--kinds", "b2c.result,b2c.timeout", "--shortcode", "600000", "--reference", "PAYOUT-77", "--ttl", "1h")
+		if code == 0 {
+			break
+		}
+	}
+	if code != 0 {
+		t.Fatalf("token issue: %d %s", code, errs)
+	}
+	var resp struct {
+		ID   string            `json:"id"`
+		URLs map[string]string `json:"urls"`
+	}
+	if err := json.Unmarshal([]byte(out), &resp); err != nil || !strings.HasPrefix(resp.ID, "tok_") || len(resp.URLs) != 2 {
+		t.Fatalf("answer %s (%v)", out, err)
+	}
+	if _, _, code := runCLI(t, "token", "issue", "--config", cfgPath, "--kinds", "b2c.result", "--shortcode", "60"); code != 1 {
+		t.Errorf("bad shortcode: code %d", code)
+	}
+}
+
+func mustRead(t *testing.T, path string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}

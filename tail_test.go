@@ -1,0 +1,51 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/nats-io/nats.go"
+)
+
+func TestTailLineMasksAndNeverPrintsBodies(t *testing.T) {
+	body, err := os.ReadFile("daraja/testdata/fixtures/stk_callback_success.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := &nats.Msg{Subject: "daraja.cb.stk.callback.174379", Data: body, Header: nats.Header{
+		"Daraja-Kind": {"stk.callback"}, "Daraja-Shortcode": {"174379"},
+		"Daraja-Transaction-Id": {"ws_CO_191220191020363925"}, "Daraja-Result-Code": {"0"},
+	}}
+	for _, asJSON := range []bool{false, true} {
+		var out bytes.Buffer
+		pr := &tailPrinter{w: &out, json: asJSON, prefix: "daraja"}
+		pr.print(m)
+		pr.print(&nats.Msg{Subject: "daraja.rejected.token_replay", Data: []byte(`{"reason":"token_replay","source_ip":"127.0.0.9","path":"/stk/callback"}`)})
+		pr.print(&nats.Msg{Subject: "daraja.missing.b2c.result.600000", Data: []byte(`{"token_id":"tok_x","kinds":["b2c.result"],"shortcode":"600000"}`)})
+		text := out.String()
+		lines := strings.Split(strings.TrimSpace(text), "\n")
+		if len(lines) != 3 {
+			t.Fatalf("want 3 lines, got %q", text)
+		}
+		if strings.Contains(text, "254708374149") || strings.Contains(text, "MerchantRequestID") {
+			t.Errorf("tail printed a phone number or body: %s", text)
+		}
+		if !strings.Contains(lines[0], "2547******49") || !strings.Contains(lines[0], "1.00") {
+			t.Errorf("callback line: %s", lines[0])
+		}
+		if !strings.Contains(lines[1], "token_replay") || !strings.Contains(lines[2], "tok_x") {
+			t.Errorf("event lines: %s", text)
+		}
+		if asJSON {
+			for _, l := range lines {
+				var v map[string]any
+				if err := json.Unmarshal([]byte(l), &v); err != nil {
+					t.Errorf("not JSON: %s", l)
+				}
+			}
+		}
+	}
+}
