@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/signal"
 	"reflect"
+	"regexp"
+	"strings"
 	"syscall"
 
 	"go.uber.org/zap"
@@ -15,6 +17,8 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/edge"
 )
+
+var semver = regexp.MustCompile(`^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$`)
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
@@ -33,6 +37,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer func() { _ = log.Sync() }()
 
+	if v := strings.TrimPrefix(version, "v"); semver.MatchString(v) {
+		edge.Version = v
+	}
 	srv, err := edge.New(ctx, cfg, log)
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ type Tokens interface {
 	Issue(ctx context.Context, req verify.IssueRequest) (verify.IssueResponse, error)
 	Status(ctx context.Context, id string) (verify.Status, error)
 	Revoke(ctx context.Context, id string) error
+	Rotate(ctx context.Context, req verify.RotateRequest) (verify.IssueResponse, error)
 }
 
 // Options configures the admin handler.
@@ -53,6 +54,7 @@ func Handler(o Options) http.Handler {
 	mux.Handle("POST /v1/tokens", a.auth(a.issue))
 	mux.Handle("GET /v1/tokens/{id}", a.auth(a.status))
 	mux.Handle("DELETE /v1/tokens/{id}", a.auth(a.revoke))
+	mux.Handle("POST /v1/tokens/{id}/rotate", a.auth(a.rotate))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -139,6 +141,25 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// rotate issues a successor to a token; body (optional):
+// {"ttl":"720h","overlap":"24h"}.
+func (a *api) rotate(w http.ResponseWriter, r *http.Request) {
+	var req verify.RotateRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
+		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON rotate request: "+err.Error())
+		return
+	}
+	req.ID = r.PathValue("id")
+	resp, err := a.o.Tokens.Rotate(r.Context(), req)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, resp)
 }
 
 func (a *api) fail(w http.ResponseWriter, err error) {

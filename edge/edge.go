@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -21,6 +22,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
 	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/admin"
@@ -30,8 +32,13 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
+	"github.com/daraja-edge/daraja-edge/spool"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
+
+// Version is reported by the NATS token service (SemVer); main sets it
+// from the build version.
+var Version = "0.0.0-dev"
 
 // publishTimeout bounds the wait for a JetStream ack on the hot path.
 const publishTimeout = 3 * time.Second
@@ -49,15 +56,30 @@ type Server struct {
 	certs   *certs.Manager
 	handler *proxy.Handler
 
+	store   *verify.Store
+	pub     *publish.JetStream
+	spool   *spool.Spool
+	service micro.Service
+
 	public, admin     *http.Server
 	publicLn, adminLn net.Listener
+
+	bg       context.Context // lives until Close: watch, drainer, sweeper
+	bgCancel context.CancelFunc
+	bgDone   sync.WaitGroup
 
 	closeOnce sync.Once
 }
 
+// Intervals of the background work.
+const (
+	drainInterval = time.Second
+	sweepInterval = 5 * time.Second
+)
+
 // New builds the edge and binds its listeners; Run serves. On error
 // everything started so far is stopped.
-func New(ctx context.Context, cfg config.Config, log *zap.Logger) (s *Server, err error) {
+func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, err error) {
 	if log == nil {
 		log = zap.NewNop()
 	}
@@ -65,7 +87,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (s *Server, er
 	if name == "" {
 		name = "daraja-edge"
 	}
-	s = &Server{cfg: cfg, log: log, name: name}
+	s := &Server{cfg: cfg, log: log, name: name}
+	s.bg, s.bgCancel = context.WithCancel(context.WithoutCancel(ctx))
 	defer func() {
 		if err != nil {
 			s.Close()
@@ -92,6 +115,10 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (s *Server, er
 	if err != nil {
 		return nil, err
 	}
+	s.spool, err = spool.Open(cfg.Spool.Dir, cfg.Spool.MaxBytes, log)
+	if err != nil {
+		return nil, err
+	}
 	store, err := verify.NewStore(ctx, s.broker.JetStream, verify.StoreOptions{
 		Bucket:   TokenBucket(cfg.NATS.SubjectPrefix),
 		Replicas: cfg.NATS.Stream.Replicas,
@@ -100,14 +127,23 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (s *Server, er
 	if err != nil {
 		return nil, err
 	}
+	s.store = store
+	if err := store.Watch(s.bg); err != nil {
+		return nil, err
+	}
 	issuer := &verify.Issuer{
 		Store: store, PublicURL: cfg.PublicURL, QueryParam: cfg.Tokens.QueryParam,
 		Limits: verify.Limits{DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL},
 	}
+	s.service, err = verify.ServeNATS(s.broker.Conn, cfg.NATS.SubjectPrefix, Version, issuer, log)
+	if err != nil {
+		return nil, fmt.Errorf("edge: token service: %w", err)
+	}
 
 	pub := publish.New(s.broker.Conn, s.broker.JetStream, publishTimeout)
+	s.pub = pub
 	s.handler = proxy.New(proxy.Options{
-		Tokens: store, Publisher: pub, Requester: pub, Notifier: pub,
+		Tokens: store, Publisher: pub, Requester: pub, Notifier: pub, Spool: s.spool,
 		Subjects: subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
 		ValidationTimeout: cfg.Validation.Timeout,
 		RejectOnTimeout:   cfg.Validation.OnTimeout == config.OnTimeoutReject,
@@ -232,6 +268,8 @@ func (s *Server) Run(ctx context.Context) error {
 		errc <- fmt.Errorf("edge: public listener: %w", err)
 	}()
 	go func() { errc <- fmt.Errorf("edge: admin listener: %w", s.admin.Serve(s.adminLn)) }()
+	s.bgDone.Add(1)
+	go s.background()
 	scheme := "https"
 	if s.certs == nil {
 		scheme = "http"
@@ -256,6 +294,16 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.admin.Shutdown(shutCtx); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("edge: admin shutdown: %w", err))
 	}
+	s.bgCancel()
+	s.bgDone.Wait()
+	// Last chance to hand the spool to NATS; what is left is replayed on
+	// the next start.
+	drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	s.drain(drainCtx)
+	cancelDrain()
+	if _, left := s.spool.Stats(); left > 0 {
+		s.log.Warn("stopping with callbacks in the spool; the next start replays them", zap.Int64("records", left))
+	}
 	s.Close()
 	s.log.Info("stopped")
 	return runErr
@@ -269,9 +317,17 @@ func (s *Server) Close() {
 				_ = ln.Close()
 			}
 		}
+		s.bgCancel()
+		s.bgDone.Wait()
 		s.certs.Close()
+		if s.service != nil {
+			_ = s.service.Stop()
+		}
 		if s.broker != nil {
 			s.broker.Close()
+		}
+		if s.spool != nil {
+			_ = s.spool.Close()
 		}
 	})
 }
@@ -297,7 +353,104 @@ func (s *Server) ready(ctx context.Context) error {
 	if s.cfg.TLS.Mode != config.TLSOff && s.certs.Leaf() == nil {
 		return errors.New("no certificate loaded")
 	}
+	if s.spool.Full() {
+		return errors.New("spool is full")
+	}
 	return nil
+}
+
+// background replays the spool, settles token consumptions made while the
+// bucket was unreachable, and reports expired unconsumed tokens.
+func (s *Server) background() {
+	defer s.bgDone.Done()
+	drain := time.NewTicker(drainInterval)
+	defer drain.Stop()
+	sweep := time.NewTicker(sweepInterval)
+	defer sweep.Stop()
+	for {
+		select {
+		case <-s.bg.Done():
+			return
+		case <-drain.C:
+			if s.broker.Conn.IsConnected() {
+				s.drain(s.bg)
+			}
+		case <-sweep.C:
+			if !s.broker.Conn.IsConnected() {
+				continue
+			}
+			select {
+			case <-s.store.Synced():
+			default:
+				continue // the local copy is not complete yet
+			}
+			if n, err := s.store.Sweep(s.bg, s.emitMissing); err != nil {
+				s.log.Warn("missing-callback sweep stopped", zap.Int("emitted", n), zap.Error(err))
+			} else if n > 0 {
+				s.log.Info("missing-callback events published", zap.Int("count", n))
+			}
+		}
+	}
+}
+
+// drain replays the spool and settles deferred token consumptions.
+func (s *Server) drain(ctx context.Context) {
+	if _, err := s.store.SettleDeferred(ctx); err != nil {
+		s.log.Debug("deferred token consumptions not settled yet", zap.Error(err))
+	}
+	n, err := s.spool.Drain(ctx, func(ctx context.Context, m *nats.Msg) error {
+		// A message spooled before a restart may carry a consumption that
+		// never reached the bucket.
+		if id := m.Header.Get(publish.HeaderTokenID); id != "" {
+			if err := s.store.Settle(ctx, id, m.Header.Get(publish.HeaderMsgID)); err != nil {
+				return err
+			}
+		}
+		_, err := s.pub.Publish(ctx, m)
+		return err
+	})
+	if n > 0 {
+		s.log.Info("spooled callbacks replayed to NATS", zap.Int("count", n))
+	}
+	if err != nil && ctx.Err() == nil {
+		s.log.Warn("spool replay paused", zap.Int("replayed", n), zap.Error(err))
+	}
+}
+
+// missingEvent is the body of <prefix>.missing.<kind>.<shortcode>.
+type missingEvent struct {
+	TokenID   string   `json:"token_id"`
+	Kinds     []string `json:"kinds"`
+	Shortcode string   `json:"shortcode"`
+	Reference string   `json:"reference,omitempty"`
+	IssuedAt  string   `json:"issued_at"`
+	ExpiresAt string   `json:"expires_at"`
+}
+
+// emitMissing publishes the missing event of an expired token; its Msg-Id
+// makes it one message whatever the number of replicas emitting it.
+func (s *Server) emitMissing(ctx context.Context, rec verify.Record) error {
+	ev := missingEvent{
+		TokenID: rec.ID, Shortcode: rec.Shortcode, Reference: rec.Reference,
+		IssuedAt: rec.IssuedAt.Format(time.RFC3339Nano), ExpiresAt: rec.ExpiresAt.Format(time.RFC3339Nano),
+	}
+	for _, k := range rec.Kinds {
+		ev.Kinds = append(ev.Kinds, string(k))
+	}
+	data, _ := json.Marshal(ev)
+	subjects := publish.Subjects{Prefix: s.cfg.NATS.SubjectPrefix}
+	m := &nats.Msg{Subject: subjects.Missing(ev.Kinds[0], rec.Shortcode), Data: data, Header: nats.Header{
+		publish.HeaderMsgID:     {"missing:" + rec.ID},
+		publish.HeaderKind:      {ev.Kinds[0]},
+		publish.HeaderShortcode: {rec.Shortcode},
+		publish.HeaderTokenID:   {rec.ID},
+		publish.HeaderEdge:      {s.name},
+	}}
+	if rec.Reference != "" {
+		m.Header.Set(publish.HeaderReference, rec.Reference)
+	}
+	_, err := s.pub.Publish(ctx, m)
+	return err
 }
 
 // PublicAddr is the bound public listener address.

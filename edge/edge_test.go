@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -348,15 +349,64 @@ func TestC2BValidation(t *testing.T) {
 	})
 }
 
-// TestStreamDownIs503: no ack, no 200.
-func TestStreamDownIs503(t *testing.T) {
+// TestSpoolWhenStreamGone: no ack means the callback is spooled (200),
+// then replayed with the same Msg-Id once the stream is back.
+func TestSpoolWhenStreamGone(t *testing.T) {
+	h := start(t, nil)
+	tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Token
+	ctx := context.Background()
+	cfg, err := h.stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := h.js.DeleteStream(ctx, h.cfg.NATS.Stream.Name); err != nil {
+		t.Fatal(err)
+	}
+	body := fixture(t, "stk_callback_success.json")
+	r := h.callback(allowedSrc, daraja.STKCallback, tok, body)
+	if r.status != http.StatusOK || r.body != accepted {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	if _, n := h.srv.spool.Stats(); n != 1 {
+		t.Fatalf("spool holds %d records", n)
+	}
+	// The same callback again while the stream is away: spooled again, and
+	// de-duplicated by the stream on replay.
+	if r := h.callback(allowedSrc, daraja.STKCallback, tok, body); r.status != http.StatusOK {
+		t.Fatalf("repeat: %d %s", r.status, r.body)
+	}
+	if h.stream, err = h.js.CreateStream(ctx, cfg.Config); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		if _, n := h.srv.spool.Stats(); n == 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	msgs := h.messages()
+	if len(msgs) != 1 || !bytes.Equal(msgs[0].Data, body) || msgs[0].Header.Get("Nats-Msg-Id") != "stk.callback:ws_CO_191220191020363925" {
+		t.Fatalf("stream holds %d messages after replay", len(msgs))
+	}
+}
+
+// TestNeitherAckNorSpoolIs503: no ack and an unwritable spool: 503.
+func TestNeitherAckNorSpoolIs503(t *testing.T) {
 	h := start(t, nil)
 	tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Token
 	if err := h.js.DeleteStream(context.Background(), h.cfg.NATS.Stream.Name); err != nil {
 		t.Fatal(err)
 	}
+	// A file where the spool directory was: no segment can be created.
+	if err := os.RemoveAll(h.cfg.Spool.Dir); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(h.cfg.Spool.Dir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
 	r := h.callback(allowedSrc, daraja.STKCallback, tok, fixture(t, "stk_callback_success.json"))
-	if r.status != http.StatusServiceUnavailable {
-		t.Fatalf("%d %s", r.status, r.body)
+	if r.status != http.StatusServiceUnavailable || r.body != `{"error":"unavailable"}`+"\n" {
+		t.Fatalf("%d %q", r.status, r.body)
 	}
 }

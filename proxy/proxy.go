@@ -42,6 +42,12 @@ type Requester interface {
 	Request(ctx context.Context, msg *nats.Msg, timeout time.Duration) ([]byte, error)
 }
 
+// Spooler keeps a message on local disk, fsynced, when the stream cannot
+// take it.
+type Spooler interface {
+	Append(msg *nats.Msg) error
+}
+
 // Notifier sends best-effort events (rejections).
 type Notifier interface {
 	Notify(msg *nats.Msg)
@@ -54,6 +60,7 @@ type Metrics interface {
 	Rejected(reason string)
 	AllowlistMiss()
 	Published(d time.Duration)
+	Spooled()
 	Validation(decision, by string)
 }
 
@@ -75,6 +82,7 @@ type Options struct {
 	Tokens    Tokens
 	Publisher Publisher
 	Requester Requester
+	Spool     Spooler  // optional: without it, no ack means 503
 	Notifier  Notifier // optional
 	Metrics   Metrics  // optional
 	Subjects  publish.Subjects
@@ -284,8 +292,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		return nil, tokenError(err)
 	}
 	rl.outcome = "accepted"
-	if outcome == verify.Duplicate {
+	switch outcome {
+	case verify.Duplicate:
 		rl.outcome = "duplicate"
+	case verify.Deferred:
+		rl.deferred = true
 	}
 
 	// 6. Durable before the answer. A duplicate is published again with
@@ -310,7 +321,19 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	t0 := time.Now()
 	dup, err := h.o.Publisher.Publish(ctx, nm)
 	if err != nil {
-		return nil, refuse(http.StatusServiceUnavailable, "not_durable", err)
+		// No ack: keep it on disk, fsynced, for the drainer to replay with
+		// the same Nats-Msg-Id. Only if that fails too is the answer 503.
+		if h.o.Spool == nil {
+			return nil, refuse(http.StatusServiceUnavailable, "not_durable", err)
+		}
+		if serr := h.o.Spool.Append(nm); serr != nil {
+			h.log.Error("callback neither acked by JetStream nor spooled", zap.String("transaction_id", cb.TransactionID),
+				zap.NamedError("publish_error", err), zap.NamedError("spool_error", serr))
+			return nil, refuse(http.StatusServiceUnavailable, "not_durable", errors.Join(err, serr))
+		}
+		h.o.Metrics.Spooled()
+		rl.outcome = "spooled"
+		return answer, nil
 	}
 	h.o.Metrics.Published(time.Since(t0))
 	if dup {
@@ -455,6 +478,7 @@ type requestLog struct {
 	msisdn        string
 	decision      string
 	allowlistMiss bool
+	deferred      bool
 	status        int
 	outcome       string
 	reason        string
@@ -489,6 +513,9 @@ func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
 	if l.allowlistMiss {
 		e.AddBool("allowlist_miss", true)
 	}
+	if l.deferred {
+		e.AddBool("token_consumed_locally", true)
+	}
 	e.AddInt("status", l.status)
 	e.AddString("outcome", l.outcome)
 	if l.reason != "" {
@@ -507,4 +534,5 @@ func (nopMetrics) Request(string, string, time.Duration) {}
 func (nopMetrics) Rejected(string)                       {}
 func (nopMetrics) AllowlistMiss()                        {}
 func (nopMetrics) Published(time.Duration)               {}
+func (nopMetrics) Spooled()                              {}
 func (nopMetrics) Validation(string, string)             {}

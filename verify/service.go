@@ -27,6 +27,8 @@ type IssueResponse struct {
 	Token     string            `json:"token"`
 	ExpiresAt string            `json:"expires_at"`
 	URLs      map[string]string `json:"urls"`
+	// RotatedFrom names the token this one replaces (rotate only).
+	RotatedFrom string `json:"rotated_from,omitempty"`
 }
 
 // Issue issues a token for req.
@@ -35,9 +37,44 @@ func (i *Issuer) Issue(ctx context.Context, req IssueRequest) (IssueResponse, er
 	if err != nil {
 		return IssueResponse{}, err
 	}
+	return i.response(iss), nil
+}
+
+// RotateRequest asks for a successor to a token.
+type RotateRequest struct {
+	ID string `json:"id"`
+	// TTL of the successor; default the old token's lifetime.
+	TTL string `json:"ttl,omitempty"`
+	// Overlap is how long the old token stays valid; default 24h.
+	Overlap string `json:"overlap,omitempty"`
+}
+
+// DefaultOverlap is how long a rotated token stays valid by default.
+const DefaultOverlap = 24 * time.Hour
+
+// Rotate issues a successor to req.ID; both are valid for the overlap.
+func (i *Issuer) Rotate(ctx context.Context, req RotateRequest) (IssueResponse, error) {
+	overlap := DefaultOverlap
+	if req.Overlap != "" {
+		d, err := time.ParseDuration(req.Overlap)
+		if err != nil || d < 0 {
+			return IssueResponse{}, badRequest("overlap: %q is not a duration like 1h", req.Overlap)
+		}
+		overlap = d
+	}
+	iss, err := i.Store.Rotate(ctx, req.ID, req.TTL, overlap, i.Limits)
+	if err != nil {
+		return IssueResponse{}, err
+	}
+	resp := i.response(iss)
+	resp.RotatedFrom = req.ID
+	return resp, nil
+}
+
+func (i *Issuer) response(iss Issued) IssueResponse {
 	base := strings.TrimRight(i.PublicURL, "/")
 	q := url.Values{i.QueryParam: {iss.Token}}.Encode()
-	urls := make(map[string]string, len(req.Kinds))
+	urls := make(map[string]string, len(iss.Record.Kinds))
 	for _, k := range iss.Record.Kinds {
 		urls[string(k)] = base + k.Path() + "?" + q
 	}
@@ -46,7 +83,7 @@ func (i *Issuer) Issue(ctx context.Context, req IssueRequest) (IssueResponse, er
 		Token:     iss.Token,
 		ExpiresAt: iss.Record.ExpiresAt.Format(time.RFC3339),
 		URLs:      urls,
-	}, nil
+	}
 }
 
 // Status is the public view of a token record.
@@ -63,6 +100,7 @@ type Status struct {
 	ConsumedBy   string `json:"consumed_by,omitempty"`
 	ConsumedKind string `json:"consumed_kind,omitempty"`
 	ConsumedAt   string `json:"consumed_at,omitempty"`
+	RotatedTo    string `json:"rotated_to,omitempty"`
 }
 
 // Status returns the state of token id.
@@ -73,7 +111,7 @@ func (i *Issuer) Status(ctx context.Context, id string) (Status, error) {
 	}
 	st := Status{
 		ID: rec.ID, State: rec.StateAt(i.Store.now()), Kinds: rec.Kinds, Shortcode: rec.Shortcode,
-		Reference: rec.Reference, Reusable: rec.Reusable,
+		Reference: rec.Reference, Reusable: rec.Reusable, RotatedTo: rec.RotatedTo,
 		IssuedAt: rec.IssuedAt.Format(time.RFC3339), ExpiresAt: rec.ExpiresAt.Format(time.RFC3339),
 	}
 	if rec.ConsumedBy != "" {

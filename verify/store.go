@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -41,6 +42,9 @@ const (
 	First Outcome = iota
 	// Duplicate: the token was consumed by this same callback before.
 	Duplicate
+	// Deferred: the bucket was unreachable; the token is consumed in this
+	// replica's memory and written to the bucket once it is back (Settle).
+	Deferred
 )
 
 // StoreOptions configures a Store.
@@ -56,12 +60,32 @@ type StoreOptions struct {
 }
 
 // Store keeps token records in a JetStream key-value bucket, so every edge
-// replica sees every token. It is safe for concurrent use.
+// replica sees every token, and a local copy fed by a watch of the bucket,
+// so a check needs no round trip and survives a NATS outage. It is safe for
+// concurrent use.
 type Store struct {
 	kv  jetstream.KeyValue
 	log *zap.Logger
 	now func() time.Time
+
+	mu    sync.RWMutex
+	cache map[string]cached
+	// offline holds consumptions made while the bucket was unreachable:
+	// token id → callback id. Settle writes them to the bucket.
+	offline map[string]string
+	synced  chan struct{} // closed once the watch delivered every record
 }
+
+type cached struct {
+	rec Record
+	rev uint64
+}
+
+// maxCached bounds the local copy; past it, lookups fall back to the bucket.
+const maxCached = 1 << 20
+
+// opTimeout bounds each bucket operation on the request path.
+const opTimeout = 2 * time.Second
 
 // NewStore opens the bucket, creating it if missing.
 func NewStore(ctx context.Context, js jetstream.JetStream, o StoreOptions, log *zap.Logger) (*Store, error) {
@@ -79,7 +103,81 @@ func NewStore(ctx context.Context, js jetstream.JetStream, o StoreOptions, log *
 	if err != nil {
 		return nil, fmt.Errorf("verify: token bucket %s: %w", o.Bucket, err)
 	}
-	return &Store{kv: kv, log: log.Named("tokens"), now: time.Now}, nil
+	return &Store{
+		kv: kv, log: log.Named("tokens"), now: time.Now,
+		cache: map[string]cached{}, offline: map[string]string{}, synced: make(chan struct{}),
+	}, nil
+}
+
+// Watch keeps the local copy in step with the bucket until ctx ends. It
+// returns once the watch has started; Synced closes when the bucket's
+// records are all loaded.
+func (s *Store) Watch(ctx context.Context) error {
+	w, err := s.kv.WatchAll(ctx)
+	if err != nil {
+		return fmt.Errorf("verify: watch token bucket: %w", err)
+	}
+	go func() {
+		defer func() { _ = w.Stop() }()
+		initial := true
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case e, ok := <-w.Updates():
+				if !ok {
+					return
+				}
+				if e == nil {
+					if initial {
+						close(s.synced)
+						initial = false
+					}
+					continue
+				}
+				s.apply(e)
+			}
+		}
+	}()
+	return nil
+}
+
+// Synced is closed once the watch has loaded every record.
+func (s *Store) Synced() <-chan struct{} { return s.synced }
+
+func (s *Store) apply(e jetstream.KeyValueEntry) {
+	if e.Operation() != jetstream.KeyValuePut {
+		s.mu.Lock()
+		delete(s.cache, e.Key())
+		s.mu.Unlock()
+		return
+	}
+	var rec Record
+	if err := json.Unmarshal(e.Value(), &rec); err != nil {
+		s.log.Error("token record is corrupt", zap.String("token_id", e.Key()), zap.Error(err))
+		return
+	}
+	s.remember(rec, e.Revision())
+}
+
+// remember stores rec in the local copy unless a newer revision is there.
+func (s *Store) remember(rec Record, rev uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c, ok := s.cache[rec.ID]; ok && c.rev >= rev {
+		return
+	}
+	if _, ok := s.cache[rec.ID]; !ok && len(s.cache) >= maxCached {
+		return
+	}
+	s.cache[rec.ID] = cached{rec, rev}
+}
+
+func (s *Store) lookup(id string) (cached, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	c, ok := s.cache[id]
+	return c, ok
 }
 
 // IssueRequest asks for a token. It is the JSON of the admin API and of the
@@ -170,9 +268,11 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 		State:     StateIssued,
 	}
 	data, _ := json.Marshal(&rec)
-	if _, err := s.kv.Create(ctx, id, data); err != nil {
+	rev, err := s.kv.Create(ctx, id, data)
+	if err != nil {
 		return Issued{}, fmt.Errorf("verify: store token %s: %w", id, err)
 	}
+	s.remember(rec, rev)
 	s.log.Info("token issued", zap.String("token_id", id), zap.Strings("kinds", kindStrings(rec.Kinds)),
 		zap.String("shortcode", rec.Shortcode), zap.Bool("reusable", rec.Reusable), zap.Time("expires_at", rec.ExpiresAt))
 	return Issued{Token: token, Record: rec}, nil
@@ -207,7 +307,19 @@ func (s *Store) get(ctx context.Context, id string) (Record, uint64, error) {
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return Record{}, 0, fmt.Errorf("verify: token %s record is corrupt: %w", id, err)
 	}
+	s.remember(rec, e.Revision())
 	return rec, e.Revision(), nil
+}
+
+// update writes rec over revision rev and remembers the result.
+func (s *Store) update(ctx context.Context, rec Record, rev uint64) error {
+	data, _ := json.Marshal(&rec)
+	newRev, err := s.kv.Update(ctx, rec.ID, data, rev)
+	if err != nil {
+		return err
+	}
+	s.remember(rec, newRev)
+	return nil
 }
 
 // Revoke marks a token revoked; later callbacks on it are refused.
@@ -223,8 +335,7 @@ func (s *Store) Revoke(ctx context.Context, id string) error {
 		}
 		now := s.now().UTC()
 		rec.State, rec.RevokedAt = StateRevoked, &now
-		data, _ := json.Marshal(&rec)
-		if _, err := s.kv.Update(ctx, id, data, rev); err != nil {
+		if err := s.update(ctx, rec, rev); err != nil {
 			if isConflict(err) {
 				continue
 			}
@@ -251,12 +362,20 @@ func (s *Store) Authorize(ctx context.Context, token string, kind daraja.Kind) (
 	if err != nil {
 		return Grant{}, ErrUnknown
 	}
-	rec, rev, err := s.get(ctx, id)
-	if errors.Is(err, ErrNotFound) {
-		return Grant{}, ErrUnknown
-	}
-	if err != nil {
-		return Grant{}, err
+	c, ok := s.lookup(id)
+	rec, rev := c.rec, c.rev
+	if !ok {
+		// Not seen by the watch yet (issued a moment ago elsewhere), or
+		// past the local copy's bound: ask the bucket.
+		ctx, cancel := context.WithTimeout(ctx, opTimeout)
+		defer cancel()
+		rec, rev, err = s.get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			return Grant{}, ErrUnknown
+		}
+		if err != nil {
+			return Grant{}, err
+		}
 	}
 	if !rec.matches(token) {
 		return Grant{}, ErrUnknown
@@ -277,7 +396,9 @@ func (s *Store) Authorize(ctx context.Context, token string, kind daraja.Kind) (
 // callbackID (kind:transaction id). The first callback consumes it; the same
 // callback again is a Duplicate; any other callback is ErrReplay. Reusable
 // tokens are never consumed. Two replicas racing on one token are settled
-// by the bucket's compare-and-set: exactly one wins.
+// by the bucket's compare-and-set: exactly one wins. When the bucket cannot
+// be reached the consumption is Deferred: held in this replica's memory and
+// written by Settle later.
 func (s *Store) Consume(ctx context.Context, g Grant, callbackID string) (Outcome, error) {
 	rec, rev := g.Record, g.revision
 	if rec.Reusable {
@@ -297,23 +418,197 @@ func (s *Store) Consume(ctx context.Context, g Grant, callbackID string) (Outcom
 		if !now.Before(rec.ExpiresAt) {
 			return 0, ErrExpired
 		}
+		s.mu.RLock()
+		held, deferred := s.offline[rec.ID]
+		s.mu.RUnlock()
+		if deferred {
+			if held == callbackID {
+				return Duplicate, nil
+			}
+			return 0, ErrReplay
+		}
 		rec.State, rec.ConsumedBy, rec.ConsumedAt = StateConsumed, callbackID, &now
-		data, _ := json.Marshal(&rec)
-		_, err := s.kv.Update(ctx, rec.ID, data, rev)
+		uctx, cancel := context.WithTimeout(ctx, opTimeout)
+		err := s.update(uctx, rec, rev)
+		cancel()
 		if err == nil {
 			return First, nil
 		}
 		if !isConflict(err) {
-			return 0, fmt.Errorf("verify: consume %s: %w", rec.ID, err)
+			return s.deferConsume(rec.ID, callbackID, err)
 		}
 		// Someone else wrote first: read again and decide on what they wrote.
-		if rec, rev, err = s.get(ctx, rec.ID); err != nil {
+		gctx, cancel := context.WithTimeout(ctx, opTimeout)
+		rec, rev, err = s.get(gctx, rec.ID)
+		cancel()
+		if err != nil {
 			return 0, err
 		}
 	}
 	return 0, fmt.Errorf("verify: consume %s: too much contention", g.Record.ID)
 }
 
+func (s *Store) deferConsume(id, callbackID string, cause error) (Outcome, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if held, ok := s.offline[id]; ok {
+		if held == callbackID {
+			return Duplicate, nil
+		}
+		return 0, ErrReplay
+	}
+	s.offline[id] = callbackID
+	s.log.Warn("token bucket unreachable: consumption held locally until it is back",
+		zap.String("token_id", id), zap.Error(cause))
+	return Deferred, nil
+}
+
+// Settle writes a consumption made while the bucket was unreachable (or
+// replayed from the spool after a restart) to the bucket. It is a no-op for
+// reusable tokens and for a token already consumed by the same callback; a
+// token consumed meanwhile by another callback is logged as a conflict.
+func (s *Store) Settle(ctx context.Context, id, callbackID string) error {
+	for range 8 {
+		rec, rev, err := s.get(ctx, id)
+		if errors.Is(err, ErrNotFound) {
+			s.forget(id)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if rec.Reusable || rec.ConsumedBy == callbackID {
+			s.forget(id)
+			return nil
+		}
+		if rec.State != StateIssued {
+			s.log.Error("token used while the bucket was unreachable was consumed elsewhere meanwhile",
+				zap.String("token_id", id), zap.String("state", rec.State),
+				zap.String("here", callbackID), zap.String("there", rec.ConsumedBy))
+			s.forget(id)
+			return nil
+		}
+		now := s.now().UTC()
+		rec.State, rec.ConsumedBy, rec.ConsumedAt = StateConsumed, callbackID, &now
+		err = s.update(ctx, rec, rev)
+		if err == nil {
+			s.forget(id)
+			return nil
+		}
+		if !isConflict(err) {
+			return fmt.Errorf("verify: settle %s: %w", id, err)
+		}
+	}
+	return fmt.Errorf("verify: settle %s: too much contention", id)
+}
+
+func (s *Store) forget(id string) {
+	s.mu.Lock()
+	delete(s.offline, id)
+	s.mu.Unlock()
+}
+
+// SettleDeferred settles every consumption held locally; it returns the
+// first error and how many remain.
+func (s *Store) SettleDeferred(ctx context.Context) (remaining int, err error) {
+	s.mu.RLock()
+	pending := make(map[string]string, len(s.offline))
+	for id, cb := range s.offline {
+		pending[id] = cb
+	}
+	s.mu.RUnlock()
+	for id, cb := range pending {
+		if err := s.Settle(ctx, id, cb); err != nil {
+			return len(pending), err
+		}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.offline), nil
+}
+
+// Sweep finds single-use tokens that expired unconsumed and hands each to
+// emit once (emit must be idempotent across replicas: publish with a
+// Msg-Id); after emit succeeds the record is marked so no replica emits it
+// again. It also drops long-finished records from the local copy.
+func (s *Store) Sweep(ctx context.Context, emit func(context.Context, Record) error) (emitted int, err error) {
+	now := s.now()
+	var due []cached
+	s.mu.Lock()
+	for id, c := range s.cache {
+		r := &c.rec
+		switch {
+		case r.State == StateIssued && !r.Reusable && !r.MissingSent && !now.Before(r.ExpiresAt):
+			if _, held := s.offline[id]; !held {
+				due = append(due, c)
+			}
+		case now.After(r.ExpiresAt.Add(time.Hour)) && (r.State != StateIssued || r.Reusable || r.MissingSent):
+			delete(s.cache, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, c := range due {
+		if err := emit(ctx, c.rec); err != nil {
+			return emitted, err
+		}
+		emitted++
+		rec := c.rec
+		rec.MissingSent = true
+		if err := s.update(ctx, rec, c.rev); err != nil && !isConflict(err) {
+			return emitted, fmt.Errorf("verify: mark %s missing: %w", rec.ID, err)
+		}
+	}
+	return emitted, nil
+}
+
 func isConflict(err error) bool {
 	return errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// Rotate issues a successor to token id with the same kinds, shortcode,
+// reference and reusability, and shortens the old token's life to overlap
+// from now (if it would live longer), so both are valid while Daraja's
+// registered URLs are switched over. ttl "" gives the successor the old
+// token's lifetime, capped by the limits.
+func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.Duration, lim Limits) (Issued, error) {
+	if overlap < 0 {
+		return Issued{}, badRequest("overlap: must not be negative")
+	}
+	old, _, err := s.get(ctx, id)
+	if err != nil {
+		return Issued{}, err
+	}
+	if st := old.StateAt(s.now()); st != StateIssued {
+		return Issued{}, &RequestError{Code: "not_rotatable", Message: "token is " + st + "; only a live token can be rotated"}
+	}
+	if ttl == "" {
+		life := old.ExpiresAt.Sub(old.IssuedAt)
+		ttl = min(life, lim.MaxTTL).String()
+	}
+	next, err := s.Issue(ctx, IssueRequest{
+		Kinds: old.Kinds, Shortcode: old.Shortcode, Reference: old.Reference, TTL: ttl, Reusable: old.Reusable,
+	}, lim)
+	if err != nil {
+		return Issued{}, err
+	}
+	for range 8 {
+		rec, rev, err := s.get(ctx, id)
+		if err != nil {
+			return Issued{}, err
+		}
+		rec.RotatedTo = next.Record.ID
+		if end := s.now().UTC().Add(overlap); end.Before(rec.ExpiresAt) {
+			rec.ExpiresAt = end
+		}
+		err = s.update(ctx, rec, rev)
+		if err == nil {
+			s.log.Info("token rotated", zap.String("token_id", id), zap.String("successor", next.Record.ID),
+				zap.Time("old_expires_at", rec.ExpiresAt))
+			return next, nil
+		}
+		if !isConflict(err) {
+			return Issued{}, fmt.Errorf("verify: rotate %s: %w", id, err)
+		}
+	}
+	return Issued{}, fmt.Errorf("verify: rotate %s: too much contention", id)
 }

@@ -49,6 +49,10 @@ type Record struct {
 	ConsumedBy string        `json:"consumed_by,omitempty"` // kind:transaction id
 	ConsumedAt *time.Time    `json:"consumed_at,omitempty"`
 	RevokedAt  *time.Time    `json:"revoked_at,omitempty"`
+	// MissingSent is set once the missing-callback event was published.
+	MissingSent bool `json:"missing_sent,omitempty"`
+	// RotatedTo names the token that replaced this one.
+	RotatedTo string `json:"rotated_to,omitempty"`
 }
 
 // Allows reports whether the token was issued for kind k.
