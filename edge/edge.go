@@ -466,3 +466,10 @@ func (s *Server) NATSURL() string { return s.broker.ClientURL() }
 // Certificate is the certificate served on the public listener (nil with
 // tls.mode off).
 func (s *Server) Certificate() *x509.Certificate { return s.certs.Leaf() }
+
+// Pending reports callbacks spooled but not yet on NATS, and token
+// consumptions held locally but not yet in the bucket.
+func (s *Server) Pending() (spooled int64, deferred int) {
+	_, spooled = s.spool.Stats()
+	return spooled, s.store.DeferredCount()
+}

@@ -502,6 +502,13 @@ func (s *Store) Settle(ctx context.Context, id, callbackID string) error {
 	return fmt.Errorf("verify: settle %s: too much contention", id)
 }
 
+// DeferredCount is how many consumptions are held locally.
+func (s *Store) DeferredCount() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return len(s.offline)
+}
+
 func (s *Store) forget(id string) {
 	s.mu.Lock()
 	delete(s.offline, id)
