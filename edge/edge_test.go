@@ -3,7 +3,9 @@ package edge
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -408,5 +410,49 @@ func TestNeitherAckNorSpoolIs503(t *testing.T) {
 	r := h.callback(allowedSrc, daraja.STKCallback, tok, fixture(t, "stk_callback_success.json"))
 	if r.status != http.StatusServiceUnavailable || r.body != `{"error":"unavailable"}`+"\n" {
 		t.Fatalf("%d %q", r.status, r.body)
+	}
+}
+
+// TestGracefulStop: a stop lets the request in flight finish with its 200.
+func TestGracefulStop(t *testing.T) {
+	cfg := testConfig(t)
+	srv, err := New(context.Background(), cfg, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Run(ctx) }()
+	h := &harness{t: t, srv: srv, cfg: cfg, clients: map[string]*http.Client{}}
+	h.roots = x509.NewCertPool()
+	h.roots.AddCert(srv.Certificate())
+	nc, err := nats.Connect(srv.NATSURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nc.Close()
+	// A slow validator keeps the request in flight while the stop begins.
+	started := make(chan struct{})
+	if _, err := nc.Subscribe("daraja.validate.600638", func(m *nats.Msg) {
+		close(started)
+		time.Sleep(500 * time.Millisecond)
+		_ = m.Respond([]byte(`{"ResultCode":"0","ResultDesc":"Accepted"}`))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	_ = nc.Flush()
+	tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.C2BValidation}, Shortcode: "600638", Reusable: true}).Token
+	res := make(chan reply, 1)
+	go func() { res <- h.callback(allowedSrc, daraja.C2BValidation, tok, fixture(t, "c2b_validation.json")) }()
+	<-started
+	cancel()
+	if r := <-res; r.status != 200 || r.body != `{"ResultCode":"0","ResultDesc":"Accepted"}` {
+		t.Errorf("in-flight request: %d %s", r.status, r.body)
+	}
+	if err := <-done; err != nil {
+		t.Errorf("Run after stop: %v", err)
+	}
+	if _, err := net.Dial("tcp", srv.PublicAddr().String()); err == nil {
+		t.Error("public listener still accepts after stop")
 	}
 }

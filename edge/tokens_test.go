@@ -55,6 +55,14 @@ func TestTokenServiceOverNATS(t *testing.T) {
 	other := verify.IssueResponse{}
 	call("daraja.tokens.issue", verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}, &other)
 	h.tokens = append(h.tokens, other.Token)
+	c2b := verify.IssueResponse{}
+	call("daraja.tokens.issue", verify.IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true}, &c2b)
+	var rotated verify.IssueResponse
+	call("daraja.tokens.rotate", verify.RotateRequest{ID: c2b.ID, Overlap: "1h"}, &rotated)
+	h.tokens = append(h.tokens, c2b.Token, rotated.Token)
+	if rotated.RotatedFrom != c2b.ID || rotated.Token == "" {
+		t.Errorf("rotate over NATS: %+v", rotated)
+	}
 	call("daraja.tokens.revoke", map[string]string{"id": other.ID}, nil)
 	if r := h.callback(allowedSrc, daraja.STKCallback, other.Token, fixture(t, "stk_callback_success.json")); r.status != 403 {
 		t.Errorf("revoked over NATS, still accepted: %d", r.status)

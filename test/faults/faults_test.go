@@ -152,8 +152,11 @@ func TestEdgeKilled(t *testing.T) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	verifyStream(t, "edge killed (SIGKILL)", js, ta)
+	// SIGTERM is a clean stop: exit status 0.
 	_ = child.Process.Signal(syscall.SIGTERM)
-	_ = child.Wait()
+	if err := child.Wait(); err != nil {
+		t.Errorf("edge after SIGTERM: %v", err)
+	}
 }
 
 // startChild runs this test binary as an edge (see TestMain) and waits
