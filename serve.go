@@ -70,6 +70,7 @@ func reload(path string, old config.Config, srv *edge.Server, level zap.AtomicLe
 			problems = append(problems, p.Error())
 		}
 		log.Error("reload refused: the file is invalid; the running configuration stays", zap.Strings("problems", problems))
+		srv.ReloadRefused()
 		return old
 	}
 	if err := srv.Reload(cfg); err != nil {

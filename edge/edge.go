@@ -30,6 +30,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/broker"
 	"github.com/daraja-edge/daraja-edge/certs"
 	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/metrics"
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/spool"
@@ -57,6 +58,7 @@ type Server struct {
 	handler *proxy.Handler
 
 	store   *verify.Store
+	metrics *metrics.Metrics
 	pub     *publish.JetStream
 	spool   *spool.Spool
 	service micro.Service
@@ -119,10 +121,21 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	if err != nil {
 		return nil, err
 	}
+	s.metrics = metrics.New(metrics.Gauges{
+		Spool: s.spool.Stats,
+		CertificateExpiry: func() time.Time {
+			if c := s.certs.Leaf(); c != nil {
+				return c.NotAfter
+			}
+			return time.Time{}
+		},
+		NATSConnected: func() bool { return s.broker.Conn.IsConnected() },
+	})
 	store, err := verify.NewStore(ctx, s.broker.JetStream, verify.StoreOptions{
 		Bucket:   TokenBucket(cfg.NATS.SubjectPrefix),
 		Replicas: cfg.NATS.Stream.Replicas,
 		Retain:   cfg.Tokens.MaxTTL + 7*24*time.Hour,
+		Observer: s.metrics,
 	}, log)
 	if err != nil {
 		return nil, err
@@ -143,7 +156,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	pub := publish.New(s.broker.Conn, s.broker.JetStream, publishTimeout)
 	s.pub = pub
 	s.handler = proxy.New(proxy.Options{
-		Tokens: store, Publisher: pub, Requester: pub, Notifier: pub, Spool: s.spool,
+		Tokens: store, Publisher: pub, Requester: pub, Notifier: pub, Spool: s.spool, Metrics: s.metrics,
 		Subjects: subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
 		ValidationTimeout: cfg.Validation.Timeout,
 		RejectOnTimeout:   cfg.Validation.OnTimeout == config.OnTimeoutReject,
@@ -177,7 +190,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	}
 	s.admin = &http.Server{
 		Handler: admin.Handler(admin.Options{
-			Tokens: issuer, APIKeys: keys, Ready: s.ready, Log: log,
+			Tokens: issuer, APIKeys: keys, Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
@@ -337,11 +350,16 @@ func (s *Server) Close() {
 func (s *Server) Reload(cfg config.Config) error {
 	p, err := BuildPolicy(cfg)
 	if err != nil {
+		s.metrics.Reload(false)
 		return err
 	}
 	s.handler.SetPolicy(p)
+	s.metrics.Reload(true)
 	return nil
 }
+
+// ReloadRefused records a reload refused because the file was invalid.
+func (s *Server) ReloadRefused() { s.metrics.Reload(false) }
 
 func (s *Server) ready(ctx context.Context) error {
 	if st := s.broker.Conn.Status(); st != nats.CONNECTED {

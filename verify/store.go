@@ -57,7 +57,19 @@ type StoreOptions struct {
 	// its state can still be read after expiry. It must exceed the
 	// longest token lifetime.
 	Retain time.Duration
+	// Observer, if set, is told of token events.
+	Observer Observer
 }
+
+// Observer is told of token events: issued, consumed, expired (missing
+// event sent), revoked, rotated.
+type Observer interface {
+	TokenEvent(event string)
+}
+
+type nopObserver struct{}
+
+func (nopObserver) TokenEvent(string) {}
 
 // Store keeps token records in a JetStream key-value bucket, so every edge
 // replica sees every token, and a local copy fed by a watch of the bucket,
@@ -67,6 +79,7 @@ type Store struct {
 	kv  jetstream.KeyValue
 	log *zap.Logger
 	now func() time.Time
+	obs Observer
 
 	mu    sync.RWMutex
 	cache map[string]cached
@@ -103,8 +116,12 @@ func NewStore(ctx context.Context, js jetstream.JetStream, o StoreOptions, log *
 	if err != nil {
 		return nil, fmt.Errorf("verify: token bucket %s: %w", o.Bucket, err)
 	}
+	obs := o.Observer
+	if obs == nil {
+		obs = nopObserver{}
+	}
 	return &Store{
-		kv: kv, log: log.Named("tokens"), now: time.Now,
+		kv: kv, log: log.Named("tokens"), now: time.Now, obs: obs,
 		cache: map[string]cached{}, offline: map[string]string{}, synced: make(chan struct{}),
 	}, nil
 }
@@ -273,6 +290,7 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 		return Issued{}, fmt.Errorf("verify: store token %s: %w", id, err)
 	}
 	s.remember(rec, rev)
+	s.obs.TokenEvent("issued")
 	s.log.Info("token issued", zap.String("token_id", id), zap.Strings("kinds", kindStrings(rec.Kinds)),
 		zap.String("shortcode", rec.Shortcode), zap.Bool("reusable", rec.Reusable), zap.Time("expires_at", rec.ExpiresAt))
 	return Issued{Token: token, Record: rec}, nil
@@ -341,6 +359,7 @@ func (s *Store) Revoke(ctx context.Context, id string) error {
 			}
 			return fmt.Errorf("verify: revoke %s: %w", id, err)
 		}
+		s.obs.TokenEvent("revoked")
 		s.log.Info("token revoked", zap.String("token_id", id))
 		return nil
 	}
@@ -432,6 +451,7 @@ func (s *Store) Consume(ctx context.Context, g Grant, callbackID string) (Outcom
 		err := s.update(uctx, rec, rev)
 		cancel()
 		if err == nil {
+			s.obs.TokenEvent("consumed")
 			return First, nil
 		}
 		if !isConflict(err) {
@@ -458,6 +478,7 @@ func (s *Store) deferConsume(id, callbackID string, cause error) (Outcome, error
 		return 0, ErrReplay
 	}
 	s.offline[id] = callbackID
+	s.obs.TokenEvent("consumed")
 	s.log.Warn("token bucket unreachable: consumption held locally until it is back",
 		zap.String("token_id", id), zap.Error(cause))
 	return Deferred, nil
@@ -559,6 +580,7 @@ func (s *Store) Sweep(ctx context.Context, emit func(context.Context, Record) er
 			return emitted, err
 		}
 		emitted++
+		s.obs.TokenEvent("expired")
 		rec := c.rec
 		rec.MissingSent = true
 		if err := s.update(ctx, rec, c.rev); err != nil && !isConflict(err) {
@@ -609,6 +631,7 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 		}
 		err = s.update(ctx, rec, rev)
 		if err == nil {
+			s.obs.TokenEvent("rotated")
 			s.log.Info("token rotated", zap.String("token_id", id), zap.String("successor", next.Record.ID),
 				zap.Time("old_expires_at", rec.ExpiresAt))
 			return next, nil

@@ -73,6 +73,10 @@ func TestNATSOutage(t *testing.T) {
 		switch i {
 		case 30:
 			node.stop()
+		case 45:
+			if st := readyz(e.admin); st != http.StatusServiceUnavailable {
+				t.Errorf("readyz during the outage: %d", st)
+			}
 		case 60:
 			time.Sleep(200 * time.Millisecond) // let the last in-flight callbacks land
 			spooled, deferred = e.srv.Pending()
@@ -84,6 +88,9 @@ func TestNATSOutage(t *testing.T) {
 		t.Errorf("the outage did not exercise the spool: %d spooled, %d deferred", spooled, deferred)
 	}
 	waitIdle(t, e)
+	if st := readyz(e.admin); st != http.StatusOK {
+		t.Errorf("readyz after the outage: %d", st)
+	}
 	_, js := connect(t, node.url())
 	if ta.accepted < 80 {
 		t.Errorf("only %d of %d accepted through the outage", ta.accepted, ta.sent)
@@ -404,4 +411,13 @@ func TestMissingOncePerToken(t *testing.T) {
 	msg := fmt.Sprintf("FAULTS %-28s expired=%d missing_events=%d replicas=2", "missing callbacks", len(want), len(got))
 	t.Log(msg)
 	fmt.Fprintln(os.Stderr, msg)
+}
+
+func readyz(adminAddr string) int {
+	resp, err := http.Get("http://" + adminAddr + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
 }

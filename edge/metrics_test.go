@@ -1,0 +1,126 @@
+package edge
+
+import (
+	"bytes"
+	"context"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/verify"
+)
+
+// scrape returns the admin /metrics samples as "name{labels}" → value.
+func (h *harness) scrape() map[string]float64 {
+	h.t.Helper()
+	status, body := h.admin(http.MethodGet, "/metrics", "", nil)
+	if status != http.StatusOK {
+		h.t.Fatalf("/metrics: %d", status)
+	}
+	out := map[string]float64{}
+	for _, line := range strings.Split(string(body), "\n") {
+		if line == "" || line[0] == '#' {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// TestMetricsCountWhatWasSent runs a scripted mix of traffic and checks the
+// counters match it.
+func TestMetricsCountWhatWasSent(t *testing.T) {
+	h := start(t, func(c *config.Config) { c.Allowlist.Mode = config.AllowlistReport })
+	stk := fixture(t, "stk_callback_success.json")
+	newTok := func(k daraja.Kind, sc string, reusable bool) verify.IssueResponse {
+		return h.issue(verify.IssueRequest{Kinds: []daraja.Kind{k}, Shortcode: sc, Reusable: reusable})
+	}
+	// 3 STK accepted, 1 duplicate, 1 replay.
+	var toks []verify.IssueResponse
+	for i := range 3 {
+		tok := newTok(daraja.STKCallback, "174379", false)
+		toks = append(toks, tok)
+		body := bytes.Replace(stk, []byte("ws_CO_191220191020363925"), []byte("ws_CO_m"+strconv.Itoa(i)), 1)
+		if r := h.callback(allowedSrc, daraja.STKCallback, tok.Token, body); r.status != 200 {
+			t.Fatalf("%d %s", r.status, r.body)
+		}
+		if i == 0 {
+			h.callback(allowedSrc, daraja.STKCallback, tok.Token, body) // duplicate
+			h.callback(allowedSrc, daraja.STKCallback, tok.Token, stk)  // replay
+		}
+	}
+	// 2 unknown tokens, 1 bad body, 1 unknown path.
+	h.callback(allowedSrc, daraja.STKCallback, strings.Repeat("A", 40), stk)
+	h.callback(allowedSrc, daraja.STKCallback, "nope", stk)
+	h.callback(allowedSrc, daraja.STKCallback, newTok(daraja.STKCallback, "174379", false).Token, []byte("{"))
+	h.post(allowedSrc, "POST", "/nowhere?t=x", stk, nil)
+	// 1 allowlist miss let through (report mode), accepted.
+	c2b := newTok(daraja.C2BConfirmation, "600638", true)
+	if r := h.callback(strangerSrc, daraja.C2BConfirmation, c2b.Token, fixture(t, "c2b_confirmation.json")); r.status != 200 {
+		t.Fatalf("report mode: %d", r.status)
+	}
+	// 1 validation with no validator: accepted by timeout.
+	val := newTok(daraja.C2BValidation, "600638", true)
+	h.callback(allowedSrc, daraja.C2BValidation, val.Token, fixture(t, "c2b_validation.json"))
+	// 1 revoked.
+	if status, _ := h.admin(http.MethodDelete, "/v1/tokens/"+toks[2].ID, testAdminKey, nil); status != 204 {
+		t.Fatal("revoke")
+	}
+
+	m := h.scrape()
+	want := map[string]float64{
+		`daraja_edge_requests_total{kind="stk.callback",outcome="accepted"}`:       3,
+		`daraja_edge_requests_total{kind="stk.callback",outcome="duplicate"}`:      1,
+		`daraja_edge_requests_total{kind="stk.callback",outcome="rejected"}`:       4,
+		`daraja_edge_requests_total{kind="unknown",outcome="rejected"}`:            1,
+		`daraja_edge_requests_total{kind="c2b.confirmation",outcome="accepted"}`:   1,
+		`daraja_edge_requests_total{kind="c2b.validation",outcome="accepted"}`:     1,
+		`daraja_edge_rejections_total{reason="token_replay"}`:                      1,
+		`daraja_edge_rejections_total{reason="token_unknown"}`:                     2,
+		`daraja_edge_rejections_total{reason="malformed_body"}`:                    1,
+		`daraja_edge_rejections_total{reason="unknown_path"}`:                      1,
+		`daraja_edge_allowlist_misses_total`:                                       1,
+		`daraja_edge_validation_decisions_total{by="timeout",decision="accepted"}`: 1,
+		`daraja_edge_tokens_total{event="issued"}`:                                 6,
+		`daraja_edge_tokens_total{event="consumed"}`:                               3,
+		`daraja_edge_tokens_total{event="revoked"}`:                                1,
+		`daraja_edge_publish_duration_seconds_count`:                               6, // 3 STK + duplicate + C2B + validation record
+		`daraja_edge_spool_records`:                                                0,
+		`daraja_edge_nats_connected`:                                               1,
+	}
+	for k, v := range want {
+		if m[k] != v {
+			t.Errorf("%s = %v, want %v", k, m[k], v)
+		}
+	}
+	if exp := m["daraja_edge_certificate_expiry_timestamp_seconds"]; exp < float64(time.Now().Add(300*24*time.Hour).Unix()) {
+		t.Errorf("certificate expiry %v", exp)
+	}
+}
+
+// TestReadiness: /readyz fails while NATS is unreachable and recovers.
+func TestReadiness(t *testing.T) {
+	h := start(t, nil)
+	if status, _ := h.admin(http.MethodGet, "/readyz", "", nil); status != 200 {
+		t.Fatalf("ready: %d", status)
+	}
+	// Stream gone: not ready.
+	if err := h.js.DeleteStream(context.Background(), h.cfg.NATS.Stream.Name); err != nil {
+		t.Fatal(err)
+	}
+	status, body := h.admin(http.MethodGet, "/readyz", "", nil)
+	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "stream") {
+		t.Fatalf("without stream: %d %s", status, body)
+	}
+	if status, _ := h.admin(http.MethodGet, "/healthz", "", nil); status != 200 {
+		t.Errorf("healthz: %d", status)
+	}
+}

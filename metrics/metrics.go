@@ -1,0 +1,137 @@
+// Package metrics exposes daraja-edge's Prometheus metrics: every name
+// starts with daraja_edge_ and carries its unit.
+package metrics
+
+import (
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+)
+
+const ns = "daraja_edge"
+
+// Metrics is the edge's registry. Its methods are safe for concurrent use
+// and cheap enough for the request path.
+type Metrics struct {
+	reg             *prometheus.Registry
+	requests        *prometheus.CounterVec
+	requestSeconds  *prometheus.HistogramVec
+	rejections      *prometheus.CounterVec
+	publishSeconds  prometheus.Histogram
+	spooled         prometheus.Counter
+	allowlistMisses prometheus.Counter
+	validations     *prometheus.CounterVec
+	tokens          *prometheus.CounterVec
+	reloads         *prometheus.CounterVec
+}
+
+// Gauges are read when /metrics is scraped.
+type Gauges struct {
+	// SpoolBytes and SpoolRecords report the spool.
+	Spool func() (bytes, records int64)
+	// CertificateExpiry is the served certificate's NotAfter (zero: none).
+	CertificateExpiry func() time.Time
+	// NATSConnected reports the NATS connection state.
+	NATSConnected func() bool
+}
+
+// New registers every metric, plus Go and process collectors.
+func New(g Gauges) *Metrics {
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	f := func(c prometheus.Collector) { reg.MustRegister(c) }
+	m := &Metrics{reg: reg}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
+		Help: "Callback requests by kind and outcome (accepted, duplicate, spooled, rejected, failed)."}, []string{"kind", "outcome"})
+	m.requestSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
+		Help: "Time from request start to answer, by kind.", Buckets: latencyBuckets}, []string{"kind"})
+	m.rejections = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "rejections_total",
+		Help: "Refused callback requests by reason."}, []string{"reason"})
+	m.publishSeconds = prometheus.NewHistogram(prometheus.HistogramOpts{Namespace: ns, Name: "publish_duration_seconds",
+		Help: "Time from JetStream publish to ack.", Buckets: latencyBuckets})
+	m.spooled = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "spooled_total",
+		Help: "Callbacks written to the spool because JetStream did not ack."})
+	m.allowlistMisses = prometheus.NewCounter(prometheus.CounterOpts{Namespace: ns, Name: "allowlist_misses_total",
+		Help: "Requests from sources outside the allowlist let through in report mode."})
+	m.validations = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "validation_decisions_total",
+		Help: "C2B validation answers by decision and by whom (validator, timeout, invalid-reply)."}, []string{"decision", "by"})
+	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "tokens_total",
+		Help: "Token events: issued, consumed, expired (missing event sent), revoked, rotated."}, []string{"event"})
+	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "config_reloads_total",
+		Help: "SIGHUP reloads by result (applied, refused)."}, []string{"result"})
+	for _, c := range []prometheus.Collector{m.requests, m.requestSeconds, m.rejections, m.publishSeconds, m.spooled,
+		m.allowlistMisses, m.validations, m.tokens, m.reloads} {
+		f(c)
+	}
+	if g.Spool != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "spool_bytes",
+			Help: "Bytes in the spool."}, func() float64 { b, _ := g.Spool(); return float64(b) }))
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "spool_records",
+			Help: "Callbacks in the spool, not yet on NATS."}, func() float64 { _, r := g.Spool(); return float64(r) }))
+	}
+	if g.CertificateExpiry != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "certificate_expiry_timestamp_seconds",
+			Help: "NotAfter of the served certificate, as a Unix time (0: none)."}, func() float64 {
+			if t := g.CertificateExpiry(); !t.IsZero() {
+				return float64(t.Unix())
+			}
+			return 0
+		}))
+	}
+	if g.NATSConnected != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "nats_connected",
+			Help: "1 while connected to NATS, else 0."}, func() float64 {
+			if g.NATSConnected() {
+				return 1
+			}
+			return 0
+		}))
+	}
+	return m
+}
+
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Handler serves the registry in the Prometheus text format.
+func (m *Metrics) Handler() http.Handler {
+	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
+}
+
+// Request counts one answered callback request.
+func (m *Metrics) Request(kind, outcome string, d time.Duration) {
+	if kind == "" {
+		kind = "unknown"
+	}
+	m.requests.WithLabelValues(kind, outcome).Inc()
+	m.requestSeconds.WithLabelValues(kind).Observe(d.Seconds())
+}
+
+// Rejected counts a refusal.
+func (m *Metrics) Rejected(reason string) { m.rejections.WithLabelValues(reason).Inc() }
+
+// AllowlistMiss counts a source let through in report mode.
+func (m *Metrics) AllowlistMiss() { m.allowlistMisses.Inc() }
+
+// Published observes a JetStream ack latency.
+func (m *Metrics) Published(d time.Duration) { m.publishSeconds.Observe(d.Seconds()) }
+
+// Spooled counts a callback written to the spool.
+func (m *Metrics) Spooled() { m.spooled.Inc() }
+
+// Validation counts a C2B validation answer.
+func (m *Metrics) Validation(decision, by string) { m.validations.WithLabelValues(decision, by).Inc() }
+
+// TokenEvent counts a token event.
+func (m *Metrics) TokenEvent(event string) { m.tokens.WithLabelValues(event).Inc() }
+
+// Reload counts a configuration reload.
+func (m *Metrics) Reload(applied bool) {
+	result := "refused"
+	if applied {
+		result = "applied"
+	}
+	m.reloads.WithLabelValues(result).Inc()
+}
