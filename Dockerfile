@@ -18,5 +18,7 @@ WORKDIR /var/lib/daraja-edge
 VOLUME ["/var/lib/daraja-edge"]
 EXPOSE 8443 9090
 USER nonroot:nonroot
+HEALTHCHECK --interval=10s --timeout=6s --retries=3 \
+  CMD ["/usr/local/bin/daraja-edge", "health", "--config", "/etc/daraja-edge/config.yaml"]
 ENTRYPOINT ["/usr/local/bin/daraja-edge"]
 CMD ["serve", "--config", "/etc/daraja-edge/config.yaml"]

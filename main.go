@@ -32,6 +32,8 @@ Usage:
   daraja-edge tail    [--subject S] [--json] [--config FILE] [--nats URL]
                                         print vetted callbacks, rejections and missing
                                         events live, one line each, phone numbers masked
+  daraja-edge health  [--config FILE] [--admin URL]
+                                        exit 0 if the running edge is ready (container HEALTHCHECK)
   daraja-edge version                   print version and commit
 
 The admin API key for 'token issue' comes from DARAJA_EDGE_ADMIN_KEY, else
@@ -84,6 +86,8 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return cmdTokenIssue(ctx, args[2:], stdout, stderr)
 	case "tail":
 		return cmdTail(ctx, args[1:], stdout, stderr)
+	case "health":
+		return cmdHealth(ctx, args[1:], stdout, stderr)
 	case "version", "--version", "-version":
 		fmt.Fprintf(stdout, "daraja-edge %s (commit %s)\n", version, buildCommit())
 		return nil

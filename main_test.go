@@ -136,6 +136,9 @@ func TestServeAndTokenIssue(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &resp); err != nil || !strings.HasPrefix(resp.ID, "tok_") || len(resp.URLs) != 2 {
 		t.Fatalf("answer %s (%v)", out, err)
 	}
+	if out, errs, code := runCLI(t, "health", "--config", cfgPath); code != 0 || !strings.Contains(out, "ready") {
+		t.Errorf("health: %d %s %s", code, out, errs)
+	}
 	if _, _, code := runCLI(t, "token", "issue", "--config", cfgPath, "--kinds", "b2c.result", "--shortcode", "60"); code != 1 {
 		t.Errorf("bad shortcode: code %d", code)
 	}

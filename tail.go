@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"os"
 	"strings"
 	"sync"
@@ -39,11 +38,7 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		url = cfg.NATS.URL
 	}
 	if url == "" {
-		host, port, _ := net.SplitHostPort(cfg.NATS.Embedded.Listen)
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		url = "nats://" + net.JoinHostPort(host, port)
+		url = "nats://" + loopbackAddr(cfg.NATS.Embedded.Listen)
 	}
 	opts := []nats.Option{nats.Name("daraja-edge tail")}
 	if cfg.NATS.CredentialsFile != "" && *natsURL == "" {

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strings"
@@ -52,11 +51,7 @@ func cmdTokenIssue(ctx context.Context, args []string, stdout, stderr io.Writer)
 	}
 	base := *adminURL
 	if base == "" {
-		host, port, _ := net.SplitHostPort(cfg.Admin.Listen)
-		if host == "" || host == "0.0.0.0" || host == "::" {
-			host = "127.0.0.1"
-		}
-		base = "http://" + net.JoinHostPort(host, port)
+		base = "http://" + loopbackAddr(cfg.Admin.Listen)
 	}
 	key, err := adminKey(cfg, haveCfg, *keyFile)
 	if err != nil {

@@ -7,17 +7,12 @@
 package faults
 
 import (
-	"bytes"
 	"context"
-	"crypto/tls"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -31,12 +26,8 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/edge"
+	"github.com/daraja-edge/daraja-edge/internal/edgetest"
 	"github.com/daraja-edge/daraja-edge/verify"
-)
-
-const (
-	src      = "127.0.0.2"
-	adminKey = "faults-admin-key-0123456789"
 )
 
 func freePort(t testing.TB) int {
@@ -97,18 +88,7 @@ func (n *natsNode) stop() {
 
 func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port) }
 
-func edgeConfig(t testing.TB, natsURL string) config.Config {
-	dir := t.TempDir()
-	cfg := config.Default()
-	cfg.Listen = "127.0.0.1:0"
-	cfg.TLS.Storage = filepath.Join(dir, "certs")
-	cfg.Allowlist.CIDRs = []string{src + "/32"}
-	cfg.NATS.URL = natsURL
-	cfg.NATS.Embedded = config.Embedded{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")}
-	cfg.Spool.Dir = filepath.Join(dir, "spool")
-	cfg.Admin = config.Admin{Listen: "127.0.0.1:0", APIKeys: []string{adminKey}, KeyFile: filepath.Join(dir, "admin.key")}
-	return cfg
-}
+func edgeConfig(t testing.TB, natsURL string) config.Config { return edgetest.Config(t, natsURL) }
 
 // runningEdge is an in-process edge.
 type runningEdge struct {
@@ -118,51 +98,12 @@ type runningEdge struct {
 }
 
 func startEdge(t testing.TB, cfg config.Config) *runningEdge {
-	t.Helper()
-	srv, err := edge.New(context.Background(), cfg, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case <-done:
-		case <-time.After(60 * time.Second):
-			t.Error("edge did not stop")
-		}
-	})
-	return &runningEdge{srv: srv, public: srv.PublicAddr().String(), admin: srv.AdminAddr().String()}
-}
-
-var client = &http.Client{
-	Timeout: 30 * time.Second,
-	Transport: &http.Transport{
-		DialContext:         (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}).DialContext,
-		TLSClientConfig:     &tls.Config{InsecureSkipVerify: true}, // the fault suite is about durability, not TLS
-		MaxIdleConnsPerHost: 64,
-	},
+	e := edgetest.Start(t, cfg)
+	return &runningEdge{srv: e.Srv, public: e.Public, admin: e.Admin}
 }
 
 func issue(t testing.TB, adminAddr string, req verify.IssueRequest) verify.IssueResponse {
-	t.Helper()
-	b, _ := json.Marshal(req)
-	hr, _ := http.NewRequest(http.MethodPost, "http://"+adminAddr+"/v1/tokens", bytes.NewReader(b))
-	hr.Header.Set("Authorization", "Bearer "+adminKey)
-	resp, err := http.DefaultClient.Do(hr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode != http.StatusCreated {
-		t.Fatalf("issue: %d %s", resp.StatusCode, body)
-	}
-	var out verify.IssueResponse
-	_ = json.Unmarshal(body, &out)
-	return out
+	return edgetest.Issue(t, adminAddr, req)
 }
 
 // stkBody is an STK callback for checkout id.
@@ -173,13 +114,8 @@ func stkBody(id string) []byte {
 
 // post delivers one callback; status 0 means no answer (connection error).
 func post(publicAddr string, kind daraja.Kind, token string, body []byte) int {
-	resp, err := client.Post("https://"+publicAddr+kind.Path()+"?t="+token, "application/json", bytes.NewReader(body))
-	if err != nil {
-		return 0
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode
+	status, _ := edgetest.Post(publicAddr, kind, token, body)
+	return status
 }
 
 // tally counts what a scenario did, for the printed figures.

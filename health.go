@@ -1,0 +1,62 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/daraja-edge/daraja-edge/config"
+)
+
+// cmdHealth asks a running edge's /readyz; exit 0 when ready, 1 when not.
+// Distroless images have no curl: this is the container HEALTHCHECK.
+func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("health", stderr)
+	path := fs.String("config", "config.yaml", "configuration file (admin address)")
+	adminURL := fs.String("admin", "", "admin base URL (default from admin.listen)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	base := *adminURL
+	if base == "" {
+		cfg := config.Default()
+		if _, err := os.Stat(*path); err == nil {
+			var lerr error
+			if cfg, lerr = loadConfig(*path, stderr); lerr != nil {
+				return lerr
+			}
+		}
+		base = "http://" + loopbackAddr(cfg.Admin.Listen)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(base, "/")+"/readyz", nil)
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("health: %w", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
+	fmt.Fprintf(stdout, "%s\n", strings.TrimSpace(string(body)))
+	if resp.StatusCode != http.StatusOK {
+		return &exitError{code: 1}
+	}
+	return nil
+}
+
+// loopbackAddr turns a listen address into one to dial on this host.
+func loopbackAddr(listen string) string {
+	host, port, _ := net.SplitHostPort(listen)
+	if host == "" || host == "0.0.0.0" || host == "::" {
+		host = "127.0.0.1"
+	}
+	return net.JoinHostPort(host, port)
+}
