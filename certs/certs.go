@@ -15,6 +15,10 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"net/http"
+	"os"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/certmagic"
@@ -23,31 +27,49 @@ import (
 
 // Options selects where certificates come from.
 type Options struct {
-	// Mode is "self-signed", "files" or "off"; see config.TLS.
+	// Mode is "acme", "files", "self-signed" or "off"; see config.TLS.
 	Mode string
 	// Hosts the certificate must cover; the first is the default name for
-	// clients that send no SNI.
+	// clients that send no SNI. For acme these are the domains to obtain.
 	Hosts []string
 	// CertFile and KeyFile are PEM files for mode "files".
 	CertFile, KeyFile string
-	// StorageDir is certmagic's storage directory.
+	// Storage keeps certificates, accounts and locks; nil means files
+	// under StorageDir.
+	Storage    certmagic.Storage
 	StorageDir string
+	ACME       ACMEOptions
+}
+
+// ACMEOptions configures mode "acme".
+type ACMEOptions struct {
+	Directory string
+	Email     string
+	// TrustedRoots verify the ACME directory's TLS (a private ACME CA); nil
+	// means the system roots.
+	TrustedRoots *x509.CertPool
+	// TLSALPNPort is the public listener's port (TLS-ALPN-01 is answered
+	// there); HTTPPort is the challenge listener's port, 0 disabling
+	// HTTP-01.
+	TLSALPNPort, HTTPPort int
 }
 
 // Manager owns the certificate cache for the public listener.
 type Manager struct {
-	magic *certmagic.Config
-	cache *certmagic.Cache
-	leaf  *x509.Certificate
-	log   *zap.Logger
+	opts   Options
+	magic  *certmagic.Config
+	cache  *certmagic.Cache
+	issuer *certmagic.ACMEIssuer
+	leaf   atomic.Pointer[x509.Certificate]
+	log    *zap.Logger
+
+	filesMu   sync.Mutex
+	filesMod  [2]time.Time // mtimes of cert and key when last loaded
+	filesHash string       // cache key of the certificate loaded from them
 }
 
-// ErrACMENotBuilt is returned for tls.mode acme, which this build does not
-// serve yet.
-var ErrACMENotBuilt = errors.New("certs: tls.mode acme is not available in this version; use files or self-signed")
-
-// New loads or generates the certificate for o. Mode "off" returns a nil
-// Manager and no error.
+// New loads or generates the certificate for o (mode acme: prepares the
+// issuer; Start obtains). Mode "off" returns a nil Manager and no error.
 func New(ctx context.Context, o Options, log *zap.Logger) (*Manager, error) {
 	if log == nil {
 		log = zap.NewNop()
@@ -56,22 +78,21 @@ func New(ctx context.Context, o Options, log *zap.Logger) (*Manager, error) {
 	switch o.Mode {
 	case "off":
 		return nil, nil
-	case "self-signed", "files":
-	case "acme":
-		return nil, ErrACMENotBuilt
+	case "self-signed", "files", "acme":
 	default:
 		return nil, fmt.Errorf("certs: unknown tls.mode %q", o.Mode)
 	}
-	m := &Manager{log: log}
+	m := &Manager{opts: o, log: log}
 	var magic *certmagic.Config
 	m.cache = certmagic.NewCache(certmagic.CacheOptions{
 		GetConfigForCert: func(certmagic.Certificate) (*certmagic.Config, error) { return magic, nil },
 		Logger:           log,
 	})
-	magic = certmagic.New(m.cache, certmagic.Config{
-		Storage: &certmagic.FileStorage{Path: o.StorageDir},
-		Logger:  log,
-	})
+	storage := o.Storage
+	if storage == nil {
+		storage = &certmagic.FileStorage{Path: o.StorageDir}
+	}
+	magic = certmagic.New(m.cache, certmagic.Config{Storage: storage, Logger: log})
 	if len(o.Hosts) > 0 {
 		magic.DefaultServerName = o.Hosts[0]
 	}
@@ -88,20 +109,82 @@ func New(ctx context.Context, o Options, log *zap.Logger) (*Manager, error) {
 			m.Close()
 			return nil, fmt.Errorf("certs: cache self-signed certificate: %w", err)
 		}
-		m.leaf = cert.Leaf
+		m.leaf.Store(cert.Leaf)
 		log.Warn("serving a self-signed certificate: Daraja will refuse it; use tls.mode acme or files in production",
 			zap.Strings("hosts", o.Hosts))
 	case "files":
-		if err := m.loadFiles(ctx, o.CertFile, o.KeyFile); err != nil {
+		if err := m.loadFiles(ctx); err != nil {
 			m.Close()
 			return nil, err
 		}
+	case "acme":
+		if len(o.Hosts) == 0 {
+			m.Close()
+			return nil, errors.New("certs: tls.mode acme needs at least one domain")
+		}
+		m.issuer = certmagic.NewACMEIssuer(magic, certmagic.ACMEIssuer{
+			CA:                   o.ACME.Directory,
+			Email:                o.ACME.Email,
+			Agreed:               true,
+			TrustedRoots:         o.ACME.TrustedRoots,
+			DisableHTTPChallenge: o.ACME.HTTPPort == 0,
+			AltHTTPPort:          o.ACME.HTTPPort,
+			AltTLSALPNPort:       o.ACME.TLSALPNPort,
+			Logger:               log,
+		})
+		magic.Issuers = []certmagic.Issuer{m.issuer}
 	}
 	return m, nil
 }
 
-func (m *Manager) loadFiles(ctx context.Context, certFile, keyFile string) error {
-	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+// Start obtains and then renews the ACME certificate in the background; the
+// public listener (TLS-ALPN-01) and the challenge listener (HTTP-01) must
+// already be serving. A failure is logged with the domain and the reason,
+// and retried with backoff. Other modes: nothing to do.
+func (m *Manager) Start(ctx context.Context) {
+	if m == nil || m.issuer == nil {
+		return
+	}
+	domains := m.opts.Hosts
+	go func() {
+		err := m.magic.ManageSync(ctx, domains)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			m.log.Error("could not obtain a certificate; retrying in the background",
+				zap.Strings("domains", domains), zap.String("directory", m.opts.ACME.Directory), zap.Error(err))
+			if err := m.magic.ManageAsync(ctx, domains); err != nil {
+				m.log.Error("certificate management stopped", zap.Strings("domains", domains), zap.Error(err))
+			}
+			return
+		}
+		m.log.Info("certificate ready", zap.Strings("domains", domains))
+	}()
+}
+
+// HTTPChallengeHandler answers ACME HTTP-01 challenges and nothing else:
+// every other request is a 404, never a redirect.
+func (m *Manager) HTTPChallengeHandler() http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if m != nil && m.issuer != nil && m.issuer.HandleHTTPChallenge(w, r) {
+			return
+		}
+		http.NotFound(w, r)
+	})
+}
+
+func (m *Manager) loadFiles(ctx context.Context) error {
+	certFile, keyFile := m.opts.CertFile, m.opts.KeyFile
+	certPEM, err := os.ReadFile(certFile)
+	if err != nil {
+		return fmt.Errorf("certs: tls.cert_file %s: %w", certFile, err)
+	}
+	keyPEM, err := os.ReadFile(keyFile)
+	if err != nil {
+		return fmt.Errorf("certs: tls.key_file %s: %w", keyFile, err)
+	}
+	pair, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
 		return fmt.Errorf("certs: tls.cert_file %s with tls.key_file %s: %w", certFile, keyFile, err)
 	}
@@ -109,13 +192,74 @@ func (m *Manager) loadFiles(ctx context.Context, certFile, keyFile string) error
 	if err != nil {
 		return fmt.Errorf("certs: tls.cert_file %s: %w", certFile, err)
 	}
-	if _, err := m.magic.CacheUnmanagedCertificatePEMFile(ctx, certFile, keyFile, nil); err != nil {
+	if time.Now().After(leaf.NotAfter) {
+		return fmt.Errorf("certs: tls.cert_file %s expired at %s", certFile, leaf.NotAfter.Format(time.RFC3339))
+	}
+	// The new certificate joins the cache, then the old one leaves it, so
+	// every handshake finds one and the next serves the new; open
+	// connections go on. (certmagic's CacheUnmanagedCertificatePEMBytes-
+	// AsReplacement would do both, but deadlocks in v0.25.6.)
+	hash, err := m.magic.CacheUnmanagedCertificatePEMBytes(ctx, certPEM, keyPEM, nil)
+	if err != nil {
 		return fmt.Errorf("certs: tls.cert_file %s: %w", certFile, err)
 	}
-	m.leaf = leaf
+	m.filesMu.Lock()
+	if m.filesHash != "" && m.filesHash != hash {
+		m.cache.Remove([]string{m.filesHash})
+	}
+	m.filesHash = hash
+	m.filesMod = [2]time.Time{modTime(certFile), modTime(keyFile)}
+	m.filesMu.Unlock()
+	m.leaf.Store(leaf)
 	m.log.Info("certificate loaded", zap.String("cert_file", certFile), zap.Strings("names", leaf.DNSNames),
-		zap.Time("not_after", leaf.NotAfter))
+		zap.String("serial", leaf.SerialNumber.Text(16)), zap.Time("not_after", leaf.NotAfter))
 	return nil
+}
+
+func modTime(path string) time.Time {
+	st, err := os.Stat(path)
+	if err != nil {
+		return time.Time{}
+	}
+	return st.ModTime()
+}
+
+// Reload re-reads the certificate files (mode files); a bad pair is refused
+// and the current certificate stays. Other modes: nothing to do.
+func (m *Manager) Reload(ctx context.Context) error {
+	if m == nil || m.opts.Mode != "files" {
+		return nil
+	}
+	return m.loadFiles(ctx)
+}
+
+// WatchFiles reloads the certificate files when they change (mode files),
+// checking every interval until ctx ends.
+func (m *Manager) WatchFiles(ctx context.Context, interval time.Duration) {
+	if m == nil || m.opts.Mode != "files" {
+		return
+	}
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.filesMu.Lock()
+			changed := m.filesMod != [2]time.Time{modTime(m.opts.CertFile), modTime(m.opts.KeyFile)}
+			m.filesMu.Unlock()
+			if !changed {
+				continue
+			}
+			if err := m.loadFiles(ctx); err != nil {
+				m.log.Error("certificate files changed but cannot be loaded; keeping the current certificate", zap.Error(err))
+				m.filesMu.Lock()
+				m.filesMod = [2]time.Time{modTime(m.opts.CertFile), modTime(m.opts.KeyFile)} // do not retry until they change again
+				m.filesMu.Unlock()
+			}
+		}
+	}
 }
 
 // TLSConfig is the public listener's TLS configuration.
@@ -133,13 +277,25 @@ func (m *Manager) TLSConfig() *tls.Config {
 	return c
 }
 
-// Leaf is the certificate being served, for readiness and for tests that
-// must trust a self-signed one.
+// Leaf is the certificate being served (nil until one is loaded), for
+// readiness, metrics and tests.
 func (m *Manager) Leaf() *x509.Certificate {
 	if m == nil {
 		return nil
 	}
-	return m.leaf
+	if m.issuer != nil {
+		cache := m.cache
+		if cache == nil {
+			return nil
+		}
+		for _, c := range cache.AllMatchingCertificates(m.opts.Hosts[0]) {
+			if c.Leaf != nil {
+				return c.Leaf
+			}
+		}
+		return nil
+	}
+	return m.leaf.Load()
 }
 
 // Close stops certificate maintenance. Safe on a nil Manager and twice.

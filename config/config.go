@@ -56,6 +56,13 @@ type ACME struct {
 	Email string `yaml:"email"`
 	// Directory is the ACME directory URL. Default Let's Encrypt production.
 	Directory string `yaml:"directory"`
+	// HTTPListen serves HTTP-01 challenges (and nothing else: every other
+	// request is a 404, no redirect). "" disables HTTP-01; TLS-ALPN-01 on
+	// the public listener still works. Default ":80".
+	HTTPListen string `yaml:"http_listen"`
+	// CARoot is a PEM file of roots to trust for the ACME directory's own
+	// TLS (a private ACME CA). Default "": the system roots.
+	CARoot string `yaml:"ca_root"`
 }
 
 // ClientIP configures how the real client address is resolved.
@@ -193,7 +200,7 @@ func Default() Config {
 		Listen:    ":8443",
 		TLS: TLS{
 			Mode:    TLSSelfSigned,
-			ACME:    ACME{Directory: "https://acme-v02.api.letsencrypt.org/directory"},
+			ACME:    ACME{Directory: "https://acme-v02.api.letsencrypt.org/directory", HTTPListen: ":80"},
 			Storage: "./data/certs",
 		},
 		Allowlist: Allowlist{Mode: AllowlistEnforce, Presets: []string{"safaricom"}},

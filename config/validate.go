@@ -50,6 +50,12 @@ func (c Config) Validate() error {
 		if c.TLS.ACME.Email != "" && !strings.Contains(c.TLS.ACME.Email, "@") {
 			v.add("tls.acme.email", "%q is not an email address", c.TLS.ACME.Email)
 		}
+		if c.TLS.ACME.HTTPListen != "" {
+			v.hostPort("tls.acme.http_listen", c.TLS.ACME.HTTPListen)
+		}
+		if c.TLS.ACME.CARoot != "" {
+			v.file("tls.acme.ca_root", c.TLS.ACME.CARoot)
+		}
 	default:
 		v.add("tls.mode", "%q is not one of acme, files, self-signed, off", c.TLS.Mode)
 	}

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -23,6 +24,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
+	"github.com/pires/go-proxyproto"
 	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/admin"
@@ -44,6 +46,9 @@ var Version = "0.0.0-dev"
 // publishTimeout bounds the wait for a JetStream ack on the hot path.
 const publishTimeout = 3 * time.Second
 
+// filesCheckInterval is how often certificate files are checked for change.
+const filesCheckInterval = 2 * time.Second
+
 // shutdownGrace is how long in-flight requests get to finish on stop.
 const shutdownGrace = 15 * time.Second
 
@@ -63,8 +68,8 @@ type Server struct {
 	spool   *spool.Spool
 	service micro.Service
 
-	public, admin     *http.Server
-	publicLn, adminLn net.Listener
+	public, admin, challenge       *http.Server
+	publicLn, adminLn, challengeLn net.Listener
 
 	bg       context.Context // lives until Close: watch, drainer, sweeper
 	bgCancel context.CancelFunc
@@ -163,12 +168,27 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		Log:               log,
 	}, policy)
 
-	s.certs, err = certs.New(ctx, certs.Options{
-		Mode: cfg.TLS.Mode, Hosts: certHosts(cfg), CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile,
-		StorageDir: cfg.TLS.Storage,
-	}, log)
-	if err != nil {
+	var lc net.ListenConfig
+	if s.publicLn, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
+		return nil, fmt.Errorf("edge: listen %s: %w", cfg.Listen, err)
+	}
+	if s.adminLn, err = lc.Listen(ctx, "tcp", cfg.Admin.Listen); err != nil {
+		return nil, fmt.Errorf("edge: admin.listen %s: %w", cfg.Admin.Listen, err)
+	}
+	if cfg.TLS.Mode == config.TLSACME && cfg.TLS.ACME.HTTPListen != "" {
+		if s.challengeLn, err = lc.Listen(ctx, "tcp", cfg.TLS.ACME.HTTPListen); err != nil {
+			return nil, fmt.Errorf("edge: tls.acme.http_listen %s: %w", cfg.TLS.ACME.HTTPListen, err)
+		}
+	}
+	if err := s.setupTLS(ctx, cfg); err != nil {
 		return nil, err
+	}
+	if cfg.ClientIP.ProxyProtocol {
+		s.publicLn = &proxyproto.Listener{
+			Listener:          s.publicLn,
+			ConnPolicy:        s.proxyPolicy,
+			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
+		}
 	}
 
 	keys, err := adminKeys(cfg.Admin, log)
@@ -198,14 +218,77 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
 	}
-	var lc net.ListenConfig
-	if s.publicLn, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
-		return nil, fmt.Errorf("edge: listen %s: %w", cfg.Listen, err)
-	}
-	if s.adminLn, err = lc.Listen(ctx, "tcp", cfg.Admin.Listen); err != nil {
-		return nil, fmt.Errorf("edge: admin.listen %s: %w", cfg.Admin.Listen, err)
+	if s.challengeLn != nil {
+		s.challenge = &http.Server{
+			Handler:           s.certs.HTTPChallengeHandler(),
+			ReadHeaderTimeout: 5 * time.Second, ReadTimeout: 5 * time.Second, WriteTimeout: 5 * time.Second,
+			IdleTimeout: 30 * time.Second, MaxHeaderBytes: 8 << 10,
+		}
 	}
 	return s, nil
+}
+
+// setupTLS prepares the public listener's certificates.
+func (s *Server) setupTLS(ctx context.Context, cfg config.Config) error {
+	o := certs.Options{
+		Mode: cfg.TLS.Mode, Hosts: certHosts(cfg), CertFile: cfg.TLS.CertFile, KeyFile: cfg.TLS.KeyFile,
+		StorageDir: cfg.TLS.Storage,
+	}
+	if cfg.TLS.Storage == "nats" {
+		st, err := certs.NewNATSStorage(ctx, s.broker.JetStream, CertBucket(cfg.NATS.SubjectPrefix), cfg.NATS.Stream.Replicas, s.name)
+		if err != nil {
+			return err
+		}
+		o.Storage = st
+	}
+	if cfg.TLS.Mode == config.TLSACME {
+		o.Hosts = acmeDomains(cfg)
+		o.ACME = certs.ACMEOptions{
+			Directory: cfg.TLS.ACME.Directory, Email: cfg.TLS.ACME.Email,
+			TLSALPNPort: s.publicLn.Addr().(*net.TCPAddr).Port,
+		}
+		if s.challengeLn != nil {
+			o.ACME.HTTPPort = s.challengeLn.Addr().(*net.TCPAddr).Port
+		}
+		if cfg.TLS.ACME.CARoot != "" {
+			pem, err := os.ReadFile(cfg.TLS.ACME.CARoot)
+			if err != nil {
+				return fmt.Errorf("edge: tls.acme.ca_root: %w", err)
+			}
+			o.ACME.TrustedRoots = x509.NewCertPool()
+			if !o.ACME.TrustedRoots.AppendCertsFromPEM(pem) {
+				return fmt.Errorf("edge: tls.acme.ca_root %s holds no PEM certificate", cfg.TLS.ACME.CARoot)
+			}
+		}
+	}
+	var err error
+	s.certs, err = certs.New(ctx, o, s.log)
+	return err
+}
+
+// proxyPolicy believes PROXY headers from trusted proxies only; a header
+// from anyone else closes the connection.
+func (s *Server) proxyPolicy(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
+	if ta, ok := o.Upstream.(*net.TCPAddr); ok {
+		if a, ok := netip.AddrFromSlice(ta.IP); ok && s.handler.Policy().ClientIP.Trusts(a) {
+			return proxyproto.USE, nil
+		}
+	}
+	return proxyproto.REJECT, nil
+}
+
+// CertBucket is the key-value bucket holding certificates with tls.storage
+// "nats".
+func CertBucket(prefix string) string {
+	return strings.ReplaceAll(prefix, ".", "_") + "_certs"
+}
+
+func acmeDomains(cfg config.Config) []string {
+	if len(cfg.TLS.ACME.Domains) > 0 {
+		return cfg.TLS.ACME.Domains
+	}
+	u, _ := url.Parse(cfg.PublicURL)
+	return []string{u.Hostname()}
 }
 
 // BuildPolicy turns the reloadable part of cfg into the handler's policy.
@@ -281,6 +364,13 @@ func (s *Server) Run(ctx context.Context) error {
 		errc <- fmt.Errorf("edge: public listener: %w", err)
 	}()
 	go func() { errc <- fmt.Errorf("edge: admin listener: %w", s.admin.Serve(s.adminLn)) }()
+	if s.challenge != nil {
+		go func() { errc <- fmt.Errorf("edge: tls.acme.http_listen: %w", s.challenge.Serve(s.challengeLn)) }()
+	}
+	// Listeners are serving: ACME challenges can be answered now.
+	s.certs.Start(s.bg)
+	s.bgDone.Add(1)
+	go func() { defer s.bgDone.Done(); s.certs.WatchFiles(s.bg, filesCheckInterval) }()
 	s.bgDone.Add(1)
 	go s.background()
 	scheme := "https"
@@ -307,6 +397,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if err := s.admin.Shutdown(shutCtx); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("edge: admin shutdown: %w", err))
 	}
+	if s.challenge != nil {
+		_ = s.challenge.Shutdown(shutCtx)
+	}
 	s.bgCancel()
 	s.bgDone.Wait()
 	// Last chance to hand the spool to NATS; what is left is replayed on
@@ -325,7 +418,7 @@ func (s *Server) Run(ctx context.Context) error {
 // Close releases everything without waiting for requests. Safe twice.
 func (s *Server) Close() {
 	s.closeOnce.Do(func() {
-		for _, ln := range []net.Listener{s.publicLn, s.adminLn} {
+		for _, ln := range []net.Listener{s.publicLn, s.adminLn, s.challengeLn} {
 			if ln != nil {
 				_ = ln.Close()
 			}
@@ -346,10 +439,15 @@ func (s *Server) Close() {
 }
 
 // Reload applies the reloadable part of cfg (allowlist, trusted proxies,
-// body limit). Other changes need a restart.
+// body limit) and re-reads certificate files (tls.mode files). Other
+// changes need a restart.
 func (s *Server) Reload(cfg config.Config) error {
 	p, err := BuildPolicy(cfg)
 	if err != nil {
+		s.metrics.Reload(false)
+		return err
+	}
+	if err := s.certs.Reload(s.bg); err != nil {
 		s.metrics.Reload(false)
 		return err
 	}

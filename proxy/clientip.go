@@ -28,6 +28,11 @@ type ClientIP struct {
 // empty: trust none, the peer is always the client).
 func NewClientIP(trusted *allowlist.List) *ClientIP { return &ClientIP{trusted: trusted} }
 
+// Trusts reports whether addr is a trusted proxy.
+func (c *ClientIP) Trusts(addr netip.Addr) bool {
+	return c != nil && c.trusted != nil && c.trusted.Contains(addr)
+}
+
 // Resolve returns the client address for a request from peer carrying the
 // given X-Forwarded-For header values (in the order they appeared).
 func (c *ClientIP) Resolve(peer netip.Addr, forwardedFor []string) (netip.Addr, error) {

@@ -118,6 +118,9 @@ func New(o Options, p *Policy) *Handler {
 	return h
 }
 
+// Policy is the policy in force.
+func (h *Handler) Policy() *Policy { return h.policy.Load() }
+
 // SetPolicy swaps in a new policy; requests in flight finish on the old one.
 func (h *Handler) SetPolicy(p *Policy) { h.policy.Store(p) }
 
