@@ -2,6 +2,7 @@ package edge
 
 import (
 	"crypto/tls"
+	"fmt"
 	"crypto/x509"
 	"encoding/pem"
 	"io"
@@ -11,6 +12,7 @@ import (
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -184,5 +186,43 @@ func TestACMESharedStorageOneCertificate(t *testing.T) {
 	time.Sleep(time.Second) // a late second order would show now
 	if n := p.orders.Load(); n != 1 {
 		t.Errorf("pebble saw %d orders, want exactly 1 for two edges", n)
+	}
+}
+
+// TestACMEFailureNamesDomain: an ACME failure is logged with the domain and
+// the reason, and the edge is not ready (and serves no plain HTTP).
+func TestACMEFailureNamesDomain(t *testing.T) {
+	dead := freeTCPPort(t) // nothing listens there
+	h := start(t, func(c *config.Config) {
+		c.PublicURL = "https://" + acmeDomain
+		c.TLS.Mode = config.TLSACME
+		c.TLS.ACME = config.ACME{Domains: []string{acmeDomain}, Directory: "https://127.0.0.1:" + itoa(dead) + "/dir"}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		found := false
+		for _, e := range h.logs.FilterMessage("could not obtain a certificate; retrying in the background").All() {
+			m := e.ContextMap()
+			if fmt.Sprint(m["domains"]) == "["+acmeDomain+"]" && strings.Contains(fmt.Sprint(m["error"]), "connection refused") {
+				found = true
+			}
+		}
+		if found {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no log line naming the domain and the reason")
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if status, body := h.admin(http.MethodGet, "/readyz", "", nil); status != http.StatusServiceUnavailable || !strings.Contains(string(body), "certificate") {
+		t.Errorf("readyz without a certificate: %d %s", status, body)
+	}
+	resp, err := http.Post("http://"+h.srv.PublicAddr().String()+"/stk/callback", "application/json", strings.NewReader("{}"))
+	if err == nil {
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusBadRequest { // Go's "client sent an HTTP request to an HTTPS server"
+			t.Errorf("plain HTTP on the public listener answered %d", resp.StatusCode)
+		}
 	}
 }
