@@ -6,10 +6,12 @@ import (
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -29,13 +31,26 @@ type Tokens interface {
 // Options configures the admin handler.
 type Options struct {
 	Tokens Tokens
-	// APIKeys are the accepted bearer keys.
+	// APIKeys are the accepted bearer keys; an entry "sha256:<hex>" is the
+	// SHA-256 of a key.
 	APIKeys []string
+	// Limiter bounds failed authentications per client address: once a
+	// client has spent it, every request of its gets 429 until it refills,
+	// so keys cannot be guessed at speed (optional).
+	Limiter Limiter
 	// Ready reports why the edge is not ready, or nil.
 	Ready func(ctx context.Context) error
 	// Metrics serves /metrics; nil serves 404.
 	Metrics http.Handler
 	Log     *zap.Logger
+}
+
+// Limiter counts failures per client address.
+type Limiter interface {
+	// Allow spends one failure, reporting whether one was left.
+	Allow(src netip.Addr, now time.Time) bool
+	// Blocked reports whether the client has none left.
+	Blocked(src netip.Addr, now time.Time) bool
 }
 
 // maxRequestBytes bounds an admin request body.
@@ -48,6 +63,14 @@ func Handler(o Options) http.Handler {
 	}
 	a := &api{o: o, log: o.Log.Named("admin")}
 	for _, k := range o.APIKeys {
+		if h, ok := strings.CutPrefix(k, "sha256:"); ok {
+			var sum [32]byte
+			if b, err := hex.DecodeString(h); err == nil && len(b) == len(sum) {
+				copy(sum[:], b)
+				a.keys = append(a.keys, sum)
+			}
+			continue
+		}
 		a.keys = append(a.keys, sha256.Sum256([]byte(k)))
 	}
 	mux := http.NewServeMux()
@@ -93,6 +116,15 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // wrong one.
 func (a *api) auth(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		var client netip.Addr
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			client = ap.Addr().Unmap()
+		}
+		if a.o.Limiter != nil && a.o.Limiter.Blocked(client, time.Now()) {
+			w.Header().Set("Retry-After", "1")
+			writeError(w, http.StatusTooManyRequests, "rate_limited", "too many failed requests; slow down")
+			return
+		}
 		presented, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
 		sum := sha256.Sum256([]byte(presented))
 		match := 0
@@ -100,6 +132,9 @@ func (a *api) auth(next http.HandlerFunc) http.Handler {
 			match |= subtle.ConstantTimeCompare(sum[:], a.keys[i][:])
 		}
 		if !ok || presented == "" || match != 1 {
+			if a.o.Limiter != nil {
+				a.o.Limiter.Allow(client, time.Now())
+			}
 			a.log.Warn("admin request refused: bad or missing API key", zap.String("remote", r.RemoteAddr),
 				zap.String("method", r.Method), zap.String("path", r.URL.Path))
 			w.Header().Set("WWW-Authenticate", `Bearer realm="daraja-edge"`)

@@ -170,6 +170,11 @@ type Limits struct {
 	ReadTimeout       time.Duration `yaml:"read_timeout"`
 	WriteTimeout      time.Duration `yaml:"write_timeout"`
 	IdleTimeout       time.Duration `yaml:"idle_timeout"`
+	// RejectsPerSecond and RejectsBurst bound, per source outside the
+	// allowlist, the refusals that are logged and published; past them a
+	// scanner gets a quiet 429. Defaults 2 and 20.
+	RejectsPerSecond float64 `yaml:"rejects_per_second"`
+	RejectsBurst     int     `yaml:"rejects_burst"`
 }
 
 // Admin configures the admin listener (token API, health, metrics).
@@ -183,6 +188,18 @@ type Admin struct {
 	// KeyFile receives a generated key when api_keys holds none, and is
 	// where `token issue` looks for a key. Default ./data/admin.key.
 	KeyFile string `yaml:"key_file"`
+	// APIKeys entries may be "sha256:<64 hex digits>", the SHA-256 of a
+	// key, so the file need not hold the key itself.
+	//
+	// CertFile and KeyPEMFile serve the admin API over TLS. Without them
+	// the admin listener must be on loopback unless AllowPlaintextRemote.
+	CertFile             string `yaml:"cert_file"`
+	KeyPEMFile           string `yaml:"tls_key_file"`
+	AllowPlaintextRemote bool   `yaml:"allow_plaintext_remote"`
+	// AuthFailuresPerSecond bounds failed authentications per client
+	// address (burst ten times that); past it every request of that client
+	// gets 429 until the budget refills. Default 0.5.
+	AuthFailuresPerSecond float64 `yaml:"auth_failures_per_second"`
 }
 
 // Log configures logging.
@@ -226,8 +243,10 @@ func Default() Config {
 			ReadTimeout:       10 * time.Second,
 			WriteTimeout:      10 * time.Second,
 			IdleTimeout:       60 * time.Second,
+			RejectsPerSecond:  2,
+			RejectsBurst:      20,
 		},
-		Admin: Admin{Listen: "127.0.0.1:9090", KeyFile: "./data/admin.key"},
+		Admin: Admin{Listen: "127.0.0.1:9090", KeyFile: "./data/admin.key", AuthFailuresPerSecond: 0.5},
 		Log:   Log{Level: "info", Format: "json"},
 	}
 }

@@ -159,11 +159,32 @@ func (c Config) Validate() error {
 	v.positive("limits.idle_timeout", c.Limits.IdleTimeout)
 
 	v.hostPort("admin.listen", c.Admin.Listen)
+	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && !isLoopback(host) &&
+		c.Admin.CertFile == "" && !c.Admin.AllowPlaintextRemote {
+		v.add("admin.listen", "%q is not a loopback address: set admin.cert_file and admin.tls_key_file, "+
+			"or admin.allow_plaintext_remote: true if a private network protects it", c.Admin.Listen)
+	}
+	if (c.Admin.CertFile == "") != (c.Admin.KeyPEMFile == "") {
+		v.add("admin.cert_file", "admin.cert_file and admin.tls_key_file go together")
+	} else if c.Admin.CertFile != "" {
+		v.file("admin.cert_file", c.Admin.CertFile)
+		v.file("admin.tls_key_file", c.Admin.KeyPEMFile)
+	}
+	if c.Admin.AuthFailuresPerSecond <= 0 {
+		v.add("admin.auth_failures_per_second", "%v must be above zero", c.Admin.AuthFailuresPerSecond)
+	}
+	if c.Limits.RejectsPerSecond <= 0 || c.Limits.RejectsBurst < 1 {
+		v.add("limits.rejects_per_second", "%v per second with a burst of %d: both must be above zero", c.Limits.RejectsPerSecond, c.Limits.RejectsBurst)
+	}
 	if _, port, _ := net.SplitHostPort(c.Admin.Listen); c.Admin.Listen == c.Listen && port != "0" {
 		v.add("admin.listen", "%q is also the public listen address", c.Admin.Listen)
 	}
 	for i, k := range c.Admin.APIKeys {
-		if k != "" && len(k) < 16 {
+		if hash, ok := strings.CutPrefix(k, "sha256:"); ok {
+			if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(hash) {
+				v.add(fmt.Sprintf("admin.api_keys[%d]", i), "a sha256: key must be 64 lowercase hex digits")
+			}
+		} else if k != "" && len(k) < 16 {
 			v.add(fmt.Sprintf("admin.api_keys[%d]", i), "is shorter than 16 characters")
 		}
 	}
@@ -178,6 +199,14 @@ func (c Config) Validate() error {
 		v.add("log.format", "%q is not one of json, console", c.Log.Format)
 	}
 	return errors.Join(v.problems...)
+}
+
+func isLoopback(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 type validator struct{ problems []error }

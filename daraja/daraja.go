@@ -330,8 +330,8 @@ func decodeObject(body []byte, v any) error {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return fmt.Errorf("%w: body is not a JSON object", ErrMalformed)
 	}
-	if depth(trimmed) > maxDepth {
-		return fmt.Errorf("%w: JSON nested deeper than %d", ErrMalformed, maxDepth)
+	if err := checkJSON(trimmed); err != nil {
+		return err
 	}
 	dec := json.NewDecoder(bytes.NewReader(trimmed))
 	if err := dec.Decode(v); err != nil {
@@ -346,29 +346,78 @@ func decodeObject(body []byte, v any) error {
 	return nil
 }
 
-// depth is the deepest bracket nesting in a JSON text, ignoring strings.
-func depth(b []byte) int {
-	d, maxD, inStr, esc := 0, 0, false, false
-	for _, c := range b {
-		switch {
-		case esc:
-			esc = false
-		case inStr:
-			if c == '\\' {
-				esc = true
-			} else if c == '"' {
-				inStr = false
+// checkJSON guards against bodies that different JSON parsers would read
+// differently: nesting deeper than maxDepth, an object naming a key twice
+// (Go's decoder keeps the last, others the first; Go also matches keys
+// without regard to case, so "TransID" and "transid" are the same key), and
+// keys that are not plain printable ASCII (escapes and non-ASCII letters
+// fold in parser-specific ways). It runs before decoding; it does not
+// otherwise validate the JSON.
+func checkJSON(b []byte) error {
+	type frame struct {
+		object    bool
+		expectKey bool
+		keys      [][]byte
+	}
+	var stack []frame
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '{', '[':
+			if len(stack) >= maxDepth {
+				return fmt.Errorf("%w: JSON nested deeper than %d", ErrMalformed, maxDepth)
 			}
-		case c == '"':
-			inStr = true
-		case c == '{' || c == '[':
-			d++
-			maxD = max(maxD, d)
-		case c == '}' || c == ']':
-			d--
+			stack = append(stack, frame{object: c == '{', expectKey: c == '{'})
+		case '}', ']':
+			if len(stack) > 0 {
+				stack = stack[:len(stack)-1]
+			}
+		case ',':
+			if n := len(stack); n > 0 && stack[n-1].object {
+				stack[n-1].expectKey = true
+			}
+		case ':':
+			if n := len(stack); n > 0 {
+				stack[n-1].expectKey = false
+			}
+		case '"':
+			j := i + 1
+			escaped := false
+			for ; j < len(b) && b[j] != '"'; j++ {
+				if b[j] == '\\' {
+					escaped = true
+					j++
+				}
+			}
+			str := b[i+1 : min(j, len(b))]
+			i = j
+			n := len(stack)
+			if n == 0 || !stack[n-1].object || !stack[n-1].expectKey {
+				continue
+			}
+			if escaped {
+				return fmt.Errorf("%w: object key with an escape sequence", ErrMalformed)
+			}
+			for _, ch := range str {
+				if ch < 0x20 || ch > 0x7e {
+					return fmt.Errorf("%w: object key that is not printable ASCII", ErrMalformed)
+				}
+			}
+			for _, k := range stack[n-1].keys {
+				if bytes.EqualFold(k, str) {
+					return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(str))
+				}
+			}
+			stack[n-1].keys = append(stack[n-1].keys, str)
 		}
 	}
-	return maxD
+	return nil
+}
+
+func truncateKey(k []byte) string {
+	if len(k) > 32 {
+		k = k[:32]
+	}
+	return string(k)
 }
 
 // MaskMSISDN hides the middle of a phone number: 254708374149 →

@@ -100,6 +100,9 @@ func TestParseVariants(t *testing.T) {
 		{"result code as string, single parameter object", B2CResult,
 			`{"Result":{"ResultCode":"0","ConversationID":"AG_1","TransactionID":"R1","ResultParameters":{"ResultParameter":{"Key":"TransactionAmount","Value":"5"}}}}`,
 			Callback{Kind: B2CResult, TransactionID: "AG_1", Receipt: "R1", ResultCode: "0", Amount: "5"}},
+		{"same key in different objects", STKCallback,
+			`{"Body":{"stkCallback":{"CheckoutRequestID":"ws_CO_2","ResultCode":0,"CallbackMetadata":{"Item":[{"Name":"Amount","Value":1},{"Name":"PhoneNumber","Value":254700000002}]}}}}`,
+			Callback{Kind: STKCallback, TransactionID: "ws_CO_2", ResultCode: "0", Amount: "1", MSISDN: "254700000002"}},
 		{"timeout with originator id only", B2CTimeout,
 			`{"Result":{"ResultCode":1,"OriginatorConversationID":"O-1"}}`,
 			Callback{Kind: B2CTimeout, TransactionID: "O-1", ResultCode: "1"}},
@@ -141,6 +144,12 @@ func TestParseRejects(t *testing.T) {
 		{"control characters in id", C2BConfirmation, `{"TransID":"A\r\nB","BusinessShortCode":"1"}`},
 		{"huge id", C2BConfirmation, `{"TransID":"` + strings.Repeat("A", 200) + `","BusinessShortCode":"1"}`},
 		{"unknown kind", Kind("x.y"), `{}`},
+		{"duplicate key", C2BConfirmation, `{"TransID":"A","BusinessShortCode":"600638","TransID":"B"}`},
+		{"duplicate key differing in case", C2BConfirmation, `{"TransID":"A","BusinessShortCode":"600638","transid":"B"}`},
+		{"duplicate nested key", STKCallback, `{"Body":{"stkCallback":{"CheckoutRequestID":"a","ResultCode":0,"ResultCode":1}}}`},
+		{"escaped key", C2BConfirmation, `{"Trans\u0049D":"A","BusinessShortCode":"600638"}`},
+		{"non-ASCII key", C2BConfirmation, `{"TransID":"A","BusinessShortCode":"600638","Kéy":1}`},
+		{"deep arrays", B2CResult, strings.Repeat("[", 100) + strings.Repeat("]", 100)},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

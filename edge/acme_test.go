@@ -2,9 +2,9 @@ package edge
 
 import (
 	"crypto/tls"
-	"fmt"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log"
 	"net"

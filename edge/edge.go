@@ -6,6 +6,7 @@ package edge
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -35,6 +36,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/metrics"
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
+	"github.com/daraja-edge/daraja-edge/ratelimit"
 	"github.com/daraja-edge/daraja-edge/spool"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -162,7 +164,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	s.pub = pub
 	s.handler = proxy.New(proxy.Options{
 		Tokens: store, Publisher: pub, Requester: pub, Notifier: pub, Spool: s.spool, Metrics: s.metrics,
-		Subjects: subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
+		RejectLimiter: ratelimit.New(cfg.Limits.RejectsPerSecond, cfg.Limits.RejectsBurst, 100_000),
+		Subjects:      subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
 		ValidationTimeout: cfg.Validation.Timeout,
 		RejectOnTimeout:   cfg.Validation.OnTimeout == config.OnTimeoutReject,
 		Log:               log,
@@ -211,12 +214,20 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	s.admin = &http.Server{
 		Handler: admin.Handler(admin.Options{
 			Tokens: issuer, APIKeys: keys, Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
+			Limiter: ratelimit.New(cfg.Admin.AuthFailuresPerSecond, max(1, int(10*cfg.Admin.AuthFailuresPerSecond)), 10_000),
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
+	}
+	if cfg.Admin.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(cfg.Admin.CertFile, cfg.Admin.KeyPEMFile)
+		if err != nil {
+			return nil, fmt.Errorf("edge: admin.cert_file %s with admin.tls_key_file %s: %w", cfg.Admin.CertFile, cfg.Admin.KeyPEMFile, err)
+		}
+		s.admin.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 	}
 	if s.challengeLn != nil {
 		s.challenge = &http.Server{
@@ -363,7 +374,15 @@ func (s *Server) Run(ctx context.Context) error {
 		}
 		errc <- fmt.Errorf("edge: public listener: %w", err)
 	}()
-	go func() { errc <- fmt.Errorf("edge: admin listener: %w", s.admin.Serve(s.adminLn)) }()
+	go func() {
+		var err error
+		if s.admin.TLSConfig != nil {
+			err = s.admin.ServeTLS(s.adminLn, "", "")
+		} else {
+			err = s.admin.Serve(s.adminLn)
+		}
+		errc <- fmt.Errorf("edge: admin listener: %w", err)
+	}()
 	if s.challenge != nil {
 		go func() { errc <- fmt.Errorf("edge: tls.acme.http_listen: %w", s.challenge.Serve(s.challengeLn)) }()
 	}

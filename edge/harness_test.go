@@ -64,7 +64,8 @@ func testConfig(t *testing.T) config.Config {
 	cfg.NATS.Embedded = config.Embedded{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")}
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
 	cfg.Limits.MaxBodyBytes = 4096
-	cfg.Admin = config.Admin{Listen: "127.0.0.1:0", APIKeys: []string{testAdminKey}, KeyFile: filepath.Join(dir, "admin.key")}
+	cfg.Admin.Listen, cfg.Admin.APIKeys, cfg.Admin.KeyFile = "127.0.0.1:0", []string{testAdminKey}, filepath.Join(dir, "admin.key")
+	cfg.Admin.AuthFailuresPerSecond = 1000 // TestAdminHardening tests the limit itself
 	return cfg
 }
 
@@ -99,7 +100,7 @@ func start(t *testing.T, mutate func(*config.Config)) *harness {
 		t.Fatal(err)
 	}
 	h.js, _ = jetstream.New(h.nc)
-	h.rejects = make(chan *nats.Msg, 100)
+	h.rejects = make(chan *nats.Msg, 4096)
 	if _, err := h.nc.ChanSubscribe("daraja.rejected.>", h.rejects); err != nil {
 		t.Fatal(err)
 	}

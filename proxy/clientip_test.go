@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/daraja-edge/daraja-edge/allowlist"
+	"github.com/daraja-edge/daraja-edge/daraja"
 )
 
 func mustList(t testing.TB, cidrs ...string) *allowlist.List {
@@ -105,4 +106,61 @@ func BenchmarkClientIP(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+func TestSafePath(t *testing.T) {
+	tok := "wEtZr0EY5mOTXc8pwaAKFPayvHo6hMKAUPV774TE"
+	for in, want := range map[string]string{
+		"/stk/callback":                 "/stk/callback",
+		"/wp-login.php":                 "/wp-login.php",
+		"/stk/callback#t=" + tok:        "/stk/callback#t=[redacted]",
+		"/" + tok + "/x":                "/[redacted]/x",
+		"/a\x00b":                       "/a?b",
+		"/" + strings.Repeat("a/", 100): strings.Repeat("/a", 64),
+	} {
+		if got := safePath(in); got != want {
+			t.Errorf("safePath(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func FuzzSafePath(f *testing.F) {
+	f.Add("/stk/callback#t=wEtZr0EY5mOTXc8pwaAKFPayvHo6hMKAUPV774TE")
+	f.Fuzz(func(t *testing.T, p string) {
+		out := safePath(p)
+		if len(out) > 128 && out != p {
+			t.Fatalf("%d bytes", len(out))
+		}
+		if _, ok := daraja.KindForPath(p); !ok {
+			run := 0
+			for i := 0; i < len(out); i++ {
+				c := out[i]
+				if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+					if run++; run >= 20 {
+						t.Fatalf("%q keeps a token-like run", out)
+					}
+				} else {
+					run = 0
+				}
+			}
+		}
+	})
+}
+
+func FuzzSingleQueryValue(f *testing.F) {
+	f.Add("t=abc", "t")
+	f.Add("t=a&t=b", "t")
+	f.Add("x=1&t=%41", "t")
+	f.Fuzz(func(t *testing.T, q, key string) {
+		v, ok := singleQueryValue(q, key)
+		if !ok {
+			return
+		}
+		if v == "" || strings.ContainsAny(v, "%+&") {
+			t.Fatalf("singleQueryValue(%q, %q) = %q", q, key, v)
+		}
+		if strings.Count("&"+q, "&"+key+"=") != 1 {
+			t.Fatalf("%q holds key %q more or less than once, yet %q was returned", q, key, v)
+		}
+	})
 }

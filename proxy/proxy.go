@@ -48,6 +48,11 @@ type Spooler interface {
 	Append(msg *nats.Msg) error
 }
 
+// Limiter says whether a source may be refused (and logged) once more.
+type Limiter interface {
+	Allow(src netip.Addr, now time.Time) bool
+}
+
 // Notifier sends best-effort events (rejections).
 type Notifier interface {
 	Notify(msg *nats.Msg)
@@ -85,7 +90,11 @@ type Options struct {
 	Spool     Spooler  // optional: without it, no ack means 503
 	Notifier  Notifier // optional
 	Metrics   Metrics  // optional
-	Subjects  publish.Subjects
+	// RejectLimiter bounds the refusals, log lines and rejection events
+	// per source outside the allowlist; past it, the answer is a quiet 429
+	// (optional).
+	RejectLimiter Limiter
+	Subjects      publish.Subjects
 	// QueryParam carries the token.
 	QueryParam string
 	// Edge is this instance's name (Daraja-Edge header).
@@ -166,6 +175,8 @@ func publicAnswer(status int) []byte {
 		return []byte(`{"error":"body too large"}` + "\n")
 	case http.StatusBadRequest:
 		return []byte(`{"error":"bad request"}` + "\n")
+	case http.StatusTooManyRequests:
+		return []byte(`{"error":"too many requests"}` + "\n")
 	default:
 		return []byte(`{"error":"unavailable"}` + "\n")
 	}
@@ -188,16 +199,27 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		status, rl.reason, rl.err = e.Status, e.Reason, e.Err
 		rl.outcome = "rejected"
-		answer = publicAnswer(e.Status)
-		if e.Status == http.StatusMethodNotAllowed {
+		if e.Status < 500 && !rl.allowlisted && h.o.RejectLimiter != nil {
+			src := rl.source
+			if !src.IsValid() {
+				src = rl.peer
+			}
+			if !h.o.RejectLimiter.Allow(src, start) {
+				// A scanner: answer cheaply, log nothing, publish nothing.
+				status, rl.reason = http.StatusTooManyRequests, "rate_limited"
+				rl.quiet = true
+			}
+		}
+		answer = publicAnswer(status)
+		if status == http.StatusMethodNotAllowed {
 			hdr.Set("Allow", http.MethodPost)
 		}
-		if e.Status >= 500 {
+		if status >= 500 {
 			rl.outcome = "failed"
-		} else {
+		} else if !rl.quiet {
 			h.notifyRejected(&rl)
 		}
-		h.o.Metrics.Rejected(e.Reason)
+		h.o.Metrics.Rejected(rl.reason)
 		// A refused request's body is not worth reading: close the
 		// connection rather than drain it.
 		if e.Status != http.StatusServiceUnavailable {
@@ -210,6 +232,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rl.latency = time.Since(start)
 	h.o.Metrics.Request(string(rl.kind), rl.outcome, rl.latency)
 	switch {
+	case rl.quiet:
 	case status >= 500:
 		h.log.Error("callback", zap.Object("req", &rl))
 	case status >= 400:
@@ -233,7 +256,8 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		return nil, refuse(http.StatusForbidden, "bad_forwarded_for", err)
 	}
 	rl.source = client
-	if !p.Allow.Contains(client) {
+	rl.allowlisted = p.Allow.Contains(client)
+	if !rl.allowlisted {
 		if !p.ReportOnly {
 			return nil, refuse(http.StatusForbidden, "source_not_allowed", nil)
 		}
@@ -454,13 +478,49 @@ func (h *Handler) notifyRejected(rl *requestLog) {
 	if h.o.Notifier == nil {
 		return
 	}
-	ev := rejection{Reason: rl.reason, Path: truncate(rl.path, 128), TokenID: rl.tokenID,
+	ev := rejection{Reason: rl.reason, Path: safePath(rl.path), TokenID: rl.tokenID,
 		At: time.Now().UTC().Format(time.RFC3339Nano), Edge: h.o.Edge}
 	if rl.source.IsValid() {
 		ev.SourceIP = rl.source.String()
 	}
 	data, _ := json.Marshal(ev)
 	h.o.Notifier.Notify(&nats.Msg{Subject: h.o.Subjects.Rejected(rl.reason), Data: data})
+}
+
+// safePath is a request path fit for logs and events: a path that is not
+// one of ours may carry a token (in a fragment, a segment, anything), so
+// every run of 20 or more token characters is redacted, and it is cut to
+// 128 bytes.
+func safePath(p string) string {
+	if _, ok := daraja.KindForPath(p); ok {
+		return p
+	}
+	var b strings.Builder
+	run := 0
+	flush := func(end int) {
+		if run >= 20 {
+			b.WriteString("[redacted]")
+		} else {
+			b.WriteString(p[end-run : end])
+		}
+		run = 0
+	}
+	for i := 0; i < len(p) && b.Len() < 128; i++ {
+		c := p[i]
+		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
+			run++
+			continue
+		}
+		flush(i)
+		if c < 0x20 || c > 0x7e {
+			c = '?'
+		}
+		b.WriteByte(c)
+	}
+	if run > 0 {
+		flush(len(p))
+	}
+	return truncate(b.String(), 128)
 }
 
 func truncate(s string, n int) string {
@@ -481,6 +541,8 @@ type requestLog struct {
 	msisdn        string
 	decision      string
 	allowlistMiss bool
+	allowlisted   bool
+	quiet         bool // rate limited: not logged, not published
 	deferred      bool
 	status        int
 	outcome       string
@@ -491,7 +553,7 @@ type requestLog struct {
 
 func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
 	e.AddString("method", truncate(l.method, 16))
-	e.AddString("path", truncate(l.path, 128))
+	e.AddString("path", safePath(l.path))
 	if l.source.IsValid() {
 		e.AddString("source_ip", l.source.String())
 	}

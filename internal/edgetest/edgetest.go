@@ -38,7 +38,7 @@ func Config(t testing.TB, natsURL string) config.Config {
 	cfg.NATS.URL = natsURL
 	cfg.NATS.Embedded = config.Embedded{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")}
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
-	cfg.Admin = config.Admin{Listen: "127.0.0.1:0", APIKeys: []string{AdminKey}, KeyFile: filepath.Join(dir, "admin.key")}
+	cfg.Admin.Listen, cfg.Admin.APIKeys, cfg.Admin.KeyFile = "127.0.0.1:0", []string{AdminKey}, filepath.Join(dir, "admin.key")
 	return cfg
 }
 
