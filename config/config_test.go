@@ -64,6 +64,7 @@ func TestLoadProblems(t *testing.T) {
 		{"not yaml", "tls: [\n", []string{"not valid YAML"}},
 		{"enforce nothing", "allowlist:\n  presets: []\n", []string{"allowlist: enforce mode with no presets and no cidrs would refuse every callback"}},
 		{"same listeners", "listen: 127.0.0.1:9090\n", []string{`admin.listen: "127.0.0.1:9090" is also the public listen address`}},
+		{"alias loop", "allowlist:\n  cidrs: &x [*x]\n", []string{"allowlist.cidrs[0]: must be a single value"}},
 		{"validation vs write", "validation:\n  timeout: 20s\n", []string{"validation.timeout: 20s must be shorter than limits.write_timeout 10s"}},
 	}
 	for _, tt := range tests {

@@ -83,7 +83,7 @@ func Load(data []byte, getenv func(string) string) (Config, error) {
 	}
 	expandEnv(&doc, getenv)
 	var problems []error
-	decodeNode("", &doc, reflect.ValueOf(&cfg).Elem(), &problems)
+	decodeNode("", &doc, reflect.ValueOf(&cfg).Elem(), &problems, 0)
 	// Report what Validate finds too, so one run shows every problem.
 	return cfg, errors.Join(append(problems, Problems(cfg.Validate())...)...)
 }
@@ -110,7 +110,13 @@ var durationType = reflect.TypeOf(time.Duration(0))
 
 // decodeNode decodes n into v, walking structs by their yaml tags so that
 // every unknown key and bad value is reported with its full key path.
-func decodeNode(path string, n *yaml.Node, v reflect.Value, problems *[]error) {
+func decodeNode(path string, n *yaml.Node, v reflect.Value, problems *[]error, depth int) {
+	// The schema is a few levels deep; anything deeper is an alias loop
+	// (a: &x [*x]) or an attack on the loader.
+	if depth > 16 {
+		*problems = append(*problems, &Problem{Key: path, Msg: "nested too deeply (an alias that refers to itself?)"})
+		return
+	}
 	for n.Kind == yaml.DocumentNode || n.Kind == yaml.AliasNode {
 		if n.Kind == yaml.AliasNode {
 			n = n.Alias
@@ -144,7 +150,7 @@ func decodeNode(path string, n *yaml.Node, v reflect.Value, problems *[]error) {
 				*problems = append(*problems, &Problem{Key: key, Msg: fmt.Sprintf("unknown key (line %d)", k.Line)})
 				continue
 			}
-			decodeNode(key, val, f, problems)
+			decodeNode(key, val, f, problems, depth+1)
 		}
 	case v.Kind() == reflect.Slice:
 		if n.Kind != yaml.SequenceNode {
@@ -153,7 +159,7 @@ func decodeNode(path string, n *yaml.Node, v reflect.Value, problems *[]error) {
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
-			decodeNode(fmt.Sprintf("%s[%d]", path, i), item, s.Index(i), problems)
+			decodeNode(fmt.Sprintf("%s[%d]", path, i), item, s.Index(i), problems, depth+1)
 		}
 		v.Set(s)
 	default:
