@@ -82,8 +82,14 @@ func FuzzParsePrefix(f *testing.F) {
 	})
 }
 
-// randomList is the safaricom preset plus n random IPv4 and IPv6 ranges.
+// randomList is the safaricom preset plus n random IPv4 and IPv6 ranges,
+// and addresses to probe.
 func randomList(n int) (*List, []netip.Addr) {
+	l, _, probes := randomListPrefixes(n)
+	return l, probes
+}
+
+func randomListPrefixes(n int) (*List, []netip.Prefix, []netip.Addr) {
 	r := rand.New(rand.NewPCG(1, 2))
 	var cidrs []string
 	var probes []netip.Addr
@@ -106,7 +112,12 @@ func randomList(n int) (*List, []netip.Addr) {
 	if err != nil {
 		panic(err)
 	}
-	return l, probes
+	var prefixes []netip.Prefix
+	for _, c := range append(append([]string(nil), presets["safaricom"]...), cidrs...) {
+		p, _ := ParsePrefix(c)
+		prefixes = append(prefixes, p)
+	}
+	return l, prefixes, probes
 }
 
 func BenchmarkContains(b *testing.B) {
