@@ -220,9 +220,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.notifyRejected(&rl)
 		}
 		h.o.Metrics.Rejected(rl.reason)
-		// A refused request's body is not worth reading: close the
-		// connection rather than drain it.
-		if e.Status != http.StatusServiceUnavailable {
+		// An oversized body is not worth draining: close. Other refusals
+		// keep the connection (Go's server drains at most 256 KiB of an
+		// unread body, else closes), so refusing stays cheaper than
+		// accepting.
+		if status == http.StatusRequestEntityTooLarge {
 			hdr.Set("Connection", "close")
 		}
 	}
