@@ -6,11 +6,8 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"strings"
 	"time"
-
-	"github.com/daraja-edge/daraja-edge/config"
 )
 
 // cmdHealth asks a running edge's /readyz; exit 0 when ready, 1 when not.
@@ -24,12 +21,9 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	base := *adminURL
 	if base == "" {
-		cfg := config.Default()
-		if _, err := os.Stat(*path); err == nil {
-			var lerr error
-			if cfg, lerr = loadConfig(*path, stderr); lerr != nil {
-				return lerr
-			}
+		cfg, _, err := clientConfig(*path, stderr)
+		if err != nil {
+			return err
 		}
 		base = "http://" + loopbackAddr(cfg.Admin.Listen)
 	}

@@ -111,6 +111,17 @@ func loadConfig(path string, stderr io.Writer) (config.Config, error) {
 	return cfg, nil
 }
 
+// clientConfig is the configuration for the client commands (token issue,
+// tail, health): the file when it exists, else the defaults (flags and the
+// environment can say the rest). found reports whether the file was read.
+func clientConfig(path string, stderr io.Writer) (cfg config.Config, found bool, err error) {
+	if _, statErr := os.Stat(path); statErr != nil {
+		return config.Default(), false, nil
+	}
+	cfg, err = loadConfig(path, stderr)
+	return cfg, err == nil, err
+}
+
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
 	path := fs.String("config", "config.yaml", "configuration file")

@@ -13,7 +13,6 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
-	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/publish"
 )
@@ -27,11 +26,9 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	cfg := config.Default()
-	if _, err := os.Stat(*path); err == nil {
-		if cfg, err = loadConfig(*path, stderr); err != nil {
-			return err
-		}
+	cfg, _, err := clientConfig(*path, stderr)
+	if err != nil {
+		return err
 	}
 	url := *natsURL
 	if url == "" {

@@ -38,16 +38,9 @@ func cmdTokenIssue(ctx context.Context, args []string, stdout, stderr io.Writer)
 		req.Kinds = append(req.Kinds, daraja.Kind(strings.TrimSpace(k)))
 	}
 
-	// The config is optional here: flags and the environment can say all.
-	var cfg config.Config
-	haveCfg := false
-	if _, err := os.Stat(*path); err == nil {
-		if cfg, err = loadConfig(*path, stderr); err != nil {
-			return err
-		}
-		haveCfg = true
-	} else {
-		cfg = config.Default()
+	cfg, haveCfg, err := clientConfig(*path, stderr)
+	if err != nil {
+		return err
 	}
 	base := *adminURL
 	if base == "" {
