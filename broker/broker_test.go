@@ -1,0 +1,157 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/pem"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/nats-io/jwt/v2"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nkeys"
+
+	"github.com/daraja-edge/daraja-edge/certs"
+)
+
+func runServer(t *testing.T, o *server.Options) *server.Server {
+	t.Helper()
+	o.Host, o.Port, o.JetStream, o.StoreDir, o.NoSigs, o.NoLog = "127.0.0.1", server.RANDOM_PORT, true, t.TempDir(), true, true
+	ns, err := server.NewServer(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go ns.Start()
+	if !ns.ReadyForConnections(10 * time.Second) {
+		t.Fatal("nats-server did not start")
+	}
+	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
+	return ns
+}
+
+func hostPort(ns *server.Server) string { return ns.Addr().String() }
+
+// TestRemoteAuth: user/password and token in the URL are honoured, and a
+// refused connection's error does not repeat the secret.
+func TestRemoteAuth(t *testing.T) {
+	ctx := context.Background()
+	up := runServer(t, &server.Options{Username: "edge", Password: "pw-0123456789"})
+	tok := runServer(t, &server.Options{Authorization: "tok-0123456789"})
+	for name, tc := range map[string]struct {
+		url string
+		ok  bool
+	}{
+		"user and password": {"nats://edge:pw-0123456789@" + hostPort(up), true},
+		"wrong password":    {"nats://edge:wrong-secret-99@" + hostPort(up), false},
+		"token":             {"nats://tok-0123456789@" + hostPort(tok), true},
+		"wrong token":       {"nats://wrong-secret-99@" + hostPort(tok), false},
+	} {
+		t.Run(name, func(t *testing.T) {
+			b, err := Start(ctx, Options{URL: tc.url, Name: "test"}, nil)
+			if tc.ok {
+				if err != nil {
+					t.Fatal(err)
+				}
+				b.Close()
+				return
+			}
+			if err == nil {
+				b.Close()
+				t.Fatal("connected with a wrong secret")
+			}
+			if strings.Contains(err.Error(), "wrong-secret-99") {
+				t.Errorf("error repeats the secret: %v", err)
+			}
+		})
+	}
+}
+
+// TestRemoteTLS: a tls:// URL asks for TLS, verified against the system
+// roots (here a test CA given through SSL_CERT_FILE).
+func TestRemoteTLS(t *testing.T) {
+	cert, err := certs.SelfSigned([]string{"127.0.0.1"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	os.WriteFile(ca, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Certificate[0]}), 0o600)
+	t.Setenv("SSL_CERT_FILE", ca)
+	ns := runServer(t, &server.Options{TLS: true, TLSConfig: &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}})
+	b, err := Start(context.Background(), Options{URL: "tls://" + hostPort(ns), Name: "test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	if !b.Conn.TLSRequired() {
+		t.Error("connection is not TLS")
+	}
+}
+
+// TestCredentialsFile: a .creds file (user JWT and nkey seed) logs in to a
+// server in operator mode.
+func TestCredentialsFile(t *testing.T) {
+	okp, _ := nkeys.CreateOperator()
+	opub, _ := okp.PublicKey()
+	oc := jwt.NewOperatorClaims(opub)
+	ojwt, err := oc.Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	akp, _ := nkeys.CreateAccount()
+	apub, _ := akp.PublicKey()
+	ac := jwt.NewAccountClaims(apub)
+	ac.Limits.JetStreamLimits = jwt.JetStreamLimits{MemoryStorage: -1, DiskStorage: -1, Streams: -1, Consumer: -1}
+	ajwt, err := ac.Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ukp, _ := nkeys.CreateUser()
+	upub, _ := ukp.PublicKey()
+	uc := jwt.NewUserClaims(upub)
+	uc.IssuerAccount = apub
+	ujwt, err := uc.Encode(akp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seed, _ := ukp.Seed()
+	creds, err := jwt.FormatUserConfig(ujwt, seed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	credsFile := filepath.Join(t.TempDir(), "edge.creds")
+	os.WriteFile(credsFile, creds, 0o600)
+
+	// The server needs a system account in operator mode.
+	skp, _ := nkeys.CreateAccount()
+	spub, _ := skp.PublicKey()
+	sjwt, err := jwt.NewAccountClaims(spub).Encode(okp)
+	if err != nil {
+		t.Fatal(err)
+	}
+	oc.SystemAccount = spub
+	if ojwt, err = oc.Encode(okp); err != nil {
+		t.Fatal(err)
+	}
+	opc, err := jwt.DecodeOperatorClaims(ojwt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resolver := &server.MemAccResolver{}
+	for pub, j := range map[string]string{apub: ajwt, spub: sjwt} {
+		if err := resolver.Store(pub, j); err != nil {
+			t.Fatal(err)
+		}
+	}
+	ns := runServer(t, &server.Options{TrustedOperators: []*jwt.OperatorClaims{opc}, AccountResolver: resolver, SystemAccount: spub})
+	if _, err := Start(context.Background(), Options{URL: "nats://" + hostPort(ns), Name: "test"}, nil); err == nil {
+		t.Fatal("connected without credentials")
+	}
+	b, err := Start(context.Background(), Options{URL: "nats://" + hostPort(ns), CredentialsFile: credsFile, Name: "test"}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b.Close()
+}
