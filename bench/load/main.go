@@ -70,8 +70,22 @@ func main() {
 	flag.IntVar(&o.sources, "sources", 4, "loopback source addresses to send from (127.0.0.2, .3, …)")
 	flag.IntVar(&o.idle, "idle", 10000, "idle keep-alive connections (scenario idle)")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the edge run here")
+	child := flag.String("child", "", "internal: run an edge from this JSON config (scenarios idle and soak)")
 	flag.Parse()
-	if err := run(o); err != nil {
+	if *child != "" {
+		if err := runChild(*child); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	var err error
+	switch o.scenario {
+	case "idle", "soak":
+		err = runSeparate(o)
+	default:
+		err = run(o)
+	}
+	if err != nil {
 		log.Fatal(err)
 	}
 }
@@ -428,8 +442,8 @@ func (w *world) verify(samples []sample, accepted int) (onStream, dup int, err e
 	return onStream, dup, nil
 }
 
-func rssKiB() int64 {
-	data, err := os.ReadFile("/proc/self/status")
+func rssKiB(pid int) int64 {
+	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
 		return 0
 	}
@@ -514,29 +528,6 @@ func run(o options) error {
 		fmt.Println(rej)
 		fmt.Printf("RATIO refused/accepted throughput = %.2f (refused before the body is read, on kept-alive connections)\n",
 			float64(rej.errors["403"])/rej.elapsed.Seconds()/acc.rps())
-		return nil
-	case "idle":
-		runtime.GC()
-		before := rssKiB()
-		cl := client(w.srcs[0], w.roots, true)
-		var conns []*tls.Conn
-		for i := range o.idle {
-			d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(w.srcs[i%len(w.srcs)])}}
-			c, err := tls.DialWithDialer(d, "tcp", w.edge.PublicAddr().String(), &tls.Config{RootCAs: w.roots, ServerName: "localhost"})
-			if err != nil {
-				return fmt.Errorf("connection %d: %w", i, err)
-			}
-			conns = append(conns, c)
-		}
-		_ = cl
-		time.Sleep(2 * time.Second)
-		runtime.GC()
-		after := rssKiB()
-		fmt.Printf("IDLE %d TLS connections held open: process RSS %d MiB → %d MiB (+%d MiB, client and server sides together), goroutines %d\n",
-			len(conns), before>>10, after>>10, (after-before)>>10, runtime.NumGoroutine())
-		for _, c := range conns {
-			c.Close()
-		}
 		return nil
 	default:
 		return fmt.Errorf("unknown scenario %q", o.scenario)
