@@ -15,22 +15,10 @@ import (
 	"github.com/nats-io/nkeys"
 
 	"github.com/daraja-edge/daraja-edge/certs"
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
 )
 
-func runServer(t *testing.T, o *server.Options) *server.Server {
-	t.Helper()
-	o.Host, o.Port, o.JetStream, o.StoreDir, o.NoSigs, o.NoLog = "127.0.0.1", server.RANDOM_PORT, true, t.TempDir(), true, true
-	ns, err := server.NewServer(o)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go ns.Start()
-	if !ns.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server did not start")
-	}
-	t.Cleanup(func() { ns.Shutdown(); ns.WaitForShutdown() })
-	return ns
-}
+func runServer(t *testing.T, o *server.Options) *server.Server { return natstest.ServerWith(t, o) }
 
 func hostPort(ns *server.Server) string { return ns.Addr().String() }
 

@@ -12,16 +12,14 @@ import (
 
 // Server starts a JetStream-enabled nats-server on a random loopback port
 // with its store in a temporary directory; it stops when the test ends.
-func Server(t testing.TB) *server.Server {
+func Server(t testing.TB) *server.Server { return ServerWith(t, &server.Options{}) }
+
+// ServerWith is Server with extra options (authentication, TLS, …); the
+// address, JetStream and store fields of o are set by it.
+func ServerWith(t testing.TB, o *server.Options) *server.Server {
 	t.Helper()
-	ns, err := server.NewServer(&server.Options{
-		Host:      "127.0.0.1",
-		Port:      server.RANDOM_PORT,
-		JetStream: true,
-		StoreDir:  t.TempDir(),
-		NoSigs:    true,
-		NoLog:     true,
-	})
+	o.Host, o.Port, o.JetStream, o.StoreDir, o.NoSigs, o.NoLog = "127.0.0.1", server.RANDOM_PORT, true, t.TempDir(), true, true
+	ns, err := server.NewServer(o)
 	if err != nil {
 		t.Fatal(err)
 	}
