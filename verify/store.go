@@ -169,6 +169,14 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 		s.mu.Unlock()
 		return
 	}
+	// This replica's own writes come back through the watch: they are
+	// already remembered, so skip decoding them again.
+	s.mu.RLock()
+	c, ok := s.cache[e.Key()]
+	s.mu.RUnlock()
+	if ok && c.rev >= e.Revision() {
+		return
+	}
 	var rec Record
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		s.log.Error("token record is corrupt", zap.String("token_id", e.Key()), zap.Error(err))
