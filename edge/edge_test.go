@@ -16,6 +16,7 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
 	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -454,5 +455,45 @@ func TestGracefulStop(t *testing.T) {
 	}
 	if _, err := net.Dial("tcp", srv.PublicAddr().String()); err == nil {
 		t.Error("public listener still accepts after stop")
+	}
+}
+
+// TestSpoolSurvivesRestart: callbacks spooled while the stream is away are
+// still on disk after a stop, and the next start replays them.
+func TestSpoolSurvivesRestart(t *testing.T) {
+	ns := natstest.Server(t)
+	cfg := testConfig(t)
+	cfg.NATS.URL = ns.ClientURL()
+	first := start(t, func(c *config.Config) { *c = cfg })
+	body := fixture(t, "stk_callback_success.json")
+	tok := first.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Token
+	streamCfg, err := first.stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := first.js.DeleteStream(context.Background(), cfg.NATS.Stream.Name); err != nil {
+		t.Fatal(err)
+	}
+	if r := first.callback(allowedSrc, daraja.STKCallback, tok, body); r.status != 200 {
+		t.Fatalf("%d %s", r.status, r.body)
+	}
+	first.stop() // a stop that cannot drain: the stream is still gone
+	if spooled, _ := first.srv.Pending(); spooled != 1 {
+		t.Fatalf("%d records left in the spool at stop, want 1", spooled)
+	}
+
+	_, js := natstest.Connect(t, ns)
+	if _, err := js.CreateStream(context.Background(), streamCfg.Config); err != nil {
+		t.Fatal(err)
+	}
+	second := start(t, func(c *config.Config) { *c = cfg })
+	for deadline := time.Now().Add(15 * time.Second); second.count() == 0; time.Sleep(100 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the restarted edge did not replay its spool")
+		}
+	}
+	msgs := second.messages()
+	if len(msgs) != 1 || !bytes.Equal(msgs[0].Data, body) {
+		t.Fatalf("stream holds %d messages after the restart", len(msgs))
 	}
 }

@@ -50,6 +50,7 @@ type harness struct {
 	clients map[string]*http.Client
 	tokens  []string // every token issued, to prove none is logged
 	rejects chan *nats.Msg
+	stop    func() // stops the edge as SIGTERM would; safe twice
 }
 
 func testConfig(t *testing.T) config.Config {
@@ -109,20 +110,26 @@ func start(t *testing.T, mutate func(*config.Config)) *harness {
 	if err != nil {
 		t.Fatal(err)
 	}
+	var once sync.Once
+	h.stop = func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					t.Errorf("Run: %v", err)
+				}
+			case <-time.After(30 * time.Second):
+				t.Error("edge did not stop within 30s")
+			}
+		})
+	}
 	t.Cleanup(func() {
 		h.nc.Close()
 		for _, c := range h.clients {
 			c.CloseIdleConnections()
 		}
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run: %v", err)
-			}
-		case <-time.After(30 * time.Second):
-			t.Error("edge did not stop within 30s")
-		}
+		h.stop()
 		h.checkLogsClean()
 	})
 	return h
