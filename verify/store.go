@@ -348,30 +348,45 @@ func (s *Store) update(ctx context.Context, rec Record, rev uint64) error {
 	return nil
 }
 
+// modify reads token id, lets change edit the record, and writes it back
+// with compare-and-set, reading again and retrying when another writer got
+// there first. change returns false to leave the record as it is.
+func (s *Store) modify(ctx context.Context, op, id string, change func(*Record) bool) (rec Record, written bool, err error) {
+	for range 8 {
+		var rev uint64
+		if rec, rev, err = s.get(ctx, id); err != nil {
+			return rec, false, err
+		}
+		if !change(&rec) {
+			return rec, false, nil
+		}
+		err = s.update(ctx, rec, rev)
+		if err == nil {
+			return rec, true, nil
+		}
+		if !isConflict(err) {
+			return rec, false, fmt.Errorf("verify: %s %s: %w", op, id, err)
+		}
+	}
+	return rec, false, fmt.Errorf("verify: %s %s: too much contention", op, id)
+}
+
 // Revoke marks a token revoked; later callbacks on it are refused.
 // Revoking a revoked token is not an error.
 func (s *Store) Revoke(ctx context.Context, id string) error {
-	for range 8 {
-		rec, rev, err := s.get(ctx, id)
-		if err != nil {
-			return err
-		}
+	_, written, err := s.modify(ctx, "revoke", id, func(rec *Record) bool {
 		if rec.State == StateRevoked {
-			return nil
+			return false
 		}
 		now := s.now().UTC()
 		rec.State, rec.RevokedAt = StateRevoked, &now
-		if err := s.update(ctx, rec, rev); err != nil {
-			if isConflict(err) {
-				continue
-			}
-			return fmt.Errorf("verify: revoke %s: %w", id, err)
-		}
+		return true
+	})
+	if written {
 		s.obs.TokenEvent("revoked")
 		s.log.Info("token revoked", zap.String("token_id", id))
-		return nil
 	}
-	return fmt.Errorf("verify: revoke %s: too much contention", id)
+	return err
 }
 
 // Grant is a token found valid for a kind, ready to be consumed.
@@ -497,38 +512,27 @@ func (s *Store) deferConsume(id, callbackID string, cause error) (Outcome, error
 // reusable tokens and for a token already consumed by the same callback; a
 // token consumed meanwhile by another callback is logged as a conflict.
 func (s *Store) Settle(ctx context.Context, id, callbackID string) error {
-	for range 8 {
-		rec, rev, err := s.get(ctx, id)
-		if errors.Is(err, ErrNotFound) {
-			s.forget(id)
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if rec.Reusable || rec.ConsumedBy == callbackID {
-			s.forget(id)
-			return nil
-		}
-		if rec.State != StateIssued {
+	_, _, err := s.modify(ctx, "settle", id, func(rec *Record) bool {
+		switch {
+		case rec.Reusable || rec.ConsumedBy == callbackID:
+			return false
+		case rec.State != StateIssued:
 			s.log.Error("token used while the bucket was unreachable was consumed elsewhere meanwhile",
 				zap.String("token_id", id), zap.String("state", rec.State),
 				zap.String("here", callbackID), zap.String("there", rec.ConsumedBy))
-			s.forget(id)
-			return nil
+			return false
 		}
 		now := s.now().UTC()
 		rec.State, rec.ConsumedBy, rec.ConsumedAt = StateConsumed, callbackID, &now
-		err = s.update(ctx, rec, rev)
-		if err == nil {
-			s.forget(id)
-			return nil
-		}
-		if !isConflict(err) {
-			return fmt.Errorf("verify: settle %s: %w", id, err)
-		}
+		return true
+	})
+	if errors.Is(err, ErrNotFound) {
+		err = nil
 	}
-	return fmt.Errorf("verify: settle %s: too much contention", id)
+	if err == nil {
+		s.forget(id)
+	}
+	return err
 }
 
 // DeferredCount is how many consumptions are held locally.
@@ -628,25 +632,18 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 	if err != nil {
 		return Issued{}, err
 	}
-	for range 8 {
-		rec, rev, err := s.get(ctx, id)
-		if err != nil {
-			return Issued{}, err
-		}
+	rec, _, err := s.modify(ctx, "rotate", id, func(rec *Record) bool {
 		rec.RotatedTo = next.Record.ID
 		if end := s.now().UTC().Add(overlap); end.Before(rec.ExpiresAt) {
 			rec.ExpiresAt = end
 		}
-		err = s.update(ctx, rec, rev)
-		if err == nil {
-			s.obs.TokenEvent("rotated")
-			s.log.Info("token rotated", zap.String("token_id", id), zap.String("successor", next.Record.ID),
-				zap.Time("old_expires_at", rec.ExpiresAt))
-			return next, nil
-		}
-		if !isConflict(err) {
-			return Issued{}, fmt.Errorf("verify: rotate %s: %w", id, err)
-		}
+		return true
+	})
+	if err != nil {
+		return Issued{}, err
 	}
-	return Issued{}, fmt.Errorf("verify: rotate %s: too much contention", id)
+	s.obs.TokenEvent("rotated")
+	s.log.Info("token rotated", zap.String("token_id", id), zap.String("successor", next.Record.ID),
+		zap.Time("old_expires_at", rec.ExpiresAt))
+	return next, nil
 }
