@@ -124,12 +124,12 @@ func Parse(k Kind, body []byte) (Callback, error) {
 		return Callback{}, err
 	}
 	cb.Kind = k
-	for name, v := range map[string]string{
-		"transaction id": cb.TransactionID, "receipt": cb.Receipt, "shortcode": cb.Shortcode,
-		"result code": cb.ResultCode, "amount": cb.Amount, "msisdn": cb.MSISDN,
+	for _, f := range [...]struct{ name, v string }{
+		{"transaction id", cb.TransactionID}, {"receipt", cb.Receipt}, {"shortcode", cb.Shortcode},
+		{"result code", cb.ResultCode}, {"amount", cb.Amount}, {"msisdn", cb.MSISDN},
 	} {
-		if !safeIdentifier(v) {
-			return Callback{}, fmt.Errorf("%w: %s has characters or a length it cannot have", ErrMalformed, name)
+		if !safeIdentifier(f.v) {
+			return Callback{}, fmt.Errorf("%w: %s has characters or a length it cannot have", ErrMalformed, f.name)
 		}
 	}
 	return cb, nil

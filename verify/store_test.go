@@ -276,3 +276,15 @@ func BenchmarkAuthorize(b *testing.B) {
 		}
 	}
 }
+
+func TestMatchesRefusesBadStoredHash(t *testing.T) {
+	tok, _ := newToken()
+	for _, h := range []string{"", "zz", hashToken(tok) + "00", hashToken(tok)[:62]} {
+		if (&Record{Hash: h}).matches(tok) {
+			t.Errorf("hash %q matched", h)
+		}
+	}
+	if !(&Record{Hash: hashToken(tok)}).matches(tok) {
+		t.Error("the right hash did not match")
+	}
+}

@@ -130,10 +130,13 @@ func hashToken(token string) string {
 
 // matches compares token against the record's hash in constant time.
 func (r *Record) matches(token string) bool {
-	want, err := hex.DecodeString(r.Hash)
-	if err != nil {
+	var want [sha256.Size]byte
+	if len(r.Hash) != 2*len(want) {
+		return false
+	}
+	if _, err := hex.Decode(want[:], []byte(r.Hash)); err != nil {
 		return false
 	}
 	got := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(got[:], want) == 1
+	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
 }
