@@ -14,6 +14,13 @@ import (
 	"github.com/daraja-edge/daraja-edge/allowlist"
 )
 
+var (
+	queryParamRE    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
+	subjectPrefixRE = regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`)
+	streamNameRE    = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+	sha256HexRE     = regexp.MustCompile(`^[0-9a-f]{64}$`)
+)
+
 // Validate reports every problem with c at once, each naming its key. It
 // changes nothing. Files named by the config must exist.
 func (c Config) Validate() error {
@@ -90,7 +97,7 @@ func (c Config) Validate() error {
 		v.add("allowlist", "enforce mode with no presets and no cidrs would refuse every callback")
 	}
 
-	if !regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`).MatchString(c.Tokens.QueryParam) {
+	if !queryParamRE.MatchString(c.Tokens.QueryParam) {
 		v.add("tokens.query_param", "%q must be 1 to 32 letters, digits, _ or -", c.Tokens.QueryParam)
 	}
 	v.positive("tokens.default_ttl", c.Tokens.DefaultTTL)
@@ -128,10 +135,10 @@ func (c Config) Validate() error {
 	if c.NATS.CredentialsFile != "" {
 		v.file("nats.credentials_file", c.NATS.CredentialsFile)
 	}
-	if !regexp.MustCompile(`^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$`).MatchString(c.NATS.SubjectPrefix) {
+	if !subjectPrefixRE.MatchString(c.NATS.SubjectPrefix) {
 		v.add("nats.subject_prefix", "%q must be dot-separated tokens of letters, digits, _ or -", c.NATS.SubjectPrefix)
 	}
-	if !regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`).MatchString(c.NATS.Stream.Name) {
+	if !streamNameRE.MatchString(c.NATS.Stream.Name) {
 		v.add("nats.stream.name", "%q must be 1 to 64 letters, digits, _ or -", c.NATS.Stream.Name)
 	}
 	if c.NATS.Stream.Replicas < 1 || c.NATS.Stream.Replicas > 5 {
@@ -181,7 +188,7 @@ func (c Config) Validate() error {
 	}
 	for i, k := range c.Admin.APIKeys {
 		if hash, ok := strings.CutPrefix(k, "sha256:"); ok {
-			if !regexp.MustCompile(`^[0-9a-f]{64}$`).MatchString(hash) {
+			if !sha256HexRE.MatchString(hash) {
 				v.add(fmt.Sprintf("admin.api_keys[%d]", i), "a sha256: key must be 64 lowercase hex digits")
 			}
 		} else if k != "" && len(k) < 16 {
