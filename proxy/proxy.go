@@ -164,23 +164,25 @@ func refuse(status int, reason string, err error) *Error {
 
 // publicAnswer is all a refused caller learns: the status, in words.
 func publicAnswer(status int) []byte {
-	switch status {
-	case http.StatusForbidden:
-		return []byte(`{"error":"forbidden"}` + "\n")
-	case http.StatusNotFound:
-		return []byte(`{"error":"not found"}` + "\n")
-	case http.StatusMethodNotAllowed:
-		return []byte(`{"error":"method not allowed"}` + "\n")
-	case http.StatusRequestEntityTooLarge:
-		return []byte(`{"error":"body too large"}` + "\n")
-	case http.StatusBadRequest:
-		return []byte(`{"error":"bad request"}` + "\n")
-	case http.StatusTooManyRequests:
-		return []byte(`{"error":"too many requests"}` + "\n")
-	default:
-		return []byte(`{"error":"unavailable"}` + "\n")
+	if a, ok := publicAnswers[status]; ok {
+		return a
 	}
+	return publicAnswers[http.StatusServiceUnavailable]
 }
+
+// publicAnswers are built once: refusals are the path a flood takes.
+var publicAnswers = func() map[int][]byte {
+	m := map[int][]byte{}
+	for status, word := range map[int]string{
+		http.StatusForbidden: "forbidden", http.StatusNotFound: "not found",
+		http.StatusMethodNotAllowed: "method not allowed", http.StatusRequestEntityTooLarge: "body too large",
+		http.StatusBadRequest: "bad request", http.StatusTooManyRequests: "too many requests",
+		http.StatusServiceUnavailable: "unavailable",
+	} {
+		m[status] = []byte(`{"error":"` + word + `"}` + "\n")
+	}
+	return m
+}()
 
 // ServeHTTP vets one callback. Checks run cheapest first; a refused request
 // publishes nothing.
