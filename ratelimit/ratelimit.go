@@ -3,6 +3,7 @@
 package ratelimit
 
 import (
+	"math"
 	"net/netip"
 	"sync"
 	"time"
@@ -10,17 +11,39 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// PerSource is a token bucket per source address, bounded in memory:
-// idle sources are forgotten, and when the table is full of busy ones a new
-// source is refused (it is refused anyway: only rejections spend tokens).
+// PerSource is a token bucket per source address, in bounded memory.
+//
+// Memory: at most maxSources buckets, plus one overflow bucket.
+//
+// A source is forgotten only once it has been idle long enough for its
+// bucket to be full again (burst/rate, plus a second), so forgetting it
+// gives it nothing it would not have had: no flood of new addresses resets
+// the budget of a source that spent its own.
+//
+// Full table: a new source that finds the table full of busy sources gets
+// no bucket of its own; it spends from the overflow bucket (same rate and
+// burst), shared by every source in that situation. So whatever the number
+// of addresses, Allow says yes at most (maxSources+1)·(burst + rate·t)
+// times in any t, and a full table neither lets new sources through
+// unlimited (fail open) nor shuts them all out (they still get one source's
+// share between them).
+//
+// What a caller does with a no is its own: the admin API answers a failed
+// authentication past the limit with 429 and logs nothing; the public side
+// answers a refused source past the limit with a quiet 429 (no log line,
+// no rejection event). At a full table those quiet answers are what a flood
+// of new sources gets once the overflow bucket is spent, so a flood costs
+// at most one source's worth of log lines beyond the tracked ones.
 type PerSource struct {
 	rate  rate.Limit
 	burst int
 	max   int
+	idle  time.Duration // after this long unseen a bucket is full again
 
-	mu    sync.Mutex
-	table map[netip.Addr]*bucket
-	swept time.Time
+	mu       sync.Mutex
+	table    map[netip.Addr]*bucket
+	overflow *rate.Limiter
+	swept    time.Time
 }
 
 type bucket struct {
@@ -29,12 +52,21 @@ type bucket struct {
 }
 
 // New allows perSecond events per source with the given burst,
-// tracking at most maxSources sources.
+// tracking at most maxSources sources (see PerSource for the bound).
 func New(perSecond float64, burst, maxSources int) *PerSource {
-	return &PerSource{rate: rate.Limit(perSecond), burst: burst, max: maxSources, table: map[netip.Addr]*bucket{}}
+	idle := time.Duration(math.MaxInt64) // no refill: never forget
+	if refill := float64(burst) / perSecond; perSecond > 0 && refill < (100*365*24*time.Hour).Seconds() {
+		idle = time.Duration(refill*float64(time.Second)) + time.Second
+	}
+	return &PerSource{
+		rate: rate.Limit(perSecond), burst: burst, max: maxSources, idle: idle,
+		table:    map[netip.Addr]*bucket{},
+		overflow: rate.NewLimiter(rate.Limit(perSecond), burst),
+	}
 }
 
 // Allow spends one token of src's bucket, reporting whether there was one.
+// A nil *PerSource allows everything.
 func (l *PerSource) Allow(src netip.Addr, now time.Time) bool {
 	if l == nil {
 		return true
@@ -46,7 +78,7 @@ func (l *PerSource) Allow(src netip.Addr, now time.Time) bool {
 		if len(l.table) >= l.max {
 			l.sweep(now)
 			if len(l.table) >= l.max {
-				return false
+				return l.overflow.AllowN(now, 1)
 			}
 		}
 		b = &bucket{lim: rate.NewLimiter(l.rate, l.burst)}
@@ -56,26 +88,30 @@ func (l *PerSource) Allow(src netip.Addr, now time.Time) bool {
 	return b.lim.AllowN(now, 1)
 }
 
-// Blocked reports whether src has no token left, without spending one.
+// Blocked reports whether Allow(src, now) would say no, without spending a
+// token: an untracked source is judged by the overflow bucket while the
+// table is full.
 func (l *PerSource) Blocked(src netip.Addr, now time.Time) bool {
 	if l == nil {
 		return false
 	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	b, ok := l.table[src]
-	return ok && b.lim.TokensAt(now) < 1
+	if b, ok := l.table[src]; ok {
+		return b.lim.TokensAt(now) < 1
+	}
+	return len(l.table) >= l.max && l.overflow.TokensAt(now) < 1
 }
 
-// sweep forgets sources idle long enough for their bucket to be full again.
+// sweep forgets sources idle long enough for their bucket to be full
+// again, at most once a second (it walks the whole table).
 func (l *PerSource) sweep(now time.Time) {
 	if now.Sub(l.swept) < time.Second {
 		return
 	}
 	l.swept = now
-	idle := time.Duration(float64(l.burst)/float64(l.rate)*float64(time.Second)) + time.Second
 	for a, b := range l.table {
-		if now.Sub(b.seen) > idle {
+		if now.Sub(b.seen) > l.idle {
 			delete(l.table, a)
 		}
 	}
@@ -83,6 +119,9 @@ func (l *PerSource) sweep(now time.Time) {
 
 // Len is the number of sources tracked.
 func (l *PerSource) Len() int {
+	if l == nil {
+		return 0
+	}
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return len(l.table)
