@@ -1,0 +1,608 @@
+package lazyfs
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+var modes = []NamespaceMode{StrictNamespace, JournaledNamespace}
+
+// syncPath fsyncs the file or directory at p.
+func syncPath(t *testing.T, p string) {
+	t.Helper()
+	fd, err := os.Open(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if err := fd.Sync(); err != nil {
+		t.Fatalf("fsync %s: %v", p, err)
+	}
+}
+
+// writeSynced creates p with data and fsyncs it and its directory: durable
+// in every mode.
+func writeSynced(t *testing.T, p string, data []byte) {
+	t.Helper()
+	if err := os.WriteFile(p, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syncPath(t, p)
+	syncPath(t, filepath.Dir(p))
+}
+
+func crash(t *testing.T, f *FS) {
+	t.Helper()
+	if err := f.Crash(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// after reads name from the backing directory after a crash; nil when
+// missing.
+func after(t *testing.T, f *FS, name string) []byte {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(f.BackingDir(), name))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func exists(t *testing.T, f *FS, name string) bool {
+	t.Helper()
+	_, err := os.Lstat(filepath.Join(f.BackingDir(), name))
+	return err == nil
+}
+
+func TestSyncedWriteSurvivesCrash(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			f := MountT(t, "", Options{Namespace: mode})
+			data := bytes.Repeat([]byte("0123456789"), 20_000) // 200 kB: several chunks
+			writeSynced(t, filepath.Join(f.MountPoint(), "a"), data)
+			crash(t, f)
+			if got := after(t, f, "a"); !bytes.Equal(got, data) {
+				t.Fatalf("after crash: %d bytes, want %d", len(got), len(data))
+			}
+		})
+	}
+}
+
+func TestUnsyncedWriteLost(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			f := MountT(t, "", Options{Namespace: mode})
+			p := filepath.Join(f.MountPoint(), "a")
+			writeSynced(t, p, []byte("version one"))
+			if err := os.WriteFile(p, []byte("version two, longer"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if got, _ := os.ReadFile(p); string(got) != "version two, longer" {
+				t.Fatalf("before crash read %q", got)
+			}
+			crash(t, f)
+			if got := after(t, f, "a"); string(got) != "version one" {
+				t.Fatalf("after crash %q, want the synced version", got)
+			}
+			if s := f.Stats(); s.LostFiles != 1 {
+				t.Fatalf("Stats.LostFiles = %d, want 1", s.LostFiles)
+			}
+		})
+	}
+}
+
+func TestUnsyncedAppendLosesOnlyTail(t *testing.T) {
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "log")
+	head := bytes.Repeat([]byte("h"), chunkSize+100) // the tail starts inside a shared chunk
+	writeSynced(t, p, head)
+	fd, err := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fd.Write([]byte("tail never synced")); err != nil {
+		t.Fatal(err)
+	}
+	fd.Close()
+	if st, _ := os.Stat(p); st.Size() != int64(len(head))+17 {
+		t.Fatalf("size before crash %d", st.Size())
+	}
+	crash(t, f)
+	if got := after(t, f, "log"); !bytes.Equal(got, head) {
+		t.Fatalf("after crash %d bytes (suffix %q), want the %d synced ones", len(got), got[max(0, len(got)-20):], len(head))
+	}
+}
+
+func TestOSyncWriteSurvives(t *testing.T) {
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "a")
+	writeSynced(t, p, nil)
+	fd, err := os.OpenFile(p, os.O_WRONLY|os.O_SYNC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fd.Write([]byte("o_sync data")); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, f)
+	fd.Close()
+	if got := after(t, f, "a"); string(got) != "o_sync data" {
+		t.Fatalf("after crash %q", got)
+	}
+	if s := f.Stats(); s.SyncWrites != 1 {
+		t.Fatalf("Stats.SyncWrites = %d", s.SyncWrites)
+	}
+}
+
+func TestCreateNeedsDirectorySync(t *testing.T) {
+	for _, tc := range []struct {
+		mode NamespaceMode
+		want string // "" = file lost
+	}{
+		{StrictNamespace, ""},
+		{JournaledNamespace, "data"},
+	} {
+		t.Run(tc.mode.String(), func(t *testing.T) {
+			f := MountT(t, "", Options{Namespace: tc.mode})
+			if err := os.Mkdir(filepath.Join(f.MountPoint(), "d"), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			syncPath(t, f.MountPoint())
+			p := filepath.Join(f.MountPoint(), "d", "new")
+			if err := os.WriteFile(p, []byte("data"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			syncPath(t, p) // the file, not its directory
+			crash(t, f)
+			if got := after(t, f, "d/new"); string(got) != tc.want {
+				t.Fatalf("after crash %q, want %q", got, tc.want)
+			}
+			if !exists(t, f, "d") {
+				t.Fatal("directory d, synced in the root, is gone")
+			}
+		})
+	}
+}
+
+func TestSyncedFileInUnsyncedDirectoryKeepsData(t *testing.T) {
+	// The directory fsync comes after the file's: the file is there, with
+	// the data synced before.
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "a")
+	if err := os.WriteFile(p, []byte("early"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	syncPath(t, p)
+	syncPath(t, f.MountPoint())
+	crash(t, f)
+	if got := after(t, f, "a"); string(got) != "early" {
+		t.Fatalf("after crash %q", got)
+	}
+}
+
+func TestRenameNeedsDirectorySync(t *testing.T) {
+	for _, tc := range []struct {
+		mode    NamespaceMode
+		syncDir bool
+		old     string // content under the old name after the crash
+		new     string // under the new name
+	}{
+		{StrictNamespace, false, "v2", ""},
+		{StrictNamespace, true, "", "v2"},
+		{JournaledNamespace, false, "", "v2"},
+	} {
+		t.Run(fmt.Sprintf("%s/dirsync=%v", tc.mode, tc.syncDir), func(t *testing.T) {
+			f := MountT(t, "", Options{Namespace: tc.mode})
+			mnt := f.MountPoint()
+			writeSynced(t, filepath.Join(mnt, "a"), []byte("v1"))
+			p := filepath.Join(mnt, "a")
+			if err := os.WriteFile(p, []byte("v2"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			if err := os.Rename(p, filepath.Join(mnt, "b")); err != nil {
+				t.Fatal(err)
+			}
+			syncPath(t, filepath.Join(mnt, "b")) // data durable, whatever its name
+			if tc.syncDir {
+				syncPath(t, mnt)
+			}
+			crash(t, f)
+			if got := after(t, f, "a"); string(got) != tc.old {
+				t.Fatalf("old name after crash %q, want %q", got, tc.old)
+			}
+			if got := after(t, f, "b"); string(got) != tc.new {
+				t.Fatalf("new name after crash %q, want %q", got, tc.new)
+			}
+		})
+	}
+}
+
+func TestRemovalsNeedDirectorySync(t *testing.T) {
+	f := MountT(t, "", Options{})
+	mnt := f.MountPoint()
+	writeSynced(t, filepath.Join(mnt, "file"), []byte("kept"))
+	if err := os.Mkdir(filepath.Join(mnt, "dir"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	syncPath(t, mnt)
+	if err := os.Remove(filepath.Join(mnt, "file")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(mnt, "dir")); err != nil {
+		t.Fatal(err)
+	}
+	if ents, _ := os.ReadDir(mnt); len(ents) != 0 {
+		t.Fatalf("entries before crash: %v", ents)
+	}
+	crash(t, f)
+	if got := after(t, f, "file"); string(got) != "kept" {
+		t.Fatalf("unlinked file after crash %q, want it back", got)
+	}
+	if !exists(t, f, "dir") {
+		t.Fatal("removed directory not back after crash")
+	}
+}
+
+func TestReadYourWrites(t *testing.T) {
+	f := MountT(t, "", Options{})
+	mnt := f.MountPoint()
+	if err := os.MkdirAll(filepath.Join(mnt, "x", "y"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(mnt, "x", "y", "f")
+	fd, err := os.Create(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if _, err := fd.WriteAt([]byte("world"), 6); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := fd.WriteAt([]byte("hello"), 0); err != nil {
+		t.Fatal(err)
+	}
+	got, err := os.ReadFile(p)
+	if err != nil || string(got) != "hello\x00world" {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	ents, err := os.ReadDir(filepath.Join(mnt, "x", "y"))
+	if err != nil || len(ents) != 1 || ents[0].Name() != "f" {
+		t.Fatalf("readdir %v, %v", ents, err)
+	}
+	if st, err := fd.Stat(); err != nil || st.Size() != 11 {
+		t.Fatalf("stat %v, %v", st, err)
+	}
+	crash(t, f)
+	if exists(t, f, "x") {
+		t.Fatal("nothing was synced, yet x survived")
+	}
+}
+
+func TestTruncate(t *testing.T) {
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "t")
+	data := bytes.Repeat([]byte{0xaa}, chunkSize+5000)
+	writeSynced(t, p, data)
+
+	// Shrink then grow again: the regrown bytes read as zeros.
+	if err := os.Truncate(p, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(p, 20); err != nil {
+		t.Fatal(err)
+	}
+	want := append(bytes.Repeat([]byte{0xaa}, 10), make([]byte, 10)...)
+	if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
+		t.Fatalf("after shrink and grow %x", got)
+	}
+	// O_TRUNC is a truncation too.
+	q := filepath.Join(f.MountPoint(), "q")
+	writeSynced(t, q, []byte("synced"))
+	if err := os.WriteFile(q, []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, f)
+	if got := after(t, f, "t"); !bytes.Equal(got, data) {
+		t.Fatalf("unsynced truncation reached the disk: %d bytes", len(got))
+	}
+	if got := after(t, f, "q"); string(got) != "synced" {
+		t.Fatalf("unsynced O_TRUNC reached the disk: %q", got)
+	}
+}
+
+func TestSyncedTruncateSurvives(t *testing.T) {
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "t")
+	writeSynced(t, p, bytes.Repeat([]byte{1}, 3*chunkSize))
+	fd, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if err := fd.Truncate(chunkSize + 7); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.Truncate(2 * chunkSize); err != nil { // unsynced regrowth
+		t.Fatal(err)
+	}
+	crash(t, f)
+	if got := after(t, f, "t"); !bytes.Equal(got, bytes.Repeat([]byte{1}, chunkSize+7)) {
+		t.Fatalf("after crash %d bytes, want %d", len(got), chunkSize+7)
+	}
+}
+
+func TestEveryOperationFailsAfterCrash(t *testing.T) {
+	f := MountT(t, "", Options{})
+	mnt := f.MountPoint()
+	p := filepath.Join(mnt, "a")
+	writeSynced(t, p, []byte("data"))
+	if err := os.Mkdir(filepath.Join(mnt, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	open, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := os.Open(mnt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash(t, f)
+	if err := f.Crash(); !errors.Is(err, ErrCrashed) {
+		t.Fatalf("second Crash: %v", err)
+	}
+	ops := []struct {
+		name string
+		op   func() error
+	}{
+		{"open", func() error { _, err := os.Open(p); return err }},
+		{"create", func() error { _, err := os.Create(filepath.Join(mnt, "new")); return err }},
+		{"stat", func() error { _, err := os.Stat(p); return err }},
+		{"fstat", func() error { _, err := open.Stat(); return err }},
+		{"read", func() error { _, err := open.ReadAt(make([]byte, 4), 0); return err }},
+		{"write", func() error { _, err := open.WriteAt([]byte("x"), 0); return err }},
+		{"fsync", open.Sync},
+		{"ftruncate", func() error { return open.Truncate(0) }},
+		{"readdir", func() error { _, err := dir.ReadDir(-1); return err }},
+		{"dir fsync", dir.Sync},
+		{"mkdir", func() error { return os.Mkdir(filepath.Join(mnt, "e"), 0o755) }},
+		{"rename", func() error { return os.Rename(p, filepath.Join(mnt, "b")) }},
+		{"unlink", func() error { return os.Remove(p) }},
+		{"rmdir", func() error { return os.Remove(filepath.Join(mnt, "d")) }},
+		{"chmod", func() error { return os.Chmod(p, 0o600) }},
+		{"statfs", func() error { var st syscall.Statfs_t; return syscall.Statfs(mnt, &st) }},
+		{"close", open.Close},
+	}
+	for _, o := range ops {
+		if err := o.op(); !errors.Is(err, syscall.EIO) {
+			t.Errorf("%s after crash: %v, want EIO", o.name, err)
+		}
+	}
+	dir.Close()
+	if got := after(t, f, "a"); string(got) != "data" {
+		t.Fatalf("backing file after crash %q", got)
+	}
+}
+
+func TestConcurrentWriters(t *testing.T) {
+	f := MountT(t, "", Options{Namespace: JournaledNamespace})
+	mnt := f.MountPoint()
+	shared := filepath.Join(mnt, "shared")
+	writeSynced(t, shared, nil)
+	const writers, rounds, size = 8, 40, 1000
+	var wg sync.WaitGroup
+	errs := make(chan error, writers)
+	for w := range writers {
+		wg.Go(func() {
+			errs <- func() error {
+				own, err := os.Create(filepath.Join(mnt, fmt.Sprintf("w%d", w)))
+				if err != nil {
+					return err
+				}
+				defer own.Close()
+				sh, err := os.OpenFile(shared, os.O_WRONLY, 0)
+				if err != nil {
+					return err
+				}
+				defer sh.Close()
+				rec := bytes.Repeat([]byte{byte('a' + w)}, size)
+				for r := range rounds {
+					if _, err := own.Write(rec); err != nil {
+						return err
+					}
+					if _, err := sh.WriteAt(rec, int64((r*writers+w)*size)); err != nil {
+						return err
+					}
+					if r%4 == 0 {
+						if err := own.Sync(); err != nil {
+							return err
+						}
+						if err := sh.Sync(); err != nil {
+							return err
+						}
+					}
+				}
+				if err := own.Sync(); err != nil {
+					return err
+				}
+				return sh.Sync()
+			}()
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	crash(t, f)
+	sh := after(t, f, "shared")
+	if len(sh) != writers*rounds*size {
+		t.Fatalf("shared file %d bytes after crash, want %d", len(sh), writers*rounds*size)
+	}
+	for w := range writers {
+		own := after(t, f, fmt.Sprintf("w%d", w))
+		if !bytes.Equal(own, bytes.Repeat([]byte{byte('a' + w)}, rounds*size)) {
+			t.Errorf("writer %d: %d bytes after crash", w, len(own))
+		}
+		for r := range rounds {
+			off := (r*writers + w) * size
+			if !bytes.Equal(sh[off:off+size], bytes.Repeat([]byte{byte('a' + w)}, size)) {
+				t.Fatalf("shared record of writer %d round %d damaged", w, r)
+			}
+		}
+	}
+}
+
+func TestCleanUnmountKeepsEverythingAndRemounts(t *testing.T) {
+	Require(t)
+	backing := t.TempDir()
+	f, err := Mount(backing, t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	mnt := f.MountPoint()
+	if err := os.MkdirAll(filepath.Join(mnt, "a", "b"), 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(mnt, "a", "b", "f"), []byte("never synced"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Unmount(); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Unmount(); err != nil {
+		t.Fatalf("second Unmount: %v", err)
+	}
+	if got, err := os.ReadFile(filepath.Join(backing, "a", "b", "f")); string(got) != "never synced" {
+		t.Fatalf("after a clean unmount: %q, %v", got, err)
+	}
+	if st, _ := os.Stat(filepath.Join(backing, "a", "b", "f")); st.Mode().Perm() != 0o640 {
+		t.Fatalf("mode %v", st.Mode())
+	}
+
+	// A new mount of the same backing directory starts from it, and its
+	// content counts as synced.
+	g := MountT(t, backing, Options{})
+	p := filepath.Join(g.MountPoint(), "a", "b", "f")
+	if got, err := os.ReadFile(p); string(got) != "never synced" {
+		t.Fatalf("remounted: %q, %v", got, err)
+	}
+	if err := os.WriteFile(p, []byte("lost"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, g)
+	if got := after(t, g, "a/b/f"); string(got) != "never synced" {
+		t.Fatalf("after crash of the remount: %q", got)
+	}
+}
+
+func TestUnmountAfterCrashWhileFilesOpen(t *testing.T) {
+	Require(t)
+	f, err := Mount(t.TempDir(), t.TempDir(), Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fd, err := os.Create(filepath.Join(f.MountPoint(), "held"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	crash(t, f)
+	if err := f.Unmount(); err != nil { // busy: detached lazily
+		t.Fatal(err)
+	}
+	if slices.Contains(mountPoints(t), f.MountPoint()) {
+		t.Fatal("still mounted after Unmount")
+	}
+	if _, err := fd.Write([]byte("x")); !errors.Is(err, syscall.EIO) {
+		t.Fatalf("write on a held descriptor after Unmount: %v", err)
+	}
+	fd.Close()
+}
+
+func mountPoints(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var mps []string
+	for line := range bytes.Lines(b) {
+		if fields := bytes.Fields(line); len(fields) > 4 {
+			mps = append(mps, unescapeMountinfo(string(fields[4])))
+		}
+	}
+	return mps
+}
+
+// TestHelperMountAndHang is the child of TestStaleMountSwept: it mounts and
+// waits to be killed.
+func TestHelperMountAndHang(t *testing.T) {
+	mnt := os.Getenv("LAZYFS_HELPER_MOUNT")
+	if mnt == "" {
+		t.Skip("helper process for TestStaleMountSwept")
+	}
+	if _, err := Mount(t.TempDir(), mnt, Options{}); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println("mounted")
+	time.Sleep(time.Minute)
+}
+
+func TestStaleMountSwept(t *testing.T) {
+	Require(t)
+	mnt := filepath.Join(t.TempDir(), "stale mount") // a space: mountinfo escapes it
+	if err := os.Mkdir(mnt, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMountAndHang$", "-test.v")
+	cmd.Env = append(os.Environ(), "LAZYFS_HELPER_MOUNT="+mnt)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 4096)
+	var seen []byte
+	for !bytes.Contains(seen, []byte("mounted")) {
+		n, err := out.Read(buf)
+		seen = append(seen, buf[:n]...)
+		if err != nil {
+			t.Fatalf("helper ended before mounting: %v: %s", err, seen)
+		}
+	}
+	if !slices.Contains(mountPoints(t), mnt) {
+		t.Fatal("helper says mounted, mountinfo disagrees")
+	}
+	if slices.Contains(staleMounts(), mnt) {
+		t.Fatal("a mount whose process lives was taken as stale")
+	}
+	_ = cmd.Process.Kill()
+	_ = cmd.Wait()
+	if !slices.Contains(mountPoints(t), mnt) {
+		t.Fatal("the mount went away with its process: nothing to sweep")
+	}
+	sweepStale()
+	if slices.Contains(mountPoints(t), mnt) {
+		t.Fatal("stale mount not swept")
+	}
+}
