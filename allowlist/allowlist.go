@@ -1,66 +1,32 @@
 // Package allowlist decides whether a source address may deliver callbacks:
-// built-in presets plus configured IPv4/IPv6 CIDRs, looked up without
-// allocating.
+// built-in presets plus configured IPv4/IPv6 CIDRs, looked up in a
+// path-compressed trie (github.com/yl2chen/cidranger).
 package allowlist
 
 import (
-	"encoding/binary"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
+
+	"github.com/yl2chen/cidranger"
 )
 
-// List is an immutable set of address ranges, kept as sorted, merged
-// intervals of 128-bit addresses (IPv4 as IPv4-mapped IPv6, in a table of
-// its own so an IPv6 range never admits an IPv4 client), so a lookup is a
-// binary search with no allocation. It is safe for concurrent use; a
-// reload builds a new List and swaps it in.
+// List is an immutable set of address ranges. It is safe for concurrent
+// use; a reload builds a new List and swaps it in.
+//
+// IPv4 and IPv6 ranges live in separate tries, so an IPv6 range never
+// admits an IPv4 client (::/0 does not admit 192.0.2.1); an IPv4-mapped
+// range (::ffff:192.0.2.0/120) is stored as the IPv4 range it names, and an
+// IPv4-mapped address is looked up as IPv4.
+//
+// cidranger works on net.IP; that stays inside this file, so the trie can
+// be swapped without touching callers.
 type List struct {
-	v4, v6 []interval
+	ranger cidranger.Ranger // nil: empty
 	size   int
-}
-
-// u128 is an IPv6 address (or IPv4-mapped IPv4) as a number.
-type u128 struct{ hi, lo uint64 }
-
-func (a u128) less(b u128) bool { return a.hi < b.hi || (a.hi == b.hi && a.lo < b.lo) }
-
-func (a u128) next() (u128, bool) {
-	if a.lo == ^uint64(0) {
-		if a.hi == ^uint64(0) {
-			return a, false
-		}
-		return u128{a.hi + 1, 0}, true
-	}
-	return u128{a.hi, a.lo + 1}, true
-}
-
-type interval struct{ first, last u128 }
-
-func toU128(a netip.Addr) u128 {
-	b := a.As16() // IPv4 becomes ::ffff:a.b.c.d
-	return u128{binary.BigEndian.Uint64(b[:8]), binary.BigEndian.Uint64(b[8:])}
-}
-
-// span is the first and last address of a prefix.
-func span(p netip.Prefix) interval {
-	bits := p.Bits()
-	if p.Addr().Is4() {
-		bits += 96
-	}
-	first := toU128(p.Addr())
-	last := first
-	switch {
-	case bits == 0:
-		last = u128{^uint64(0), ^uint64(0)}
-	case bits <= 64:
-		last.hi |= ^uint64(0) >> bits
-		last.lo = ^uint64(0)
-	case bits < 128:
-		last.lo |= ^uint64(0) >> (bits - 64)
-	}
-	return interval{first, last}
 }
 
 // PresetNames lists the built-in presets, sorted.
@@ -122,75 +88,73 @@ func New(presetNames, cidrs []string) (*List, error) {
 		}
 		prefixes = append(prefixes, p)
 	}
-	return FromPrefixes(prefixes), nil
+	return FromPrefixes(prefixes)
 }
 
-// FromPrefixes builds a List from parsed prefixes.
-func FromPrefixes(prefixes []netip.Prefix) *List {
-	var v4, v6 []interval
+// normalize clears host bits and turns an IPv4-mapped range into the IPv4
+// range it names. Once masked, a prefix whose address is IPv4-mapped is /96
+// or longer: shorter ones clear part of the ::ffff marker.
+func normalize(p netip.Prefix) netip.Prefix {
+	p = p.Masked()
+	if a := p.Addr(); a.Is4In6() {
+		p = netip.PrefixFrom(a.Unmap(), p.Bits()-96)
+	}
+	return p
+}
+
+// FromPrefixes builds a List from parsed prefixes; invalid (zero) prefixes
+// are skipped.
+func FromPrefixes(prefixes []netip.Prefix) (*List, error) {
+	l := &List{size: len(prefixes)}
 	for _, p := range prefixes {
-		switch {
-		case !p.IsValid():
-		case p.Addr().Is4():
-			v4 = append(v4, span(p.Masked()))
-		default:
-			v6 = append(v6, span(p.Masked()))
+		if !p.IsValid() {
+			continue
+		}
+		p = normalize(p)
+		if l.ranger == nil {
+			l.ranger = cidranger.NewPCTrieRanger()
+		}
+		// A 4-byte IP with a 32-bit mask for IPv4 and 16 bytes for IPv6:
+		// cidranger picks the trie by net.IP.To4, which after normalize is
+		// non-nil for IPv4 ranges only.
+		n := net.IPNet{IP: p.Addr().AsSlice(), Mask: net.CIDRMask(p.Bits(), p.Addr().BitLen())}
+		if err := l.ranger.Insert(cidranger.NewBasicRangerEntry(n)); err != nil {
+			return nil, fmt.Errorf("allowlist: insert %s: %w", p, err)
 		}
 	}
-	return &List{v4: merge(v4), v6: merge(v6), size: len(prefixes)}
-}
-
-// merge sorts intervals and joins overlapping or adjacent ones.
-func merge(ivs []interval) []interval {
-	slices.SortFunc(ivs, func(a, b interval) int {
-		switch {
-		case a.first.less(b.first):
-			return -1
-		case b.first.less(a.first):
-			return 1
-		}
-		return 0
-	})
-	var merged []interval
-	for _, iv := range ivs {
-		if n := len(merged); n > 0 {
-			last := &merged[n-1]
-			if after, ok := last.last.next(); !ok || !after.less(iv.first) { // overlapping or adjacent
-				if last.last.less(iv.last) {
-					last.last = iv.last
-				}
-				continue
-			}
-		}
-		merged = append(merged, iv)
-	}
-	return merged
+	return l, nil
 }
 
 // Len is the number of ranges in the list.
-func (l *List) Len() int { return l.size }
+func (l *List) Len() int {
+	if l == nil {
+		return 0
+	}
+	return l.size
+}
+
+// ipBufs hold the net.IP handed to cidranger: passed through its Ranger
+// interface it escapes, so a buffer per lookup would be a heap allocation.
+var ipBufs = sync.Pool{New: func() any { return new([net.IPv6len]byte) }}
 
 // Contains reports whether addr lies in one of the ranges. IPv4-mapped IPv6
-// addresses are looked up as IPv4. An invalid address is never contained.
+// addresses are looked up as IPv4; a zone is ignored. An invalid address is
+// never contained.
 func (l *List) Contains(addr netip.Addr) bool {
-	if l == nil || !addr.IsValid() {
+	if l == nil || l.ranger == nil || !addr.IsValid() {
 		return false
 	}
 	addr = addr.Unmap()
-	ranges := l.v6
+	buf := ipBufs.Get().(*[net.IPv6len]byte)
+	var ip net.IP
 	if addr.Is4() {
-		ranges = l.v4
+		*(*[net.IPv4len]byte)(buf[:net.IPv4len]) = addr.As4()
+		ip = buf[:net.IPv4len]
+	} else {
+		*buf = addr.As16()
+		ip = buf[:]
 	}
-	x := toU128(addr)
-	// The last interval starting at or before x is the only candidate.
-	lo, hi := 0, len(ranges)
-	for lo < hi {
-		m := int(uint(lo+hi) >> 1)
-		if x.less(ranges[m].first) {
-			hi = m
-		} else {
-			lo = m + 1
-		}
-	}
-	return lo > 0 && !ranges[lo-1].last.less(x)
+	ok, err := l.ranger.Contains(ip)
+	ipBufs.Put(buf)
+	return err == nil && ok
 }

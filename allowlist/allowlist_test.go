@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
+	"slices"
 	"testing"
 )
 
@@ -28,6 +29,7 @@ func TestContains(t *testing.T) {
 		"fe80::1%eth0":          false,
 		"::ffff:196.201.212.70": false,
 		"196.201.212.69":        true,
+		"fe80::1":               false,
 	}
 	for s, want := range tests {
 		a, err := netip.ParseAddr(s)
@@ -75,8 +77,11 @@ func FuzzParsePrefix(f *testing.F) {
 		if !p.IsValid() || p != p.Masked() || p.Addr().Is4In6() {
 			t.Fatalf("ParsePrefix(%q) = %v", s, p)
 		}
-		l := FromPrefixes([]netip.Prefix{p})
-		if !l.Contains(p.Addr()) {
+		l, err := FromPrefixes([]netip.Prefix{p})
+		if err != nil {
+			t.Fatalf("FromPrefixes(%v): %v", p, err)
+		}
+		if !l.Contains(p.Addr()) || !l.Contains(lastAddr(p)) {
 			t.Fatalf("%v does not contain its own address", p)
 		}
 	})
@@ -113,15 +118,117 @@ func randomListPrefixes(n int) (*List, []netip.Prefix, []netip.Addr) {
 		panic(err)
 	}
 	var prefixes []netip.Prefix
-	for _, c := range append(append([]string(nil), presets["safaricom"]...), cidrs...) {
+	for _, c := range append(slices.Clone(presets["safaricom"]), cidrs...) {
 		p, _ := ParsePrefix(c)
 		prefixes = append(prefixes, p)
 	}
 	return l, prefixes, probes
 }
 
+// TestFamilies: an IPv6 range never admits an IPv4 client, an IPv4-mapped
+// range handed to FromPrefixes admits the IPv4 addresses it names, and a
+// zone does not change the answer.
+func TestFamilies(t *testing.T) {
+	l, err := FromPrefixes([]netip.Prefix{
+		netip.MustParsePrefix("::/0"),
+		netip.MustParsePrefix("::ffff:198.51.100.0/120"),
+		netip.MustParsePrefix("fe80::/10"),
+		{}, // skipped
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for s, want := range map[string]bool{
+		"192.0.2.1":           false,
+		"::ffff:192.0.2.1":    false,
+		"198.51.100.7":        true,
+		"::ffff:198.51.100.7": true,
+		"198.51.101.7":        false,
+		"2001:db8::1":         true,
+		"fe80::1%eth0":        true,
+	} {
+		if got := l.Contains(netip.MustParseAddr(s)); got != want {
+			t.Errorf("Contains(%s) = %v, want %v", s, got, want)
+		}
+	}
+	if l.Len() != 4 {
+		t.Errorf("Len() = %d, want 4", l.Len())
+	}
+	empty, err := New(nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if empty.Len() != 0 || empty.Contains(netip.MustParseAddr("0.0.0.0")) || empty.Contains(netip.MustParseAddr("::")) {
+		t.Error("an empty list contains something")
+	}
+}
+
+// TestContainsAllocations: the net.IP handed to cidranger comes from a
+// pool; what is left is the one small number cidranger builds per lookup
+// (rnet.NewNetworkNumber), which its API gives no way around.
+func TestContainsAllocations(t *testing.T) {
+	l, probes := randomList(1000)
+	i := 0
+	allocs := testing.AllocsPerRun(1000, func() {
+		l.Contains(probes[i%len(probes)])
+		i++
+	})
+	if allocs > 1 {
+		t.Errorf("Contains allocates %.1f times per lookup, want at most 1", allocs)
+	}
+}
+
+// TestConcurrentContains shares one List (and the buffer pool) between
+// goroutines; run it with -race.
+func TestConcurrentContains(t *testing.T) {
+	l, prefixes, probes := randomListPrefixes(500)
+	want := make([]bool, len(probes))
+	for i, a := range probes {
+		want[i] = linearScan(prefixes, a)
+	}
+	done := make(chan error, 4)
+	for g := range 4 {
+		go func() {
+			for n := range 2000 {
+				i := (n*7 + g) % len(probes)
+				if got := l.Contains(probes[i]); got != want[i] {
+					done <- fmt.Errorf("Contains(%s) = %v, want %v", probes[i], got, want[i])
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	for range 4 {
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// BenchmarkContains: the safaricom preset plus 10,000 random IPv4 and IPv6
+// ranges, probed with addresses inside them.
 func BenchmarkContains(b *testing.B) {
 	l, probes := randomList(10000)
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		l.Contains(probes[i%len(probes)])
+		i++
+	}
+}
+
+// BenchmarkContainsSafaricom: the preset alone, probed with a listed
+// address, an unlisted IPv4, a listed IPv4-mapped and an IPv6 address.
+func BenchmarkContainsSafaricom(b *testing.B) {
+	l, err := New([]string{"safaricom"}, nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	probes := []netip.Addr{
+		netip.MustParseAddr("196.201.214.200"), netip.MustParseAddr("203.0.113.9"),
+		netip.MustParseAddr("::ffff:196.201.212.69"), netip.MustParseAddr("2001:db8::1"),
+	}
 	b.ReportAllocs()
 	i := 0
 	for b.Loop() {

@@ -1,0 +1,190 @@
+package proxy
+
+import (
+	"encoding/binary"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+// AcceptOptions configure RefuseAtAccept.
+type AcceptOptions struct {
+	// Policy returns the policy in force (Handler.Policy). It is read for
+	// every connection, so a reload applies from the next one. Nil, or a
+	// nil policy: every connection goes through.
+	Policy func() *Policy
+	// Refused is called once for each connection closed at accept, in the
+	// accepting goroutine: it must be cheap and must not block (a counter).
+	// Optional.
+	Refused func(netip.Addr)
+	// Log receives the refusal lines (nil: none).
+	Log *zap.Logger
+}
+
+// Bounds of the refusal log: a source gets at most one line a second; at
+// most refusalLinesPerSecond sources get a line of their own in any second,
+// and every refusal without a line is counted in one summary line a second.
+const (
+	refusalSlots          = 1024 // sources remembered (a fixed table: a flood of sources costs no memory)
+	refusalLinesPerSecond = 20
+	refusalLogEvery       = time.Second
+)
+
+// RefuseAtAccept wraps the public listener so that, when the TCP peer is
+// the client (the policy trusts no proxy) and the allowlist is enforced, a
+// connection from a source outside the allowlist is closed as soon as it
+// is accepted: no TLS handshake, no goroutine, no request. It sends a
+// reset (SO_LINGER 0), so no TIME_WAIT is left behind. In report-only mode,
+// or with trusted proxies (the real client is known only from
+// X-Forwarded-For), every connection goes through to the handler, which
+// decides as before.
+//
+// Wrap the listener the clients connect to directly. With the PROXY
+// protocol the TCP peer is a load balancer: wrap nothing (such a policy
+// trusts proxies anyway, so nothing would be refused).
+//
+// Accept never returns an error for a refused connection: it goes on to
+// the next one, so http.Server neither backs off nor stops. Errors of the
+// wrapped listener are returned as they are.
+func RefuseAtAccept(ln net.Listener, o AcceptOptions) net.Listener {
+	log := o.Log
+	if log == nil {
+		log = zap.NewNop()
+	}
+	return &refusingListener{Listener: ln, o: o, logs: &refusalLog{log: log.Named("accept"), now: time.Now}}
+}
+
+type refusingListener struct {
+	net.Listener
+	o    AcceptOptions
+	logs *refusalLog
+}
+
+// Accept returns the next connection that is not refused.
+func (l *refusingListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		src, refuse := l.refuses(c)
+		if !refuse {
+			return c, nil
+		}
+		if l.o.Refused != nil {
+			l.o.Refused(src)
+		}
+		if tc, ok := c.(*net.TCPConn); ok {
+			_ = tc.SetLinger(0)
+		}
+		_ = c.Close()
+		l.logs.refused(src)
+	}
+}
+
+// Close closes the listener and writes the pending summary line.
+func (l *refusingListener) Close() error {
+	err := l.Listener.Close()
+	l.logs.flush(true)
+	return err
+}
+
+// refuses reports whether c is to be closed at accept, and its source.
+func (l *refusingListener) refuses(c net.Conn) (netip.Addr, bool) {
+	if l.o.Policy == nil {
+		return netip.Addr{}, false
+	}
+	p := l.o.Policy()
+	if !p.refusesAtAccept() {
+		return netip.Addr{}, false
+	}
+	ta, ok := c.RemoteAddr().(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	src := ta.AddrPort().Addr().Unmap().WithZone("")
+	return src, !p.Allow.Contains(src)
+}
+
+// refusesAtAccept reports whether sources outside Allow are refused before
+// any request is read: the allowlist is enforced and the TCP peer is the
+// client, because no proxy is trusted.
+func (p *Policy) refusesAtAccept() bool {
+	return p != nil && !p.ReportOnly && (p.ClientIP == nil || p.ClientIP.trusted.Len() == 0)
+}
+
+// refusalLog writes the refusal lines within their bounds, without
+// blocking on anything but its own short critical section.
+type refusalLog struct {
+	log *zap.Logger
+	now func() time.Time
+
+	mu     sync.Mutex
+	slots  [refusalSlots]refusalSlot
+	window time.Time // start of the current second of individual lines
+	lines  int       // individual lines written in it
+	quiet  int64     // refusals without a line since the last summary
+	timer  *time.Timer
+}
+
+// refusalSlot is the last line written for a source.
+type refusalSlot struct {
+	src netip.Addr
+	at  time.Time
+}
+
+func slotOf(a netip.Addr) int {
+	b := a.As16()
+	x := binary.BigEndian.Uint64(b[:8])*0x9e3779b97f4a7c15 ^ binary.BigEndian.Uint64(b[8:])
+	x *= 0xff51afd7ed558ccd
+	return int(x >> 54) // top 10 bits: 0..1023
+}
+
+// refused records one refusal of src: a line of its own when neither src
+// nor its slot had one in the last second and the second's budget allows,
+// else counted for the summary.
+func (r *refusalLog) refused(src netip.Addr) {
+	now := r.now()
+	r.mu.Lock()
+	s := &r.slots[slotOf(src)]
+	line := false
+	if !s.src.IsValid() || now.Sub(s.at) >= refusalLogEvery { // free, or its last line is a second old
+		if now.Sub(r.window) >= refusalLogEvery {
+			r.window, r.lines = now, 0
+		}
+		if r.lines < refusalLinesPerSecond {
+			r.lines++
+			s.src, s.at = src, now
+			line = true
+		}
+	}
+	if !line {
+		r.quiet++
+		if r.timer == nil {
+			r.timer = time.AfterFunc(refusalLogEvery, func() { r.flush(false) })
+		}
+	}
+	r.mu.Unlock()
+	if line {
+		r.log.Warn("connection refused at accept: source not in the allowlist", zap.String("source", src.String()))
+	}
+}
+
+// flush writes the summary of the refusals without a line of their own.
+func (r *refusalLog) flush(stop bool) {
+	r.mu.Lock()
+	n := r.quiet
+	r.quiet = 0
+	if r.timer != nil && stop {
+		r.timer.Stop()
+	}
+	r.timer = nil
+	r.mu.Unlock()
+	if n > 0 {
+		r.log.Warn("connections refused at accept without a line of their own (at most one line a second per source)",
+			zap.Int64("connections", n))
+	}
+}
