@@ -12,11 +12,13 @@ import (
 	"io"
 	"net/http"
 	"net/netip"
+	"path"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/daraja-edge/daraja-edge/internal/redact"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
@@ -34,9 +36,12 @@ type Options struct {
 	// APIKeys are the accepted bearer keys; an entry "sha256:<hex>" is the
 	// SHA-256 of a key.
 	APIKeys []string
-	// Limiter bounds failed authentications per client address: once a
-	// client has spent it, every request of its gets 429 until it refills,
-	// so keys cannot be guessed at speed (optional).
+	// Limiter bounds failures per client address: wrong or missing keys,
+	// unknown routes and wrong methods. The key is checked first, so a
+	// request with a valid key always passes and spends nothing; a failure
+	// past the limit is answered without a log line (a wrong key with 429),
+	// so keys cannot be guessed at speed and refusals cannot flood the log
+	// (optional: without it, failures are neither limited nor counted).
 	Limiter Limiter
 	// Ready reports why the edge is not ready, or nil.
 	Ready func(ctx context.Context) error
@@ -45,18 +50,20 @@ type Options struct {
 	Log     *zap.Logger
 }
 
-// Limiter counts failures per client address.
+// Limiter counts failures per client address (*ratelimit.PerSource).
 type Limiter interface {
 	// Allow spends one failure, reporting whether one was left.
 	Allow(src netip.Addr, now time.Time) bool
-	// Blocked reports whether the client has none left.
-	Blocked(src netip.Addr, now time.Time) bool
 }
 
 // maxRequestBytes bounds an admin request body.
 const maxRequestBytes = 16 << 10
 
-// Handler returns the admin API handler.
+// Handler returns the admin API handler. Every answer it gives is JSON,
+// errors as APIError, unknown routes (404) and wrong methods (405, with
+// Allow) included. Its logs hold no query, no key and no token: paths go
+// through redact.Path, token ids reach the token service only when they
+// have the form of one (anything else is 404 on the spot).
 func Handler(o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
@@ -75,9 +82,9 @@ func Handler(o Options) http.Handler {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/tokens", a.auth(a.issue))
-	mux.Handle("GET /v1/tokens/{id}", a.auth(a.status))
-	mux.Handle("DELETE /v1/tokens/{id}", a.auth(a.revoke))
-	mux.Handle("POST /v1/tokens/{id}/rotate", a.auth(a.rotate))
+	mux.Handle("GET /v1/tokens/{id}", a.auth(tokenID(a.status)))
+	mux.Handle("DELETE /v1/tokens/{id}", a.auth(tokenID(a.revoke)))
+	mux.Handle("POST /v1/tokens/{id}/rotate", a.auth(tokenID(a.rotate)))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -85,13 +92,75 @@ func Handler(o Options) http.Handler {
 	if o.Metrics != nil {
 		mux.Handle("GET /metrics", o.Metrics)
 	}
-	return mux
+	a.mux = mux
+	return a
 }
 
 type api struct {
 	o    Options
 	log  *zap.Logger
 	keys [][32]byte
+	mux  *http.ServeMux
+}
+
+// ServeHTTP routes r. What the mux would answer in text (404, 405) or by
+// redirect (an unclean path such as /v1//tokens) is answered here in JSON
+// instead, and counted as a failure.
+func (a *api) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Path == path.Clean(r.URL.Path) {
+		h, pattern := a.mux.Handler(r)
+		if pattern != "" {
+			a.mux.ServeHTTP(w, r) // again, so that r.PathValue is set
+			return
+		}
+		// The mux's own 404 and 405 handlers: keep only the Allow they set.
+		probe := headerOnly{}
+		h.ServeHTTP(probe, r)
+		if allow := probe.Header().Get("Allow"); allow != "" {
+			w.Header().Set("Allow", allow)
+			a.refuse(r, "admin request refused: method not allowed")
+			writeError(w, http.StatusMethodNotAllowed, "method_not_allowed", "method not allowed; see Allow")
+			return
+		}
+	}
+	a.refuse(r, "admin request refused: no such route")
+	writeError(w, http.StatusNotFound, "not_found", "no such route")
+}
+
+// headerOnly is a ResponseWriter that keeps the header and drops the rest.
+type headerOnly http.Header
+
+func (h headerOnly) Header() http.Header       { return http.Header(h) }
+func (headerOnly) Write(b []byte) (int, error) { return len(b), nil }
+func (headerOnly) WriteHeader(int)             {}
+
+// refuse spends one failure of r's client, reporting whether one was left;
+// if so, it logs msg with what of r is safe to log.
+func (a *api) refuse(r *http.Request, msg string) bool {
+	if a.o.Limiter != nil {
+		var client netip.Addr
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			client = ap.Addr().Unmap()
+		}
+		if !a.o.Limiter.Allow(client, time.Now()) {
+			return false
+		}
+	}
+	a.log.Warn(msg, requestFields(r)...)
+	return true
+}
+
+// requestFields is what of r may be logged: the peer, the method if it is
+// a standard one (a method is any token, so it can be one), the path
+// redacted; never the query or a header.
+func requestFields(r *http.Request) []zap.Field {
+	method := "other"
+	switch r.Method {
+	case http.MethodGet, http.MethodHead, http.MethodPost, http.MethodPut, http.MethodPatch,
+		http.MethodDelete, http.MethodOptions, http.MethodConnect, http.MethodTrace:
+		method = r.Method
+	}
+	return []zap.Field{zap.String("remote", r.RemoteAddr), zap.String("method", method), zap.String("path", redact.Path(r.URL.Path))}
 }
 
 // APIError is the error body of the admin API and of the NATS token
@@ -111,38 +180,50 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 	_ = json.NewEncoder(w).Encode(v)
 }
 
-// auth admits requests bearing one of the API keys. Every key is compared,
-// in constant time, whatever matched, and a missing key answers like a
-// wrong one.
+// auth admits requests bearing one of the API keys, checked before
+// anything else: a valid key always passes, whatever failures its address
+// has spent, so nothing sharing the address can lock the operator out. A
+// missing or wrong key (answered alike) spends one failure: 401 and a log
+// line while some are left, then a quiet 429.
 func (a *api) auth(next http.HandlerFunc) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		var client netip.Addr
-		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
-			client = ap.Addr().Unmap()
+		if a.validKey(r.Header.Get("Authorization")) {
+			next(w, r)
+			return
 		}
-		if a.o.Limiter != nil && a.o.Limiter.Blocked(client, time.Now()) {
+		if !a.refuse(r, "admin request refused: bad or missing API key") {
 			w.Header().Set("Retry-After", "1")
 			writeError(w, http.StatusTooManyRequests, "rate_limited", "too many failed requests; slow down")
 			return
 		}
-		presented, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-		sum := sha256.Sum256([]byte(presented))
-		match := 0
-		for i := range a.keys {
-			match |= subtle.ConstantTimeCompare(sum[:], a.keys[i][:])
-		}
-		if !ok || presented == "" || match != 1 {
-			if a.o.Limiter != nil {
-				a.o.Limiter.Allow(client, time.Now())
-			}
-			a.log.Warn("admin request refused: bad or missing API key", zap.String("remote", r.RemoteAddr),
-				zap.String("method", r.Method), zap.String("path", r.URL.Path))
-			w.Header().Set("WWW-Authenticate", `Bearer realm="daraja-edge"`)
-			writeError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required")
+		w.Header().Set("WWW-Authenticate", `Bearer realm="daraja-edge"`)
+		writeError(w, http.StatusUnauthorized, "unauthorized", "a valid API key is required")
+	})
+}
+
+// validKey reports whether an Authorization header value bears one of the
+// keys: its SHA-256 is compared with every key's, in constant time,
+// whatever matched (the scheme is case-insensitive, RFC 9110 §11.1).
+func (a *api) validKey(authorization string) bool {
+	scheme, presented, ok := strings.Cut(authorization, " ")
+	sum := sha256.Sum256([]byte(presented))
+	match := 0
+	for i := range a.keys {
+		match |= subtle.ConstantTimeCompare(sum[:], a.keys[i][:])
+	}
+	return ok && strings.EqualFold(scheme, "Bearer") && presented != "" && match == 1
+}
+
+// tokenID answers 404 for an {id} that is not a token id, so whatever was
+// pasted there (a token, say) never reaches the token service or its logs.
+func tokenID(next http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if !verify.ValidID(r.PathValue("id")) {
+			writeError(w, http.StatusNotFound, "not_found", "no such token")
 			return
 		}
 		next(w, r)
-	})
+	}
 }
 
 func (a *api) issue(w http.ResponseWriter, r *http.Request) {
