@@ -1,6 +1,38 @@
 // Package daraja knows the shapes of Safaricom Daraja callbacks: the kinds,
 // their endpoint paths, and a tolerant parser that extracts each callback's
 // identifying fields.
+//
+// # What Parse refuses
+//
+// The edge passes every accepted body on byte for byte, so Parse refuses a
+// body that some JSON parser downstream would read differently from the edge,
+// or not at all, and a body that cannot be identified. Nothing else:
+//
+//   - Not a single JSON object (RFC 8259): invalid UTF-8, anything but JSON
+//     whitespace (space, tab, CR, LF) before or after the one document — a
+//     second document, a stray "}" or "]", a NUL, a form feed. A UTF-8 byte
+//     order mark before the object is refused too, not stripped: RFC 8259
+//     forbids it in JSON sent over a network, and the stored body is the
+//     request body unchanged, so a stripped BOM would still reach consumers.
+//   - Bodies parsers disagree on: an object naming a key twice, comparing
+//     without regard to ASCII case as Go's decoder does (one parser keeps the
+//     first, another the last, and a twin "transid" could let a consumer read
+//     another transaction id than the edge did); keys with escape sequences
+//     or outside printable ASCII; nesting deeper than 32; numbers beyond the
+//     range of a float64.
+//   - Not the kind's shape: C2B is an object, STK needs Body.stkCallback, the
+//     results and timeouts need Result (QueueTimeOut bodies are undocumented:
+//     they are assumed to have the Result shape and nothing is required of
+//     them beyond the id that names them).
+//   - Missing or unusable identifying fields: the transaction id that becomes
+//     the Nats-Msg-Id (C2B TransID, STK CheckoutRequestID, Result
+//     ConversationID or, when that is absent or empty, OriginatorConversationID),
+//     and the C2B BusinessShortCode. They must be a string or a number made
+//     of at most 128 printable ASCII characters: they travel in NATS headers.
+//
+// Every other field is informational: when it is absent, of another type,
+// odd (letters in a result code, a masked or hashed MSISDN) or not safe in
+// a header, it is simply not extracted. Such a callback is never refused.
 package daraja
 
 import (
@@ -8,6 +40,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -74,65 +107,105 @@ var byPath = func() map[string]Kind {
 }()
 
 // Callback is what the edge needs to know of a callback body. The body itself
-// travels untouched; these fields drive checks, subjects and headers.
+// travels untouched; these fields drive checks, subjects and headers. Every
+// field is empty or at most 128 printable ASCII characters.
 type Callback struct {
 	Kind Kind
 	// TransactionID identifies the callback for de-duplication: TransID
 	// for C2B, CheckoutRequestID for STK, ConversationID for results and
-	// timeouts (their TransactionID is a placeholder on failures).
+	// timeouts (their TransactionID is a placeholder on failures), or
+	// OriginatorConversationID when the body has no ConversationID. Never
+	// empty in a parsed callback. Log it only through MaskTransactionID:
+	// an STK CheckoutRequestID ends with the payer's phone number.
 	TransactionID string
 	// Receipt is the M-Pesa receipt when the body carries one
-	// (C2B TransID, STK MpesaReceiptNumber, Result.TransactionID).
+	// (C2B TransID, STK MpesaReceiptNumber, Result.TransactionID or the
+	// TransactionReceipt / ReceiptNo result parameter).
 	Receipt string
 	// Shortcode is the business shortcode named by the body, if any (C2B
-	// BusinessShortCode). Other kinds take the shortcode from the token.
+	// BusinessShortCode, never empty for C2B). Other kinds take the
+	// shortcode from the token.
 	Shortcode string
-	// ResultCode as Daraja sent it, number or string, as text; empty for C2B.
+	// ResultCode as Daraja sent it, number or string, as text ("0",
+	// "1032", "SFC_IC0003"); empty for C2B and when the body has none.
 	ResultCode string
 	// Amount as text, empty when the body names none.
 	Amount string
-	// MSISDN is the payer or payee phone number if present. Log it only
+	// MSISDN is the payer's or payee's phone number, full ("254708374149",
+	// "0722000000") or masked as Daraja sends it ("2547 ***** 126"); empty
+	// when the body holds nothing shaped like a phone number. Log it only
 	// through MaskMSISDN.
 	MSISDN string
+	// ResultType as text, for results and timeouts.
+	ResultType string
+	// OriginatorConversationID of a result or timeout: the id Daraja
+	// answered the business's request with.
+	OriginatorConversationID string
+	// MSISDNHash is the hex SHA-256 that C2B v1 sends in place of the
+	// MSISDN. A hash of a phone number is as good as the number to anyone
+	// who hashes the ~10⁹ candidates: log it only through MaskMSISDN.
+	MSISDNHash string
 }
 
 // ErrMalformed is wrapped by every Parse error.
 var ErrMalformed = errors.New("malformed callback")
 
 // Parse extracts the identifying fields of a callback of kind k from body.
-// It accepts numbers or strings where Daraja sends either, and ignores
-// fields it does not know. A body that is not a single JSON object of the
-// kind's shape, or lacks its identifying fields, is ErrMalformed.
+// The package documentation lists what it refuses; every refusal wraps
+// ErrMalformed. Informational fields that are absent, odd or unsafe are
+// left empty.
 func Parse(k Kind, body []byte) (Callback, error) {
-	if !utf8.Valid(body) {
-		return Callback{}, fmt.Errorf("%w: body is not UTF-8", ErrMalformed)
-	}
-	var cb Callback
-	var err error
+	var parse func([]byte) (Callback, error)
 	switch k {
 	case C2BValidation, C2BConfirmation:
-		cb, err = parseC2B(body)
+		parse = parseC2B
 	case STKCallback:
-		cb, err = parseSTK(body)
+		parse = parseSTK
 	case B2CResult, B2CTimeout, B2BResult, B2BTimeout, ReversalResult, ReversalTimeout,
 		StatusResult, StatusTimeout, BalanceResult, BalanceTimeout:
-		cb, err = parseResult(body)
+		parse = func(b []byte) (Callback, error) { return parseResult(k, b) }
 	default:
 		return Callback{}, fmt.Errorf("%w: unknown kind %q", ErrMalformed, k)
 	}
+	if err := checkDocument(body); err != nil {
+		return Callback{}, err
+	}
+	cb, err := parse(body)
 	if err != nil {
 		return Callback{}, err
 	}
 	cb.Kind = k
-	for _, f := range [...]struct{ name, v string }{
-		{"transaction id", cb.TransactionID}, {"receipt", cb.Receipt}, {"shortcode", cb.Shortcode},
-		{"result code", cb.ResultCode}, {"amount", cb.Amount}, {"msisdn", cb.MSISDN},
-	} {
-		if !safeIdentifier(f.v) {
-			return Callback{}, fmt.Errorf("%w: %s has characters or a length it cannot have", ErrMalformed, f.name)
-		}
-	}
 	return cb, nil
+}
+
+// checkDocument refuses a body that is not exactly one JSON object, with
+// nothing but JSON whitespace around it, read alike by every parser.
+func checkDocument(body []byte) error {
+	if !utf8.Valid(body) {
+		return fmt.Errorf("%w: body is not UTF-8", ErrMalformed)
+	}
+	if bytes.HasPrefix(body, []byte("\xef\xbb\xbf")) {
+		return fmt.Errorf("%w: body starts with a byte order mark", ErrMalformed)
+	}
+	// json.Valid takes one value and JSON whitespace only around it: a
+	// trailing "}", "]" or second document makes it false.
+	if !json.Valid(body) {
+		return fmt.Errorf("%w: body is not a single JSON document", ErrMalformed)
+	}
+	if i := skipSpace(body, 0); i == len(body) || body[i] != '{' {
+		return fmt.Errorf("%w: body is not a JSON object", ErrMalformed)
+	}
+	return checkJSON(body)
+}
+
+// isSpace reports JSON whitespace (RFC 8259 §2): not form feed, not NBSP.
+func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
+
+func skipSpace(b []byte, i int) int {
+	for i < len(b) && isSpace(b[i]) {
+		i++
+	}
+	return i
 }
 
 // safeIdentifier admits what can travel in a NATS header and a subject-free
@@ -149,105 +222,182 @@ func safeIdentifier(s string) bool {
 	return true
 }
 
-// Text is a JSON value that Daraja sends as a string or a number; it keeps
-// the text. null and absent are "".
-type Text string
-
-// UnmarshalJSON accepts a string, a number, a boolean or null.
-func (t *Text) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	switch {
-	case len(b) == 0 || string(b) == "null":
-		*t = ""
-	case b[0] == '"':
-		var s string
-		if err := json.Unmarshal(b, &s); err != nil {
-			return err
-		}
-		*t = Text(strings.TrimSpace(s))
-	case b[0] == '-' || (b[0] >= '0' && b[0] <= '9'):
-		n := json.Number(b)
-		if _, err := strconv.ParseFloat(string(n), 64); err != nil {
-			return fmt.Errorf("number %s out of range", b)
-		}
-		*t = Text(n)
-	case string(b) == "true" || string(b) == "false":
-		*t = Text(b)
-	default:
-		return fmt.Errorf("want a string or number, got %.20s", b)
+// scalar reads a JSON string or number as text: strings unescaped and
+// trimmed, numbers as written. Anything else (absent, null, boolean, object,
+// array) is not text.
+func scalar(raw json.RawMessage) (string, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return "", false
 	}
-	return nil
+	switch c := raw[0]; {
+	case c == '"':
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", false
+		}
+		return strings.TrimSpace(s), true
+	case c == '-' || (c >= '0' && c <= '9'):
+		return string(raw), true
+	}
+	return "", false
+}
+
+// info is an informational field: its text if it has some and is safe in a
+// header, else "".
+func info(raw json.RawMessage) string {
+	s, _ := scalar(raw)
+	if !safeIdentifier(s) {
+		return ""
+	}
+	return s
+}
+
+// identifier is an identifying field: "" when absent, null or empty; an
+// error when it is there but of another type or not safe in a header.
+func identifier(raw json.RawMessage, name string) (string, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	s, ok := scalar(raw)
+	if !ok {
+		return "", fmt.Errorf("%w: %s is neither a string nor a number", ErrMalformed, name)
+	}
+	if !safeIdentifier(s) {
+		return "", fmt.Errorf("%w: %s has characters or a length it cannot have", ErrMalformed, name)
+	}
+	return s, nil
 }
 
 type c2bBody struct {
-	TransactionType   Text
-	TransID           Text
-	TransAmount       Text
-	BusinessShortCode Text
-	BillRefNumber     Text
-	MSISDN            Text
+	TransID           json.RawMessage
+	TransAmount       json.RawMessage
+	BusinessShortCode json.RawMessage
+	MSISDN            json.RawMessage
 }
 
 func parseC2B(body []byte) (Callback, error) {
 	var b c2bBody
-	if err := decodeObject(body, &b); err != nil {
+	if err := json.Unmarshal(body, &b); err != nil {
+		return Callback{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	id, err := identifier(b.TransID, "TransID")
+	if err != nil {
 		return Callback{}, err
 	}
-	if b.TransID == "" || b.BusinessShortCode == "" {
+	shortcode, err := identifier(b.BusinessShortCode, "BusinessShortCode")
+	if err != nil {
+		return Callback{}, err
+	}
+	if id == "" || shortcode == "" {
 		return Callback{}, fmt.Errorf("%w: C2B body needs TransID and BusinessShortCode", ErrMalformed)
 	}
-	return Callback{
-		TransactionID: string(b.TransID),
-		Receipt:       string(b.TransID),
-		Shortcode:     string(b.BusinessShortCode),
-		Amount:        string(b.TransAmount),
-		MSISDN:        string(b.MSISDN),
-	}, nil
+	cb := Callback{TransactionID: id, Receipt: id, Shortcode: shortcode, Amount: info(b.TransAmount)}
+	cb.setMSISDN(info(b.MSISDN))
+	return cb, nil
 }
 
+// setMSISDN files s as MSISDN if it is shaped like a phone number, as
+// MSISDNHash if it is a hex SHA-256, and nowhere otherwise.
+func (cb *Callback) setMSISDN(s string) {
+	switch {
+	case isHash(s):
+		cb.MSISDNHash = s
+	case phoneLike(s):
+		cb.MSISDN = s
+	}
+}
+
+// item is an entry of CallbackMetadata.Item (Name) or of ResultParameter and
+// ReferenceItem (Key). Its fields are read leniently: an entry lacking
+// Value, or naming itself with a number, is simply not used.
 type item struct {
-	Name  Text
-	Key   Text
-	Value Text
+	Name  json.RawMessage
+	Key   json.RawMessage
+	Value json.RawMessage
+}
+
+// items reads a list Daraja sends as an array, or as a single object when it
+// has one entry. Entries that are not objects are skipped; anything else
+// is an empty list.
+func items(raw json.RawMessage) []item {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 {
+		return nil
+	}
+	switch raw[0] {
+	case '{':
+		var one item
+		if !object(raw, &one) {
+			return nil
+		}
+		return []item{one}
+	case '[':
+		var list []json.RawMessage
+		if json.Unmarshal(raw, &list) != nil {
+			return nil
+		}
+		out := make([]item, 0, len(list))
+		for _, e := range list {
+			var it item
+			if object(e, &it) {
+				out = append(out, it)
+			}
+		}
+		return out
+	}
+	return nil
+}
+
+// object decodes raw into v when raw is a JSON object; v's fields must all
+// be json.RawMessage, so that no member's type can fail the decoding.
+func object(raw json.RawMessage, v any) bool {
+	raw = bytes.TrimSpace(raw)
+	return len(raw) > 0 && raw[0] == '{' && json.Unmarshal(raw, v) == nil
 }
 
 type stkBody struct {
 	Body *struct {
 		StkCallback *struct {
-			MerchantRequestID string
-			CheckoutRequestID string
-			ResultCode        *Text
-			ResultDesc        Text
-			CallbackMetadata  *struct {
-				Item []item
-			}
+			CheckoutRequestID json.RawMessage
+			ResultCode        json.RawMessage
+			CallbackMetadata  json.RawMessage
 		} `json:"stkCallback"`
 	}
 }
 
 func parseSTK(body []byte) (Callback, error) {
 	var b stkBody
-	if err := decodeObject(body, &b); err != nil {
-		return Callback{}, err
+	if err := json.Unmarshal(body, &b); err != nil {
+		return Callback{}, fmt.Errorf("%w: not an STK callback: %v", ErrMalformed, err)
 	}
 	if b.Body == nil || b.Body.StkCallback == nil {
 		return Callback{}, fmt.Errorf("%w: STK body needs Body.stkCallback", ErrMalformed)
 	}
 	s := b.Body.StkCallback
-	if s.CheckoutRequestID == "" || s.ResultCode == nil || *s.ResultCode == "" {
-		return Callback{}, fmt.Errorf("%w: stkCallback needs CheckoutRequestID and ResultCode", ErrMalformed)
+	id, err := identifier(s.CheckoutRequestID, "CheckoutRequestID")
+	if err != nil {
+		return Callback{}, err
 	}
-	cb := Callback{TransactionID: s.CheckoutRequestID, ResultCode: string(*s.ResultCode)}
-	if s.CallbackMetadata != nil {
-		for _, it := range s.CallbackMetadata.Item {
-			switch it.Name {
-			case "Amount":
-				cb.Amount = string(it.Value)
-			case "MpesaReceiptNumber":
-				cb.Receipt = string(it.Value)
-			case "PhoneNumber":
-				cb.MSISDN = string(it.Value)
-			}
+	if id == "" {
+		return Callback{}, fmt.Errorf("%w: stkCallback needs CheckoutRequestID", ErrMalformed)
+	}
+	cb := Callback{TransactionID: id, ResultCode: info(s.ResultCode)}
+	var meta struct{ Item json.RawMessage }
+	object(s.CallbackMetadata, &meta)
+	// With a name repeated, the first usable value wins.
+	for _, it := range items(meta.Item) {
+		name, _ := scalar(it.Name)
+		v := info(it.Value)
+		switch {
+		case v == "":
+		case name == "Amount" && cb.Amount == "":
+			cb.Amount = v
+		case name == "MpesaReceiptNumber" && cb.Receipt == "":
+			cb.Receipt = v
+		case name == "PhoneNumber" && cb.MSISDN == "" && cb.MSISDNHash == "":
+			cb.setMSISDN(v)
 		}
 	}
 	return cb, nil
@@ -255,162 +405,254 @@ func parseSTK(body []byte) (Callback, error) {
 
 type resultBody struct {
 	Result *struct {
-		ResultType               Text
-		ResultCode               *Text
-		ResultDesc               Text
-		OriginatorConversationID Text
-		ConversationID           Text
-		TransactionID            Text
-		ResultParameters         *struct {
-			ResultParameter params
-		}
+		ResultType               json.RawMessage
+		ResultCode               json.RawMessage
+		OriginatorConversationID json.RawMessage
+		ConversationID           json.RawMessage
+		TransactionID            json.RawMessage
+		ResultParameters         json.RawMessage
 	}
 }
 
-// params is ResultParameter, which Daraja sends as a list, or as a single
-// object when there is one entry.
-type params []item
-
-func (p *params) UnmarshalJSON(b []byte) error {
-	b = bytes.TrimSpace(b)
-	if len(b) > 0 && b[0] == '{' {
-		var one item
-		if err := json.Unmarshal(b, &one); err != nil {
-			return err
-		}
-		*p = params{one}
-		return nil
-	}
-	return json.Unmarshal(b, (*[]item)(p))
-}
-
-func parseResult(body []byte) (Callback, error) {
+func parseResult(k Kind, body []byte) (Callback, error) {
 	var b resultBody
-	if err := decodeObject(body, &b); err != nil {
-		return Callback{}, err
+	if err := json.Unmarshal(body, &b); err != nil {
+		return Callback{}, fmt.Errorf("%w: not a result: %v", ErrMalformed, err)
 	}
 	r := b.Result
 	if r == nil {
 		return Callback{}, fmt.Errorf("%w: result body needs Result", ErrMalformed)
 	}
-	id := r.ConversationID
+	id, err := identifier(r.ConversationID, "ConversationID")
+	if err != nil {
+		return Callback{}, err
+	}
+	originator := info(r.OriginatorConversationID)
 	if id == "" {
-		id = r.OriginatorConversationID
+		if id, err = identifier(r.OriginatorConversationID, "OriginatorConversationID"); err != nil {
+			return Callback{}, err
+		}
 	}
-	if id == "" || r.ResultCode == nil || *r.ResultCode == "" {
-		return Callback{}, fmt.Errorf("%w: Result needs ConversationID or OriginatorConversationID, and ResultCode", ErrMalformed)
+	if id == "" {
+		return Callback{}, fmt.Errorf("%w: Result needs ConversationID or OriginatorConversationID", ErrMalformed)
 	}
-	cb := Callback{TransactionID: string(id), Receipt: string(r.TransactionID), ResultCode: string(*r.ResultCode)}
-	if r.ResultParameters != nil {
-		for _, p := range r.ResultParameters.ResultParameter {
-			switch p.Key {
-			case "TransactionAmount", "Amount":
-				cb.Amount = string(p.Value)
-			case "TransactionReceipt", "ReceiptNo":
-				if p.Value != "" {
-					cb.Receipt = string(p.Value)
+	cb := Callback{
+		TransactionID: id, Receipt: info(r.TransactionID), ResultCode: info(r.ResultCode),
+		ResultType: info(r.ResultType), OriginatorConversationID: originator,
+	}
+	var params struct{ ResultParameter json.RawMessage }
+	object(r.ResultParameters, &params)
+	receiptParam := ""
+	// With a key repeated, the first usable value wins.
+	for _, p := range items(params.ResultParameter) {
+		key, _ := scalar(p.Key)
+		switch key {
+		case "TransactionAmount", "Amount":
+			if cb.Amount == "" {
+				cb.Amount = info(p.Value)
+			}
+		case "TransactionReceipt", "ReceiptNo":
+			if receiptParam == "" {
+				receiptParam = info(p.Value)
+			}
+		case "ReceiverPartyPublicName":
+			// B2C: "254722000000 - Jane Doe" or "0722000000 - Jane Doe".
+			// B2B names an organisation there: not a phone number.
+			if (k == B2CResult || k == B2CTimeout) && cb.MSISDN == "" {
+				s, _ := scalar(p.Value)
+				if n := leadingNumber(s); phoneLike(n) {
+					cb.MSISDN = n
 				}
-			case "ReceiverPartyPublicName":
-				// "254708374149 - John Doe"
-				number, _, _ := strings.Cut(string(p.Value), " ")
-				cb.MSISDN = number
 			}
 		}
+	}
+	if receiptParam != "" {
+		cb.Receipt = receiptParam
 	}
 	return cb, nil
 }
 
+// leadingNumber is the part of "254722000000 - Jane Doe" before the name.
+func leadingNumber(s string) string {
+	if n, _, ok := strings.Cut(s, " - "); ok {
+		return strings.TrimSpace(n)
+	}
+	n, _, _ := strings.Cut(s, " ")
+	return n
+}
+
+// phoneLike reports whether s is a phone number, full or masked: an optional
+// "+", then 9 to 15 digits or mask characters ('*', 'x'), at least 3 of them
+// digits, spaces allowed between them ("2547 ***** 126").
+func phoneLike(s string) bool {
+	s = strings.TrimPrefix(s, "+")
+	if s == "" || s[0] == ' ' || s[len(s)-1] == ' ' {
+		return false
+	}
+	digits, marks := 0, 0
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c >= '0' && c <= '9':
+			digits++
+		case c == '*' || c == 'x' || c == 'X':
+			marks++
+		case c == ' ':
+		default:
+			return false
+		}
+	}
+	n := digits + marks
+	return digits >= 3 && n >= 9 && n <= 15
+}
+
+// isHash reports a hex SHA-256: 64 hex digits.
+func isHash(s string) bool {
+	if len(s) != 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !isHex(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func isHex(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+
 // maxDepth bounds JSON nesting; Daraja bodies are four levels deep.
 const maxDepth = 32
 
-// decodeObject decodes a single JSON object into v, refusing anything after
-// it and nesting deeper than maxDepth.
-func decodeObject(body []byte, v any) error {
-	trimmed := bytes.TrimSpace(body)
-	if len(trimmed) == 0 || trimmed[0] != '{' {
-		return fmt.Errorf("%w: body is not a JSON object", ErrMalformed)
-	}
-	if err := checkJSON(trimmed); err != nil {
-		return err
-	}
-	dec := json.NewDecoder(bytes.NewReader(trimmed))
-	if err := dec.Decode(v); err != nil {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	if dec.More() {
-		return fmt.Errorf("%w: data after the JSON object", ErrMalformed)
-	}
-	if _, err := dec.Token(); err == nil {
-		return fmt.Errorf("%w: data after the JSON object", ErrMalformed)
-	}
-	return nil
-}
+// smallObject is how many keys an object holds before its duplicate check
+// moves from comparing with each earlier key to a set: linear either way.
+const smallObject = 16
 
 // checkJSON guards against bodies that different JSON parsers would read
 // differently: nesting deeper than maxDepth, an object naming a key twice
 // (Go's decoder keeps the last, others the first; Go also matches keys
-// without regard to case, so "TransID" and "transid" are the same key), and
-// keys that are not plain printable ASCII (escapes and non-ASCII letters
-// fold in parser-specific ways). It runs before decoding; it does not
-// otherwise validate the JSON.
+// without regard to case, so "TransID" and "transid" are the same key), keys
+// that are not plain printable ASCII (escapes and non-ASCII letters fold in
+// parser-specific ways), and numbers a float64 cannot hold (Go's decoder
+// refuses them). It runs on a body json.Valid accepted, in one pass, in time
+// linear in the body: an object compares each key with its earlier ones
+// while it has fewer than smallObject of them, and keeps a set of key hashes
+// beyond (a hash seen before is confirmed by comparing the keys).
 func checkJSON(b []byte) error {
 	type frame struct {
-		object    bool
-		expectKey bool
-		keys      [][]byte
+		object, expectKey bool
+		keys              int                 // index of this object's first key in spans
+		set               map[uint64]struct{} // hashes of the lower-cased keys, past smallObject
 	}
-	var stack []frame
+	type span struct{ from, to int }
+	var (
+		stack [maxDepth]frame
+		depth int
+		spans []span // keys of the open objects, innermost last
+		lower []byte
+	)
 	for i := 0; i < len(b); i++ {
-		switch c := b[i]; c {
-		case '{', '[':
-			if len(stack) >= maxDepth {
+		switch c := b[i]; {
+		case c == '{' || c == '[':
+			if depth == maxDepth {
 				return fmt.Errorf("%w: JSON nested deeper than %d", ErrMalformed, maxDepth)
 			}
-			stack = append(stack, frame{object: c == '{', expectKey: c == '{'})
-		case '}', ']':
-			if len(stack) > 0 {
-				stack = stack[:len(stack)-1]
+			stack[depth] = frame{object: c == '{', expectKey: c == '{', keys: len(spans)}
+			depth++
+		case c == '}' || c == ']':
+			if depth > 0 {
+				depth--
+				spans = spans[:stack[depth].keys]
+				stack[depth] = frame{}
 			}
-		case ',':
-			if n := len(stack); n > 0 && stack[n-1].object {
-				stack[n-1].expectKey = true
+		case c == ',':
+			if depth > 0 && stack[depth-1].object {
+				stack[depth-1].expectKey = true
 			}
-		case ':':
-			if n := len(stack); n > 0 {
-				stack[n-1].expectKey = false
+		case c == ':':
+			if depth > 0 {
+				stack[depth-1].expectKey = false
 			}
-		case '"':
-			j := i + 1
-			escaped := false
+		case c == '"':
+			j, escaped := i+1, false
 			for ; j < len(b) && b[j] != '"'; j++ {
 				if b[j] == '\\' {
 					escaped = true
 					j++
 				}
 			}
-			str := b[i+1 : min(j, len(b))]
+			from, to := i+1, min(j, len(b))
 			i = j
-			n := len(stack)
-			if n == 0 || !stack[n-1].object || !stack[n-1].expectKey {
+			if depth == 0 || !stack[depth-1].expectKey {
 				continue
 			}
+			f := &stack[depth-1]
 			if escaped {
 				return fmt.Errorf("%w: object key with an escape sequence", ErrMalformed)
 			}
-			for _, ch := range str {
+			key := b[from:to]
+			for _, ch := range key {
 				if ch < 0x20 || ch > 0x7e {
 					return fmt.Errorf("%w: object key that is not printable ASCII", ErrMalformed)
 				}
 			}
-			for _, k := range stack[n-1].keys {
-				if bytes.EqualFold(k, str) {
-					return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(str))
+			if n := len(spans) - f.keys; n < smallObject {
+				for _, s := range spans[f.keys:] {
+					if bytes.EqualFold(b[s.from:s.to], key) {
+						return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
+					}
+				}
+			} else {
+				if f.set == nil {
+					f.set = make(map[uint64]struct{}, 4*smallObject)
+					for _, s := range spans[f.keys:] {
+						lower = appendLower(lower[:0], b[s.from:s.to])
+						f.set[maphash.Bytes(keySeed, lower)] = struct{}{}
+					}
+				}
+				lower = appendLower(lower[:0], key)
+				h := maphash.Bytes(keySeed, lower)
+				if _, seen := f.set[h]; seen {
+					// Most likely the same key; compare to be sure, so
+					// that a collision never refuses a body.
+					for _, s := range spans[f.keys:] {
+						if bytes.EqualFold(b[s.from:s.to], key) {
+							return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
+						}
+					}
+				}
+				f.set[h] = struct{}{}
+			}
+			spans = append(spans, span{from, to})
+		case c == '-' || (c >= '0' && c <= '9'):
+			j, exp := i, false
+			for ; j < len(b) && (b[j] >= '0' && b[j] <= '9' || b[j] == '.' || b[j] == 'e' || b[j] == 'E' || b[j] == '+' || b[j] == '-'); j++ {
+				exp = exp || b[j] == 'e' || b[j] == 'E'
+			}
+			// Only an exponent or more than 308 digits can leave float64's range.
+			if exp || j-i > 308 {
+				if _, err := strconv.ParseFloat(string(b[i:j]), 64); err != nil {
+					return fmt.Errorf("%w: number %.20s… out of range", ErrMalformed, b[i:j])
 				}
 			}
-			stack[n-1].keys = append(stack[n-1].keys, str)
+			i = j - 1
 		}
 	}
 	return nil
+}
+
+// keySeed seeds the key hashes of checkJSON, differently in each process, so
+// that no body can be built to make them collide.
+var keySeed = maphash.MakeSeed()
+
+// appendLower appends ASCII s to dst in lower case.
+func appendLower(dst, s []byte) []byte {
+	for _, c := range s {
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
 }
 
 func truncateKey(k []byte) string {
@@ -420,14 +662,59 @@ func truncateKey(k []byte) string {
 	return string(k)
 }
 
-// MaskMSISDN hides the middle of a phone number: 254708374149 →
-// 2547******49. Anything shorter than 7 characters is fully masked.
+// MaskMSISDN hides a phone number for logs: the first four and last two
+// characters stay (254708374149 → 2547******49, "2547 ***** 126" →
+// 2547******26), anything shorter than 7 characters or not shaped like a
+// phone number is masked whole, and a hex SHA-256 (C2B v1) shows only its
+// first four digits ("hash:ab12..."): the hash of a phone number gives the
+// number away to a dictionary. The result is printable ASCII.
 func MaskMSISDN(s string) string {
 	if s == "" {
 		return ""
 	}
-	if len(s) < 7 {
-		return strings.Repeat("*", len(s))
+	if isHash(s) {
+		return "hash:" + strings.ToLower(s[:4]) + "..."
 	}
-	return s[:4] + strings.Repeat("*", len(s)-6) + s[len(s)-2:]
+	compact := strings.ReplaceAll(s, " ", "")
+	if !phoneLike(compact) || len(compact) < 7 {
+		return strings.Repeat("*", min(utf8.RuneCountInString(s), 16))
+	}
+	return compact[:4] + strings.Repeat("*", len(compact)-6) + compact[len(compact)-2:]
+}
+
+// stkTimestampDigits is the length of the timestamp that starts the digits
+// of an STK CheckoutRequestID (ws_CO_DDMMYYYYHHMMSSmmm…).
+const stkTimestampDigits = 17
+
+// MaskTransactionID hides what a transaction id of kind k says about a
+// person, for logs, tail and events. Since 2022 an STK CheckoutRequestID is
+// ws_CO_<17-digit timestamp><9-digit phone number>: the phone part is masked
+// but for its last three digits, so that the id can still be found on the
+// stream (ws_CO_03082023134725382708374149 →
+// ws_CO_03082023134725382******149). Older and other ids carry no phone
+// number and pass through.
+func MaskTransactionID(k Kind, id string) string {
+	if k != STKCallback {
+		return id
+	}
+	var out []byte
+	for i := 0; i < len(id); {
+		j := i
+		for j < len(id) && id[j] >= '0' && id[j] <= '9' {
+			j++
+		}
+		if j-i >= stkTimestampDigits+9 {
+			if out == nil {
+				out = []byte(id)
+			}
+			for p := i + stkTimestampDigits; p < j-3; p++ {
+				out[p] = '*'
+			}
+		}
+		i = max(j, i+1)
+	}
+	if out == nil {
+		return id
+	}
+	return string(out)
 }
