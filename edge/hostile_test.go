@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -190,7 +192,6 @@ func TestHostileRequests(t *testing.T) {
 		return <-done
 	})
 	for name, body := range map[string]string{
-		"deep JSON nesting":     `{"Body":` + strings.Repeat(`{"a":`, 5000) + "1" + strings.Repeat("}", 5001),
 		"duplicate JSON keys":   `{"Body":{"stkCallback":{"CheckoutRequestID":"ws_1","checkoutrequestid":"ws_2","ResultCode":0}}}`,
 		"invalid UTF-8":         "{\"Body\":{\"stkCallback\":{\"CheckoutRequestID\":\"ws_\xff\xfe\",\"ResultCode\":0}}}",
 		"number out of range":   `{"Body":{"stkCallback":{"CheckoutRequestID":"ws_1","ResultCode":1e999}}}`,
@@ -254,8 +255,119 @@ func TestHostileRequests(t *testing.T) {
 		fmt.Sscanf(line, "HTTP/1.1 %d", &st)
 		return st
 	})
-	check("HTTP/2 rapid reset", []int{closed}, func() int { return h2Flood(t, h, tok(), true) })
-	check("HTTP/2 stream flood", []int{closed}, func() int { return h2Flood(t, h, tok(), false) })
+	// Deep nesting in a body under every size limit, so the depth guard
+	// and not the body cap is what refuses it. The same body nested a few
+	// levels is accepted: nothing else in it is wrong.
+	deep := func(levels int) (string, []byte) {
+		id := fmt.Sprintf("ws_CO_deep_%d", levels)
+		return id, []byte(`{"Body":{"stkCallback":{"MerchantRequestID":"m-deep","CheckoutRequestID":"` + id +
+			`","ResultCode":0,"ResultDesc":"ok","Extra":` + strings.Repeat(`{"a":`, levels) + "1" + strings.Repeat("}", levels) + `}}}`)
+	}
+	t.Run("deep JSON nesting under the size limits", func(t *testing.T) {
+		cases++
+		_, control := deep(8)
+		if r := h.callback(allowedSrc, daraja.STKCallback, tok(), control); r.status != http.StatusOK {
+			t.Fatalf("the same body nested 8 levels: %d %s, want 200", r.status, r.body)
+		}
+		served++
+		_, body := deep(300)
+		if len(body) >= 2048 || int64(len(body)) >= h.cfg.Limits.MaxBodyBytes {
+			t.Fatalf("body is %d bytes: not under every size limit", len(body))
+		}
+		published, malformed := h.count(), h.scrape()[`daraja_edge_rejections_total{reason="malformed_body"}`]
+		tk := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
+		st := h.rawStatus(allowedSrc, req("POST", "/stk/callback?t="+tk.Token, nil, string(body)))
+		requests++
+		if st != http.StatusBadRequest {
+			t.Errorf("status %d, want 400", st)
+		}
+		if got := h.scrape()[`daraja_edge_rejections_total{reason="malformed_body"}`]; got != malformed+1 {
+			t.Errorf("malformed_body rejections %v → %v, want one more", malformed, got)
+		}
+		refusedByDepth := false
+		for _, e := range h.logs.FilterMessage("callback").All() {
+			if l, ok := e.ContextMap()["req"].(map[string]any); ok && l["token_id"] == tk.ID {
+				refusedByDepth = l["reason"] == "malformed_body" && strings.Contains(fmt.Sprint(l["error"]), "nested deeper")
+			}
+		}
+		if !refusedByDepth {
+			t.Errorf("the request log for %s does not name the depth guard", tk.ID)
+		}
+		if h.count() != published {
+			t.Errorf("a hostile request published")
+		}
+		stillServes(t)
+	})
+	// HTTP/2 floods carry a complete, valid callback with a valid token on
+	// every stream, so a server that ran a handler to the end would publish.
+	h2 := func(name string, reset bool) {
+		t.Run(name, func(t *testing.T) {
+			cases++
+			requests++
+			tk := tok()
+			id := "ws_CO_h2_" + strings.ReplaceAll(name, " ", "_")
+			body := bytes.Replace(stk, []byte("ws_CO_191220191020363925"), []byte(id), 1)
+			goroutines := runtime.NumGoroutine()
+			published := h.count()
+			res := h2Flood(t, h, tk, body, reset)
+			// The flood's handlers are done once the goroutines are back.
+			for deadline := time.Now().Add(30 * time.Second); runtime.NumGoroutine() > goroutines+5 && time.Now().Before(deadline); {
+				time.Sleep(50 * time.Millisecond)
+			}
+			res.published = h.count() - published
+			t.Logf("HOSTILE h2 %q streams=%d answered=%v reset_by_server=%d goaway=%q unprocessed=%d published=%d",
+				name, res.opened, res.answered, res.resetByServer, res.goAway, res.unprocessed, res.published)
+			fmt.Printf("HOSTILE h2 %q streams=%d answered=%v reset_by_server=%d goaway=%q unprocessed=%d published=%d\n",
+				name, res.opened, res.answered, res.resetByServer, res.goAway, res.unprocessed, res.published)
+			for st, n := range res.answered {
+				if st >= 500 {
+					serverErrors += n
+					t.Errorf("%d streams answered %d", n, st)
+				}
+			}
+			if reset {
+				// Every stream was reset before its body ended: no request
+				// was complete, so nothing may be answered 200 or published.
+				if res.answered[http.StatusOK] != 0 || res.published != 0 {
+					t.Errorf("reset streams: %d answered 200, %d published; want none", res.answered[http.StatusOK], res.published)
+				}
+			} else {
+				// Complete requests, all the same callback: at most the
+				// one callback is stored, and only if a stream got a 200;
+				// every other stream is answered (200 duplicate) or
+				// refused by the server, none is silently dropped.
+				want := 0
+				if res.answered[http.StatusOK] > 0 {
+					want = 1
+				}
+				if res.published != want {
+					t.Errorf("published %d, want %d (%d streams answered 200)", res.published, want, res.answered[http.StatusOK])
+				}
+				total := res.resetByServer + res.unprocessed
+				for _, n := range res.answered {
+					total += n
+				}
+				if total != res.opened {
+					t.Errorf("%d streams opened, %d accounted for (answered, reset or past GOAWAY)", res.opened, total)
+				}
+				if res.answered[http.StatusOK] == 0 {
+					t.Errorf("the server ran no handler to the end: the flood measured nothing")
+				}
+			}
+			// The token still works for its callback: first use after a
+			// reset flood, a duplicate after the other.
+			if r := h.callback(allowedSrc, daraja.STKCallback, tk, body); r.status != http.StatusOK {
+				t.Errorf("the flood's callback sent normally: %d %s", r.status, r.body)
+			}
+			if n := h.count() - published; n != 1 {
+				t.Errorf("the flood's callback is on the stream %d times, want 1", n)
+			}
+			served++
+			stillServes(t)
+		})
+	}
+	h2("HTTP/2 rapid reset", true)
+	h2("HTTP/2 stream flood", false)
 	check("TRACE", []int{http.StatusMethodNotAllowed}, func() int {
 		return h.rawStatus(allowedSrc, req("TRACE", "/stk/callback?t="+tok(), nil, ""))
 	})
@@ -289,11 +401,24 @@ func TestHostileRequests(t *testing.T) {
 	}
 }
 
-// h2Flood opens an HTTP/2 connection and either opens and resets streams as
-// fast as it can (rapid reset, CVE-2023-44487) or opens far more streams
-// than allowed without reading. Each stream carries a valid callback with a
-// valid token, so a server that ran the handlers would publish.
-func h2Flood(t *testing.T, h *harness, token string, reset bool) int {
+// h2Result is what the server did with a flood, seen from the client.
+type h2Result struct {
+	opened        int         // streams the client opened
+	answered      map[int]int // responses the server sent, by status
+	resetByServer int         // streams the server reset (refused)
+	goAway        string      // the server's GOAWAY code, "" if none
+	unprocessed   int         // streams above the GOAWAY's last stream id
+	published     int         // messages the stream gained (set by the caller)
+}
+
+// h2Flood opens an HTTP/2 connection and sends 5000 streams, each a POST
+// of body with token. reset: each stream sends its whole body but not its
+// end, then resets (rapid reset, CVE-2023-44487). Otherwise each stream is
+// a complete request, far more at once than the server allows. It honours
+// flow control, reads everything the server sends and returns once every
+// stream is accounted for or the connection is gone.
+func h2Flood(t *testing.T, h *harness, token string, body []byte, reset bool) h2Result {
+	const streams = 5000
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}, Timeout: 5 * time.Second}
 	c, err := tls.DialWithDialer(d, "tcp", h.srv.PublicAddr().String(), &tls.Config{RootCAs: h.roots, NextProtos: []string{"h2"}})
 	if err != nil {
@@ -303,36 +428,126 @@ func h2Flood(t *testing.T, h *harness, token string, reset bool) int {
 	if c.ConnectionState().NegotiatedProtocol != "h2" {
 		t.Fatal("no HTTP/2")
 	}
-	_ = c.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = c.SetDeadline(time.Now().Add(60 * time.Second))
 	_, _ = io.WriteString(c, http2.ClientPreface)
 	fr := http2.NewFramer(c, c)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	var (
+		wmu      sync.Mutex // the framer's writes
+		mu       sync.Mutex // everything below
+		cond     = sync.NewCond(&mu)
+		window   = 65535 // connection send window
+		res      = h2Result{answered: map[int]int{}}
+		finished = map[uint32]bool{}
+		lastID   = uint32(1<<31 - 1)
+		dead     bool
+	)
+	wmu.Lock()
 	_ = fr.WriteSettings()
-	var hb bytes.Buffer
-	enc := hpack.NewEncoder(&hb)
-	go func() { // drain what the server sends, so it is never blocked writing
+	wmu.Unlock()
+	done := func(id uint32) { // under mu
+		finished[id] = true
+		cond.Broadcast()
+	}
+	go func() { // read everything, so the server is never blocked writing
+		defer func() { mu.Lock(); dead = true; cond.Broadcast(); mu.Unlock() }()
 		for {
-			if _, err := fr.ReadFrame(); err != nil {
+			f, err := fr.ReadFrame()
+			if err != nil {
 				return
 			}
+			mu.Lock()
+			switch f := f.(type) {
+			case *http2.SettingsFrame:
+				if !f.IsAck() {
+					mu.Unlock()
+					wmu.Lock()
+					_ = fr.WriteSettingsAck()
+					wmu.Unlock()
+					mu.Lock()
+				}
+			case *http2.WindowUpdateFrame:
+				if f.StreamID == 0 {
+					window += int(f.Increment)
+					cond.Broadcast()
+				}
+			case *http2.MetaHeadersFrame:
+				if st, err := strconv.Atoi(f.PseudoValue("status")); err == nil && !finished[f.StreamID] {
+					res.answered[st]++
+					done(f.StreamID)
+				}
+			case *http2.RSTStreamFrame:
+				if !finished[f.StreamID] {
+					res.resetByServer++
+					done(f.StreamID)
+				}
+			case *http2.GoAwayFrame:
+				res.goAway = f.ErrCode.String()
+				lastID = f.LastStreamID
+				cond.Broadcast()
+			}
+			mu.Unlock()
 		}
 	}()
-	for i := uint32(0); i < 5000; i++ {
+	for i := uint32(0); i < streams; i++ {
 		id := 2*i + 1
-		hb.Reset()
-		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "x"},
-			{":path", "/stk/callback?t=" + token}, {"content-type", "application/json"}} {
-			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		mu.Lock()
+		for window < len(body) && !dead && res.goAway == "" {
+			cond.Wait()
 		}
-		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true}); err != nil {
+		stop := dead || res.goAway != ""
+		window -= len(body)
+		mu.Unlock()
+		if stop {
 			break
 		}
-		if reset {
-			if err := fr.WriteRSTStream(id, http2.ErrCodeCancel); err != nil {
-				break
+		var hb bytes.Buffer
+		enc := hpack.NewEncoder(&hb)
+		for _, f := range [][2]string{{":method", "POST"}, {":scheme", "https"}, {":authority", "x"},
+			{":path", "/stk/callback?t=" + token}, {"content-type", "application/json"}, {"content-length", strconv.Itoa(len(body))}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		wmu.Lock()
+		err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: hb.Bytes(), EndHeaders: true})
+		if err == nil {
+			err = fr.WriteData(id, !reset, body)
+		}
+		if err == nil && reset {
+			err = fr.WriteRSTStream(id, http2.ErrCodeCancel)
+		}
+		wmu.Unlock()
+		if err != nil {
+			break
+		}
+		mu.Lock()
+		res.opened++
+		mu.Unlock()
+	}
+	// Wait until each stream is answered, reset, or past the GOAWAY (a
+	// reset flood has no answers to wait for: the caller waits for the
+	// server's handlers to end).
+	timeout := time.AfterFunc(30*time.Second, func() { mu.Lock(); dead = true; cond.Broadcast(); mu.Unlock() })
+	defer timeout.Stop()
+	mu.Lock()
+	defer mu.Unlock()
+	for {
+		pending := 0
+		for i := 0; i < res.opened; i++ {
+			if id := uint32(2*i + 1); !finished[id] && id <= lastID {
+				pending++
 			}
 		}
+		if pending == 0 || dead || reset {
+			break
+		}
+		cond.Wait()
 	}
-	return 0 // the connection is simply dropped by the client; what matters is nothing published and the server serving
+	for i := 0; i < res.opened; i++ {
+		if id := uint32(2*i + 1); !finished[id] && id > lastID && !reset {
+			res.unprocessed++
+		}
+	}
+	return res
 }
 
 // TestRejectRateLimit: a scanner outside the allowlist is answered 429 once

@@ -3,11 +3,15 @@ package edge
 import (
 	"bytes"
 	"context"
+	"fmt"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
@@ -106,21 +110,102 @@ func TestMetricsCountWhatWasSent(t *testing.T) {
 	}
 }
 
-// TestReadiness: /readyz fails while NATS is unreachable and recovers.
+// TestReadiness: /readyz fails while NATS is unreachable and recovers when
+// it is back, and fails while the stream is missing and recovers when it
+// is recreated; /healthz stays 200 throughout, and after each recovery a
+// callback is accepted and stored.
 func TestReadiness(t *testing.T) {
-	h := start(t, nil)
-	if status, _ := h.admin(http.MethodGet, "/readyz", "", nil); status != 200 {
-		t.Fatalf("ready: %d", status)
+	// A NATS server outside the edge, restarted on the same port and store.
+	opts := &server.Options{Host: "127.0.0.1", Port: freeLoopbackPort(t), JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true}
+	var ns *server.Server
+	startNATS := func() {
+		var err error
+		if ns, err = server.NewServer(opts); err != nil {
+			t.Fatal(err)
+		}
+		go ns.Start()
+		if !ns.ReadyForConnections(20 * time.Second) {
+			t.Fatal("nats-server did not start")
+		}
 	}
-	// Stream gone: not ready.
+	stopNATS := func() {
+		if ns != nil {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+			ns = nil
+		}
+	}
+	startNATS()
+	t.Cleanup(stopNATS)
+	h := start(t, func(c *config.Config) { c.NATS.URL = fmt.Sprintf("nats://127.0.0.1:%d", opts.Port) })
+	stk := fixture(t, "stk_callback_success.json")
+	accepted := 0
+	ready := func(wantStatus int, wantWord string) {
+		t.Helper()
+		var status int
+		var body []byte
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if status, body = h.admin(http.MethodGet, "/readyz", "", nil); status == wantStatus && strings.Contains(string(body), wantWord) {
+				break
+			}
+		}
+		if status != wantStatus || !strings.Contains(string(body), wantWord) {
+			t.Fatalf("/readyz: %d %s, want %d naming %q", status, body, wantStatus, wantWord)
+		}
+		if status, _ := h.admin(http.MethodGet, "/healthz", "", nil); status != http.StatusOK {
+			t.Errorf("healthz: %d", status)
+		}
+	}
+	serves := func() {
+		t.Helper()
+		accepted++
+		tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
+		body := bytes.Replace(stk, []byte("ws_CO_191220191020363925"), []byte(fmt.Sprintf("ws_CO_ready_%d", accepted)), 1)
+		if r := h.callback(allowedSrc, daraja.STKCallback, tok.Token, body); r.status != http.StatusOK {
+			t.Fatalf("callback after recovery: %d %s", r.status, r.body)
+		}
+	}
+	ready(http.StatusOK, "")
+	serves()
+
+	// NATS unreachable: not ready; back: ready again and serving.
+	stopNATS()
+	ready(http.StatusServiceUnavailable, "NATS")
+	startNATS()
+	ready(http.StatusOK, "")
+	serves()
+
+	// Stream gone: not ready; recreated: ready again and serving.
+	for deadline := time.Now().Add(30 * time.Second); !h.nc.IsConnected() && time.Now().Before(deadline); time.Sleep(50 * time.Millisecond) {
+	}
+	info, err := h.stream.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := h.js.DeleteStream(context.Background(), h.cfg.NATS.Stream.Name); err != nil {
 		t.Fatal(err)
 	}
-	status, body := h.admin(http.MethodGet, "/readyz", "", nil)
-	if status != http.StatusServiceUnavailable || !strings.Contains(string(body), "stream") {
-		t.Fatalf("without stream: %d %s", status, body)
+	ready(http.StatusServiceUnavailable, "stream")
+	if h.stream, err = h.js.CreateStream(context.Background(), info.Config); err != nil {
+		t.Fatal(err)
 	}
-	if status, _ := h.admin(http.MethodGet, "/healthz", "", nil); status != 200 {
-		t.Errorf("healthz: %d", status)
+	ready(http.StatusOK, "")
+	serves()
+	// Every callback answered 200 is stored: the spool, if any was used,
+	// drained once the stream was back.
+	for deadline := time.Now().Add(30 * time.Second); h.count() < 1 && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
 	}
+	if n := h.count(); n != 1 {
+		t.Errorf("the recreated stream holds %d messages, want the one callback sent since", n)
+	}
+}
+
+func freeLoopbackPort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }
