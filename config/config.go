@@ -138,6 +138,34 @@ type Embedded struct {
 	Listen string `yaml:"listen"`
 	// StoreDir holds JetStream data. Default ./data/nats.
 	StoreDir string `yaml:"store_dir"`
+	// Sync is when JetStream fsyncs: "always" (before every ack, so an
+	// acknowledged callback survives a power cut) or a duration like 1s (an
+	// interval: a power cut loses every callback acknowledged within the
+	// last interval). Default always; "" (a zero Embedded) also means
+	// always. Read it through SyncAlways and SyncInterval.
+	Sync string `yaml:"sync"`
+}
+
+// SyncEveryAck is the value of nats.embedded.sync that fsyncs before every
+// ack.
+const SyncEveryAck = "always"
+
+// SyncAlways reports whether JetStream must fsync before every ack
+// (nats-server's SyncAlways). It is true for "always" and for any value
+// that is not a valid interval, so a bad value errs on the durable side.
+func (e Embedded) SyncAlways() bool { return e.SyncInterval() == 0 }
+
+// SyncInterval is the fsync interval (nats-server's SyncInterval) when
+// sync is a positive duration, else 0: sync before every ack.
+func (e Embedded) SyncInterval() time.Duration {
+	if e.Sync == SyncEveryAck {
+		return 0
+	}
+	d, err := time.ParseDuration(e.Sync)
+	if err != nil || d <= 0 {
+		return 0
+	}
+	return d
 }
 
 // Stream configures the JetStream stream holding vetted callbacks.
@@ -175,6 +203,10 @@ type Limits struct {
 	// scanner gets a quiet 429. Defaults 2 and 20.
 	RejectsPerSecond float64 `yaml:"rejects_per_second"`
 	RejectsBurst     int     `yaml:"rejects_burst"`
+	// ShutdownTimeout is the hard deadline of a stop: in-flight requests,
+	// the spool drain and the NATS drain all finish within it, or are cut
+	// off. Default 30s.
+	ShutdownTimeout time.Duration `yaml:"shutdown_timeout"`
 }
 
 // Admin configures the admin listener (token API, health, metrics).
@@ -227,7 +259,7 @@ func Default() Config {
 			OnTimeout: OnTimeoutAccept,
 		},
 		NATS: NATS{
-			Embedded:      Embedded{Listen: "127.0.0.1:4222", StoreDir: "./data/nats"},
+			Embedded:      Embedded{Listen: "127.0.0.1:4222", StoreDir: "./data/nats", Sync: SyncEveryAck},
 			SubjectPrefix: "daraja",
 			Stream: Stream{
 				Name:            "DARAJA",
@@ -245,6 +277,7 @@ func Default() Config {
 			IdleTimeout:       60 * time.Second,
 			RejectsPerSecond:  2,
 			RejectsBurst:      20,
+			ShutdownTimeout:   30 * time.Second,
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090", KeyFile: "./data/admin.key", AuthFailuresPerSecond: 0.5},
 		Log:   Log{Level: "info", Format: "json"},

@@ -8,16 +8,24 @@ import (
 	"time"
 )
 
-func noEnv(string) string { return "" }
+// noEnv is an environment where no variable is set.
+func noEnv(string) (string, bool) { return "", false }
+
+// env is an environment holding exactly m.
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
 
 func TestExampleLoads(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("..", "config.example.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
+	// With no variable set, as on a fresh machine: the example must not
+	// depend on one.
 	cfg, err := Load(data, noEnv)
 	if err != nil {
-		t.Fatalf("config.example.yaml does not load: %v", err)
+		t.Fatalf("config.example.yaml does not load with an empty environment: %v", err)
 	}
 	// The example shows the defaults; it must not drift from them except
 	// where it says so.
@@ -29,20 +37,40 @@ func TestExampleLoads(t *testing.T) {
 	if got, w := strings.ReplaceAll(dump(cfg), " ", ""), strings.ReplaceAll(dump(want), " ", ""); got != w {
 		t.Errorf("example differs from defaults:\n got %s\nwant %s", got, w)
 	}
+	// With no key configured, serve generates one (edge adminKeys).
+	if keys := cfg.Admin.Keys(); len(keys) != 0 {
+		t.Errorf("example holds admin keys %q with DARAJA_EDGE_ADMIN_KEY unset", keys)
+	}
+	cfg, err = Load(data, env(map[string]string{"DARAJA_EDGE_ADMIN_KEY": "example-admin-key-0123456789"}))
+	if err != nil || len(cfg.Admin.Keys()) != 1 {
+		t.Errorf("example with DARAJA_EDGE_ADMIN_KEY set: keys %q, %v", cfg.Admin.Keys(), err)
+	}
 }
 
 func dump(c Config) string { return strings.ReplaceAll(strings.TrimSpace(sprint(c)), "\n", " ") }
+
+// problemLines runs Load and returns its problems, one string each.
+func problemLines(t *testing.T, yaml string, lookup func(string) (string, bool)) []string {
+	t.Helper()
+	_, err := Load([]byte(yaml), lookup)
+	var lines []string
+	for _, p := range Problems(err) {
+		lines = append(lines, p.Error())
+	}
+	return lines
+}
 
 func TestLoadProblems(t *testing.T) {
 	tests := []struct {
 		name string
 		yaml string
-		want []string // each must appear as a line
+		want []string // each must start a line
 	}{
 		{"bad cidr", "allowlist:\n  cidrs: [10.0.0.0/8, 10.1.0.0/16, 10.0.0.0/33]\n",
 			[]string{`allowlist.cidrs[2]: "10.0.0.0/33" is not a CIDR`}},
-		{"unknown key", "tls:\n  mod: acme\n", []string{"tls.mod: unknown key (line 2)"}},
-		{"unknown top key", "listne: :1\n", []string{"listne: unknown key (line 1)"}},
+		{"unknown key", "tls:\n  mod: acme\n", []string{"tls.mod: unknown key (line 2); did you mean mode?"}},
+		{"unknown top key", "listne: :1\n", []string{"listne: unknown key (line 1); did you mean listen?"}},
+		{"unknown far key", "tls:\n  flavour: x\n", []string{"tls.flavour: unknown key (line 2)"}},
 		{"bad duration", "validation:\n  timeout: soon\n",
 			[]string{`validation.timeout: "soon" is not a duration (like 4s, 10m, 24h) (line 2)`}},
 		{"bad int", "nats:\n  stream:\n    replicas: three\n",
@@ -66,16 +94,42 @@ func TestLoadProblems(t *testing.T) {
 		{"same listeners", "listen: 127.0.0.1:9090\n", []string{`admin.listen: "127.0.0.1:9090" is also the public listen address`}},
 		{"alias loop", "allowlist:\n  cidrs: &x [*x]\n", []string{"allowlist.cidrs[0]: must be a single value"}},
 		{"validation vs write", "validation:\n  timeout: 20s\n", []string{"validation.timeout: 20s must be shorter than limits.write_timeout 10s"}},
+
+		// issue 13: what serve would refuse, check refuses.
+		{"listen without colon", "listen: 8443\n", []string{`listen: "8443" is not a host:port address (did you mean ":8443"?)`}},
+		{"admin listen without colon", "admin:\n  listen: 9090\n", []string{`admin.listen: "9090" is not a host:port address (did you mean ":9090"?)`}},
+		{"port out of range", "listen: \":84430\"\n", []string{`listen: ":84430": port 84430 is not between 0 and 65535`}},
+		{"host bits", "allowlist:\n  cidrs: [10.0.0.1/8]\n",
+			[]string{`allowlist.cidrs[0]: "10.0.0.1/8" has host bits set: did you mean 10.0.0.0/8 (the range), or 10.0.0.1 (the one host)?`}},
+		{"host bits v6", "client_ip:\n  trusted_proxies: [\"2001:db8::1/32\"]\n",
+			[]string{`client_ip.trusted_proxies[0]: "2001:db8::1/32" has host bits set: did you mean 2001:db8::/32`}},
+		{"replicas with embedded", "nats:\n  stream:\n    replicas: 3\n",
+			[]string{"nats.stream.replicas: 3 needs a NATS cluster: with nats.url empty the embedded server is a single node"}},
+		{"public_url path", "public_url: https://cb.example.co.ke/edge\n",
+			[]string{`public_url: "https://cb.example.co.ke/edge" has a path (/edge): the edge serves its endpoints at the root`}},
+		{"public_url refused word", "public_url: https://M-Pesa.example.co.ke\n",
+			[]string{`public_url: "https://M-Pesa.example.co.ke" contains a word Daraja refuses`}},
+		{"public_url refused word in port-less host", "public_url: https://callbacks.sql.example\n",
+			[]string{`public_url: "https://callbacks.sql.example" contains a word Daraja refuses`}},
+		{"query_param refused word", "tokens:\n  query_param: query\n", []string{`tokens.query_param: "query" contains a word Daraja refuses`}},
+		{"rate NaN", "limits:\n  rejects_per_second: .nan\n", []string{"limits.rejects_per_second: NaN per second"}},
+		{"rate Inf", "admin:\n  auth_failures_per_second: .inf\n", []string{"admin.auth_failures_per_second: +Inf must be above zero"}},
+
+		// issue 19: nats.embedded.sync.
+		{"sync word", "nats:\n  embedded:\n    sync: sometimes\n",
+			[]string{`nats.embedded.sync: "sometimes" is not "always" or a positive interval like 1s`}},
+		{"sync zero", "nats:\n  embedded:\n    sync: 0s\n", []string{`nats.embedded.sync: "0s" is not "always"`}},
+		{"sync negative", "nats:\n  embedded:\n    sync: -1s\n", []string{`nats.embedded.sync: "-1s" is not "always"`}},
+
+		// issue 12: the hard shutdown deadline.
+		{"shutdown zero", "limits:\n  shutdown_timeout: 0s\n", []string{"limits.shutdown_timeout: 0s must be longer than zero"}},
+		{"shutdown bad", "limits:\n  shutdown_timeout: later\n", []string{`limits.shutdown_timeout: "later" is not a duration`}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := Load([]byte(tt.yaml), noEnv)
-			if err == nil {
+			lines := problemLines(t, tt.yaml, noEnv)
+			if len(lines) == 0 {
 				t.Fatal("no error")
-			}
-			var lines []string
-			for _, p := range Problems(err) {
-				lines = append(lines, p.Error())
 			}
 			all := strings.Join(lines, "\n")
 			for _, w := range tt.want {
@@ -96,25 +150,73 @@ func TestLoadProblems(t *testing.T) {
 	}
 }
 
-func TestEnvExpansion(t *testing.T) {
-	env := map[string]string{"KEY": "0123456789abcdef-key", "REPLICAS": "3", "EVIL": "x@y\nlisten: :1"}
-	cfg, err := Load([]byte("admin:\n  api_keys: [\"${KEY}\", \"${UNSET}\"]\nnats:\n  stream:\n    replicas: ${REPLICAS}\nlog:\n  format: json\ntls:\n  acme:\n    email: \"${EVIL}\"\n"),
-		func(k string) string { return env[k] })
-	if err != nil {
-		t.Fatal(err)
+// TestAccepted: values close to the refused ones that must load.
+func TestAccepted(t *testing.T) {
+	for _, y := range []string{
+		"listen: \":8443\"\n",
+		"allowlist:\n  cidrs: [10.0.0.0/8, 192.0.2.7, 192.0.2.7/32, \"2001:db8::/32\"]\n",
+		"public_url: https://cb.example.co.ke/\n",
+		"public_url: https://cb.example.co.ke:8443\n",
+		"nats:\n  embedded:\n    sync: always\n",
+		"nats:\n  embedded:\n    sync: 250ms\n",
+		"nats:\n  url: nats://a:4222,nats://b:4222\n  stream:\n    replicas: 3\n",
+		"limits:\n  shutdown_timeout: 2m\n",
+		"nats:\n  embedded:\n    sync: \"\"\n",                          // as a zero Embedded: always
+		"nats:\n  stream:\n    replicas: \"3\"\n  url: nats://a:4222\n", // a quoted number is the number
+	} {
+		if _, err := Load([]byte(y), noEnv); err != nil {
+			t.Errorf("%q: %v", y, err)
+		}
 	}
-	// EVIL must stay a single string value, never YAML structure.
-	if cfg.TLS.ACME.Email != env["EVIL"] {
-		t.Errorf("email = %q", cfg.TLS.ACME.Email)
+}
+
+func TestSync(t *testing.T) {
+	for _, tt := range []struct {
+		sync     string
+		always   bool
+		interval time.Duration
+	}{
+		{"always", true, 0},
+		{"", true, 0}, // a zero Embedded stays durable
+		{"bogus", true, 0},
+		{"-1s", true, 0},
+		{"1s", false, time.Second},
+		{"2m", false, 2 * time.Minute},
+	} {
+		e := Embedded{Sync: tt.sync}
+		if e.SyncAlways() != tt.always || e.SyncInterval() != tt.interval {
+			t.Errorf("sync %q: always %v interval %v, want %v %v", tt.sync, e.SyncAlways(), e.SyncInterval(), tt.always, tt.interval)
+		}
 	}
-	if cfg.NATS.Stream.Replicas != 3 {
-		t.Errorf("replicas = %d, want 3", cfg.NATS.Stream.Replicas)
+	if d := Default().NATS.Embedded; !d.SyncAlways() || d.Sync != "always" {
+		t.Errorf("default sync %q", d.Sync)
 	}
-	if got := cfg.Admin.Keys(); len(got) != 1 || got[0] != env["KEY"] {
-		t.Errorf("keys = %q", got)
+	cfg, err := Load([]byte("nats:\n  embedded:\n    sync: 1s\n"), noEnv)
+	if err != nil || cfg.NATS.Embedded.SyncInterval() != time.Second || cfg.NATS.Embedded.SyncAlways() {
+		t.Errorf("sync: 1s loads as %q (%v)", cfg.NATS.Embedded.Sync, err)
 	}
-	if cfg.Listen != ":8443" {
-		t.Errorf("listen changed to %q by an env value", cfg.Listen)
+	if Default().Limits.ShutdownTimeout != 30*time.Second {
+		t.Errorf("default shutdown_timeout %s", Default().Limits.ShutdownTimeout)
+	}
+}
+
+func TestSuggest(t *testing.T) {
+	known := []string{"mode", "acme", "cert_file", "key_file", "storage"}
+	for _, tt := range []struct{ key, want string }{
+		{"mod", "mode"}, {"moed", "mode"}, {"Mode", "mode"}, {"cert-file", "cert_file"},
+		{"certfile", "cert_file"}, {"storge", "storage"}, {"x", ""}, {"flavour", ""}, {"ke", ""}, {"md", ""},
+	} {
+		if got := suggest(tt.key, known); got != tt.want {
+			t.Errorf("suggest(%q) = %q, want %q", tt.key, got, tt.want)
+		}
+	}
+	for _, tt := range []struct {
+		a, b string
+		want int
+	}{{"listne", "listen", 1}, {"mode", "mode", 0}, {"", "abc", 3}, {"kitten", "sitting", 3}, {"ca", "abc", 3}} {
+		if got := editDistance(tt.a, tt.b); got != tt.want {
+			t.Errorf("editDistance(%q, %q) = %d, want %d", tt.a, tt.b, got, tt.want)
+		}
 	}
 }
 
@@ -129,21 +231,4 @@ func TestDefaultsApplyUnderPartialFile(t *testing.T) {
 	if cfg.NATS.Stream.Name != "DARAJA" {
 		t.Errorf("stream default lost: %+v", cfg.NATS.Stream)
 	}
-}
-
-func FuzzLoad(f *testing.F) {
-	if data, err := os.ReadFile(filepath.Join("..", "config.example.yaml")); err == nil {
-		f.Add(string(data))
-	}
-	f.Add("tls:\n  mode: files\n")
-	f.Add("allowlist: {cidrs: [\"::ffff:1.2.3.4/120\"]}\n")
-	f.Add("a: &x [1]\nb: *x\n")
-	f.Fuzz(func(t *testing.T, s string) {
-		cfg, err := Load([]byte(s), func(string) string { return "v" })
-		if err == nil {
-			if verr := cfg.Validate(); verr != nil {
-				t.Fatalf("Load accepted a config Validate refuses: %v", verr)
-			}
-		}
-	})
 }

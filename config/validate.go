@@ -1,17 +1,22 @@
 package config
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/daraja-edge/daraja-edge/allowlist"
+	"github.com/daraja-edge/daraja-edge/daraja"
 )
 
 var (
@@ -22,7 +27,9 @@ var (
 )
 
 // Validate reports every problem with c at once, each naming its key. It
-// changes nothing. Files named by the config must exist.
+// changes nothing on disk: files named by the config must exist, and TLS
+// certificates must match their keys, but directories the edge will
+// create or write are CheckEnvironment's business.
 func (c Config) Validate() error {
 	var v validator
 
@@ -32,16 +39,24 @@ func (c Config) Validate() error {
 		v.add("public_url", "%q is not an absolute URL like https://callbacks.example.co.ke", c.PublicURL)
 	case u.Scheme != "https" && !(u.Scheme == "http" && c.TLS.Mode == TLSOff):
 		v.add("public_url", "%q must use https (http only with tls.mode: off)", c.PublicURL)
-	case u.RawQuery != "" || u.Fragment != "" || u.User != nil:
+	case u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.ForceQuery:
 		v.add("public_url", "%q must not carry credentials, a query or a fragment", c.PublicURL)
+	case u.Path != "" && u.Path != "/":
+		// verify.Issuer appends the endpoint path (/stk/callback) to
+		// public_url, and the edge serves endpoints at the root only.
+		v.add("public_url", "%q has a path (%s): the edge serves its endpoints at the root (/stk/callback, /c2b/confirmation…), "+
+			"so every URL it handed out would be a 404; use the bare origin, e.g. %s://%s", c.PublicURL, u.Path, u.Scheme, u.Host)
+	}
+	if daraja.HasRefusedWord(c.PublicURL) {
+		v.add("public_url", "%q contains a word Daraja refuses in callback URLs (M-PESA, mpesa, Safaricom, exe, exec, cmd, sql, query, "+
+			"in any case or spelling): Daraja would refuse every URL the edge hands out", c.PublicURL)
 	}
 	v.hostPort("listen", c.Listen)
 
 	switch c.TLS.Mode {
 	case TLSSelfSigned, TLSOff:
 	case TLSFiles:
-		v.file("tls.cert_file", c.TLS.CertFile)
-		v.file("tls.key_file", c.TLS.KeyFile)
+		v.keyPair("tls.cert_file", c.TLS.CertFile, "tls.key_file", c.TLS.KeyFile)
 	case TLSACME:
 		if len(c.TLS.ACME.Domains) == 0 && (u == nil || u.Hostname() == "") {
 			v.add("tls.acme.domains", "is empty and public_url names no host")
@@ -71,9 +86,7 @@ func (c Config) Validate() error {
 	}
 
 	for i, p := range c.ClientIP.TrustedProxies {
-		if _, err := allowlist.ParsePrefix(p); err != nil {
-			v.add(fmt.Sprintf("client_ip.trusted_proxies[%d]", i), "%q is not a CIDR", p)
-		}
+		v.cidr(fmt.Sprintf("client_ip.trusted_proxies[%d]", i), p)
 	}
 	if c.ClientIP.ProxyProtocol && len(c.ClientIP.TrustedProxies) == 0 {
 		v.add("client_ip.proxy_protocol", "needs client_ip.trusted_proxies: PROXY headers are believed only from them")
@@ -89,9 +102,7 @@ func (c Config) Validate() error {
 		}
 	}
 	for i, p := range c.Allowlist.CIDRs {
-		if _, err := allowlist.ParsePrefix(p); err != nil {
-			v.add(fmt.Sprintf("allowlist.cidrs[%d]", i), "%q is not a CIDR", p)
-		}
+		v.cidr(fmt.Sprintf("allowlist.cidrs[%d]", i), p)
 	}
 	if c.Allowlist.Mode == AllowlistEnforce && len(c.Allowlist.Presets) == 0 && len(c.Allowlist.CIDRs) == 0 {
 		v.add("allowlist", "enforce mode with no presets and no cidrs would refuse every callback")
@@ -99,6 +110,8 @@ func (c Config) Validate() error {
 
 	if !queryParamRE.MatchString(c.Tokens.QueryParam) {
 		v.add("tokens.query_param", "%q must be 1 to 32 letters, digits, _ or -", c.Tokens.QueryParam)
+	} else if daraja.HasRefusedWord(c.Tokens.QueryParam) {
+		v.add("tokens.query_param", "%q contains a word Daraja refuses in callback URLs", c.Tokens.QueryParam)
 	}
 	v.positive("tokens.default_ttl", c.Tokens.DefaultTTL)
 	v.positive("tokens.max_ttl", c.Tokens.MaxTTL)
@@ -130,6 +143,15 @@ func (c Config) Validate() error {
 		v.hostPort("nats.embedded.listen", c.NATS.Embedded.Listen)
 		if c.NATS.Embedded.StoreDir == "" {
 			v.add("nats.embedded.store_dir", "must be a directory")
+		}
+		if c.NATS.Stream.Replicas > 1 {
+			v.add("nats.stream.replicas", "%d needs a NATS cluster: with nats.url empty the embedded server is a single node "+
+				"(set nats.url, or replicas: 1)", c.NATS.Stream.Replicas)
+		}
+	}
+	if s := c.NATS.Embedded.Sync; s != SyncEveryAck && s != "" { // "": a zero Embedded, read as always
+		if d, err := time.ParseDuration(s); err != nil || d <= 0 {
+			v.add("nats.embedded.sync", "%q is not %q or a positive interval like 1s", clip(s), SyncEveryAck)
 		}
 	}
 	if c.NATS.CredentialsFile != "" {
@@ -164,6 +186,7 @@ func (c Config) Validate() error {
 	v.positive("limits.read_timeout", c.Limits.ReadTimeout)
 	v.positive("limits.write_timeout", c.Limits.WriteTimeout)
 	v.positive("limits.idle_timeout", c.Limits.IdleTimeout)
+	v.positive("limits.shutdown_timeout", c.Limits.ShutdownTimeout)
 
 	v.hostPort("admin.listen", c.Admin.Listen)
 	if host, _, err := net.SplitHostPort(c.Admin.Listen); err == nil && !isLoopback(host) &&
@@ -174,13 +197,12 @@ func (c Config) Validate() error {
 	if (c.Admin.CertFile == "") != (c.Admin.KeyPEMFile == "") {
 		v.add("admin.cert_file", "admin.cert_file and admin.tls_key_file go together")
 	} else if c.Admin.CertFile != "" {
-		v.file("admin.cert_file", c.Admin.CertFile)
-		v.file("admin.tls_key_file", c.Admin.KeyPEMFile)
+		v.keyPair("admin.cert_file", c.Admin.CertFile, "admin.tls_key_file", c.Admin.KeyPEMFile)
 	}
-	if c.Admin.AuthFailuresPerSecond <= 0 {
+	if !finitePositive(c.Admin.AuthFailuresPerSecond) {
 		v.add("admin.auth_failures_per_second", "%v must be above zero", c.Admin.AuthFailuresPerSecond)
 	}
-	if c.Limits.RejectsPerSecond <= 0 || c.Limits.RejectsBurst < 1 {
+	if !finitePositive(c.Limits.RejectsPerSecond) || c.Limits.RejectsBurst < 1 {
 		v.add("limits.rejects_per_second", "%v per second with a burst of %d: both must be above zero", c.Limits.RejectsPerSecond, c.Limits.RejectsBurst)
 	}
 	if _, port, _ := net.SplitHostPort(c.Admin.Listen); c.Admin.Listen == c.Listen && port != "0" {
@@ -229,8 +251,52 @@ func (v *validator) positive(key string, d time.Duration) {
 }
 
 func (v *validator) hostPort(key, addr string) {
-	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
-		v.add(key, "%q is not a host:port address", addr)
+	_, port, err := net.SplitHostPort(addr)
+	switch {
+	case err == nil && port != "":
+		if n, err := strconv.Atoi(port); err == nil && (n < 0 || n > 65535) {
+			v.add(key, "%q: port %d is not between 0 and 65535", addr, n)
+		}
+	case isDigits(addr):
+		v.add(key, "%q is not a host:port address (did you mean \":%s\"?)", addr, addr)
+	default:
+		v.add(key, "%q is not a host:port address", clip(addr))
+	}
+}
+
+func isDigits(s string) bool {
+	return s != "" && strings.Trim(s, "0123456789") == ""
+}
+
+func finitePositive(f float64) bool { return f > 0 && !math.IsInf(f, 0) }
+
+// cidr checks one allowlist or proxy entry; a CIDR with host bits set
+// (10.0.0.1/8) is refused, since it is unclear whether the range or the
+// host was meant.
+func (v *validator) cidr(key, s string) {
+	if _, err := allowlist.ParsePrefix(s); err != nil {
+		v.add(key, "%q is not a CIDR", clip(s))
+		return
+	}
+	if !strings.Contains(s, "/") {
+		return // a bare address: one host
+	}
+	p, err := netip.ParsePrefix(strings.TrimSpace(s))
+	if err == nil && p.Masked() != p {
+		v.add(key, "%q has host bits set: did you mean %s (the range), or %s (the one host)?", s, p.Masked(), p.Addr())
+	}
+}
+
+// keyPair checks that a certificate and its key exist and belong together.
+func (v *validator) keyPair(certKey, certPath, keyKey, keyPath string) {
+	n := len(v.problems)
+	v.file(certKey, certPath)
+	v.file(keyKey, keyPath)
+	if len(v.problems) > n {
+		return
+	}
+	if _, err := tls.LoadX509KeyPair(certPath, keyPath); err != nil {
+		v.add(certKey, "%q with %s %q is not a usable certificate and key: %v", certPath, keyKey, keyPath, err)
 	}
 }
 
