@@ -778,8 +778,8 @@ func TestStuckNotOnCancel(t *testing.T) {
 	s := mustOpen(t, t.TempDir(), Options{StuckAttempts: 1})
 	_ = s.Append(msg(0))
 	ctx, cancel := context.WithCancel(context.Background())
-	cancel()
-	if _, err := s.Drain(ctx, func(ctx context.Context, _ *nats.Msg) error { return ctx.Err() }); !errors.Is(err, context.Canceled) {
+	// The publish sees its context cancelled while it waits (a shutdown).
+	if _, err := s.Drain(ctx, func(ctx context.Context, _ *nats.Msg) error { cancel(); return ctx.Err() }); !errors.Is(err, context.Canceled) {
 		t.Fatalf("drain: %v", err)
 	}
 	if err := s.Stuck(); err != nil || s.ReplayFailures() != 0 {
