@@ -9,7 +9,9 @@ import (
 	"reflect"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
+	"time"
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
@@ -40,6 +42,8 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if v := strings.TrimPrefix(version, "v"); semver.MatchString(v) {
 		edge.Version = v
 	}
+	ctx, stopped := stopOnSignals(ctx, log, cfg.Limits.ShutdownTimeout)
+	defer stopped()
 	srv, err := edge.New(ctx, cfg, log)
 	if err != nil {
 		return err
@@ -58,6 +62,58 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 	return srv.Run(ctx)
+}
+
+// exit ends the process when a stop cannot finish (a variable for tests).
+var exit = os.Exit
+
+// stopOnSignals returns a context that ends on the first SIGINT or SIGTERM:
+// the edge then stops gracefully. If that stop has not finished within
+// timeout (limits.shutdown_timeout), or a second signal arrives, it logs an
+// error and exits 1 at once, whatever is still running: spooled callbacks
+// are on disk and replay on the next start. Call the returned function when
+// the stop has finished.
+func stopOnSignals(ctx context.Context, log *zap.Logger, timeout time.Duration) (context.Context, func()) {
+	if timeout <= 0 {
+		timeout = 30 * time.Second
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	sigs := make(chan os.Signal, 2)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	finished := make(chan struct{})
+	go func() {
+		var first os.Signal
+		select {
+		case first = <-sigs:
+		case <-finished:
+			return
+		}
+		log.Info("stopping gracefully; a second signal exits at once",
+			zap.String("signal", first.String()), zap.Duration("shutdown_timeout", timeout))
+		cancel()
+		deadline := time.NewTimer(timeout)
+		defer deadline.Stop()
+		select {
+		case <-finished:
+			return
+		case sig := <-sigs:
+			log.Error("second signal: exiting at once, without finishing in-flight requests",
+				zap.String("signal", sig.String()))
+		case <-deadline.C:
+			log.Error("the stop did not finish within limits.shutdown_timeout: exiting",
+				zap.Duration("shutdown_timeout", timeout))
+		}
+		_ = log.Sync()
+		exit(1)
+	}()
+	var once sync.Once
+	return ctx, func() {
+		once.Do(func() {
+			signal.Stop(sigs)
+			close(finished)
+			cancel()
+		})
+	}
 }
 
 // reload re-reads the file on SIGHUP. An invalid file is refused and the

@@ -1,0 +1,256 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// TestStopDeadlines runs the real binary and stops it with signals: one
+// SIGTERM with nothing in flight exits 0; a second signal during a stop
+// held up by an in-flight request exits 1 at once; a stop held up past
+// limits.shutdown_timeout exits 1 by that deadline, with an error log line.
+// The bounds asserted are generous: the edge's own shutdown grace for
+// in-flight requests (15s) is what an edge without the deadline would take.
+func TestStopDeadlines(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	bin := filepath.Join(t.TempDir(), "daraja-edge")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	if out, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+
+	t.Run("one SIGTERM, nothing in flight: exit 0", func(t *testing.T) {
+		e := startBinary(t, bin, "30s")
+		e.signal(t, syscall.SIGTERM)
+		if code := e.wait(t, 25*time.Second); code != 0 {
+			t.Errorf("exit code %d, want 0\n%s", code, e.logs())
+		}
+		if !strings.Contains(e.logs(), `"msg":"stopped"`) {
+			t.Errorf("no clean stop logged:\n%s", e.logs())
+		}
+	})
+
+	t.Run("second SIGTERM during a held-up stop: exit 1 at once", func(t *testing.T) {
+		e := startBinary(t, bin, "10m")
+		hold := e.holdRequest(t)
+		defer hold.Close()
+		e.signal(t, syscall.SIGTERM)
+		e.waitStopping(t)
+		e.signal(t, syscall.SIGTERM)
+		if code := e.wait(t, 10*time.Second); code != 1 {
+			t.Errorf("exit code %d, want 1\n%s", code, e.logs())
+		}
+		if !strings.Contains(e.logs(), "second signal: exiting at once") {
+			t.Errorf("no log line for the second signal:\n%s", e.logs())
+		}
+	})
+
+	t.Run("stop held up past shutdown_timeout: exit 1 by the deadline", func(t *testing.T) {
+		e := startBinary(t, bin, "500ms")
+		hold := e.holdRequest(t)
+		defer hold.Close()
+		e.signal(t, syscall.SIGTERM)
+		if code := e.wait(t, 10*time.Second); code != 1 {
+			t.Errorf("exit code %d, want 1\n%s", code, e.logs())
+		}
+		if !strings.Contains(e.logs(), "the stop did not finish within limits.shutdown_timeout") {
+			t.Errorf("no error log line for the deadline:\n%s", e.logs())
+		}
+	})
+}
+
+// binaryEdge is a daraja-edge serve process.
+type binaryEdge struct {
+	cmd            *exec.Cmd
+	public, admin  string
+	key            string
+	mu             sync.Mutex
+	stderr         bytes.Buffer // everything the edge logged
+	exited         chan struct{}
+	waitErr        error // set before exited closes
+	stderrFinished chan struct{}
+}
+
+func startBinary(t *testing.T, bin, shutdownTimeout string) *binaryEdge {
+	t.Helper()
+	dir := t.TempDir()
+	public, adm, natsAddr := freePort(t), freePort(t), freePort(t)
+	e := &binaryEdge{public: public, admin: adm, key: "stop-test-admin-key-0123456789",
+		exited: make(chan struct{}), stderrFinished: make(chan struct{})}
+	cfg := strings.NewReplacer(
+		`listen: ":8443"`, `listen: "`+public+`"`,
+		`listen: 127.0.0.1:9090`, `listen: "`+adm+`"`,
+		`listen: "127.0.0.1:4222"`, `listen: "`+natsAddr+`"`,
+		`cidrs: ["127.0.0.1/32"]`, `cidrs: ["127.0.0.2/32"]`,
+		"read_timeout: 10s", "read_timeout: 10m", // a request held open stays in flight
+		"write_timeout: 10s", "write_timeout: 10m",
+		"shutdown_timeout: 30s", "shutdown_timeout: "+shutdownTimeout,
+		"./data", filepath.Join(dir, "data"),
+	).Replace(string(mustRead(t, "config.example.yaml")))
+	for _, want := range []string{"read_timeout: 10m", "shutdown_timeout: " + shutdownTimeout} {
+		if !strings.Contains(cfg, want) {
+			t.Fatalf("config.example.yaml changed: could not set %q", want)
+		}
+	}
+	cfgPath := filepath.Join(dir, "config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	e.cmd = exec.Command(bin, "serve", "--config", cfgPath)
+	e.cmd.Env = append(os.Environ(), "DARAJA_EDGE_ADMIN_KEY="+e.key)
+	pipe, err := e.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer close(e.stderrFinished)
+		sc := bufio.NewScanner(pipe)
+		sc.Buffer(make([]byte, 64<<10), 1<<20)
+		for sc.Scan() {
+			e.mu.Lock()
+			e.stderr.Write(sc.Bytes())
+			e.stderr.WriteByte('\n')
+			e.mu.Unlock()
+		}
+	}()
+	go func() {
+		<-e.stderrFinished
+		e.waitErr = e.cmd.Wait()
+		close(e.exited)
+	}()
+	t.Cleanup(func() {
+		select {
+		case <-e.exited:
+		default:
+			_ = e.cmd.Process.Kill()
+			<-e.exited
+		}
+	})
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		resp, err := http.Get("http://" + adm + "/readyz")
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return e
+			}
+		}
+		select {
+		case <-e.exited:
+			t.Fatalf("the edge exited before it was ready: %v\n%s", e.waitErr, e.logs())
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the edge was not ready within a minute:\n%s", e.logs())
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+func (e *binaryEdge) logs() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.stderr.String()
+}
+
+func (e *binaryEdge) signal(t *testing.T, sig syscall.Signal) {
+	t.Helper()
+	if err := e.cmd.Process.Signal(sig); err != nil {
+		t.Fatalf("signal %v: %v", sig, err)
+	}
+}
+
+// waitStopping waits until the graceful stop has begun: the public
+// listener no longer accepts connections.
+func (e *binaryEdge) waitStopping(t *testing.T) {
+	t.Helper()
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		c, err := net.DialTimeout("tcp", e.public, time.Second)
+		if err != nil {
+			return
+		}
+		c.Close()
+		if time.Now().After(deadline) {
+			t.Fatalf("the public listener still accepts 30s after SIGTERM:\n%s", e.logs())
+		}
+	}
+}
+
+// wait returns the exit code once the process has exited, failing the test
+// if it is still running after bound.
+func (e *binaryEdge) wait(t *testing.T, bound time.Duration) int {
+	t.Helper()
+	select {
+	case <-e.exited:
+	case <-time.After(bound):
+		t.Fatalf("still running %s after the signal:\n%s", bound, e.logs())
+	}
+	var ee *exec.ExitError
+	if errors.As(e.waitErr, &ee) {
+		return ee.ExitCode()
+	}
+	if e.waitErr != nil {
+		t.Fatalf("wait: %v", e.waitErr)
+	}
+	return 0
+}
+
+// holdRequest starts a callback with a valid token from an allowlisted
+// source and sends only part of its body: the handler waits for the rest
+// (read_timeout is 10m), so the request stays in flight and a graceful
+// stop cannot finish. It returns once the handler is reading the body.
+func (e *binaryEdge) holdRequest(t *testing.T) net.Conn {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodPost, "http://"+e.admin+"/v1/tokens",
+		strings.NewReader(`{"kinds":["stk.callback"],"shortcode":"174379"}`))
+	req.Header.Set("Authorization", "Bearer "+e.key)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var tok struct{ ID, Token string }
+	err = json.NewDecoder(resp.Body).Decode(&tok)
+	resp.Body.Close()
+	if err != nil || resp.StatusCode != http.StatusCreated {
+		t.Fatalf("issue: %d %v", resp.StatusCode, err)
+	}
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP("127.0.0.2")}, Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", e.public, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}}) // self-signed; TLS is not under test
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Expect: 100-continue: the server sends "100 Continue" when the
+	// handler first reads the body, so once it arrives the request is in
+	// the handler, waiting for a body that never comes.
+	_ = c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, "POST /stk/callback?t="+tok.Token+" HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"+
+		"Expect: 100-continue\r\nContent-Length: 400\r\n\r\n"); err != nil {
+		t.Fatal(err)
+	}
+	line, err := bufio.NewReader(c).ReadString('\n')
+	if err != nil || !strings.HasPrefix(line, "HTTP/1.1 100") {
+		t.Fatalf("no 100 Continue for the held request: %q %v\n%s", line, err, e.logs())
+	}
+	_, _ = io.WriteString(c, `{"Body":`)
+	_ = c.SetDeadline(time.Time{})
+	return c
+}
