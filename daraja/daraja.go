@@ -662,12 +662,13 @@ func truncateKey(k []byte) string {
 	return string(k)
 }
 
-// MaskMSISDN hides a phone number for logs: the first four and last two
-// characters stay (254708374149 → 2547******49, "2547 ***** 126" →
-// 2547******26), anything shorter than 7 characters or not shaped like a
-// phone number is masked whole, and a hex SHA-256 (C2B v1) shows only its
-// first four digits ("hash:ab12..."): the hash of a phone number gives the
-// number away to a dictionary. The result is printable ASCII.
+// MaskMSISDN hides a phone number for logs: the last two digits stay, and
+// up to four leading ones while at least six stay hidden (254708374149 →
+// 2547******49, 0712345678 → 07******78, "2547 ***** 126" → 2547******26).
+// Anything not shaped like a phone number is masked whole, and a hex SHA-256
+// (C2B v1) shows only its first four digits ("hash:ab12..."): the hash of a
+// phone number gives the number away to a dictionary. The result is
+// printable ASCII.
 func MaskMSISDN(s string) string {
 	if s == "" {
 		return ""
@@ -676,10 +677,13 @@ func MaskMSISDN(s string) string {
 		return "hash:" + strings.ToLower(s[:4]) + "..."
 	}
 	compact := strings.ReplaceAll(s, " ", "")
-	if !phoneLike(compact) || len(compact) < 7 {
+	if !phoneLike(compact) {
 		return strings.Repeat("*", min(utf8.RuneCountInString(s), 16))
 	}
-	return compact[:4] + strings.Repeat("*", len(compact)-6) + compact[len(compact)-2:]
+	// At least six characters hidden: 254708374149 keeps "2547" (the
+	// country code and the mobile prefix), 0712345678 only "07".
+	keep := min(4, len(compact)-8)
+	return compact[:keep] + strings.Repeat("*", len(compact)-keep-2) + compact[len(compact)-2:]
 }
 
 // stkTimestampDigits is the length of the timestamp that starts the digits
