@@ -29,6 +29,12 @@ type Options struct {
 	EmbeddedListen string
 	// EmbeddedStoreDir holds the embedded server's JetStream data.
 	EmbeddedStoreDir string
+	// EmbeddedSyncInterval is how often the embedded server fsyncs; zero
+	// means before every ack (nats-server's SyncAlways), so an
+	// acknowledged callback is on disk, not in the page cache. NATS's own
+	// default (2 minutes, acks at once) loses every recent callback on a
+	// power cut.
+	EmbeddedSyncInterval time.Duration
 	// Name is this edge's name, used as the connection name.
 	Name string
 }
@@ -110,18 +116,31 @@ func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
 	if err := os.MkdirAll(o.EmbeddedStoreDir, 0o700); err != nil {
 		return nil, fmt.Errorf("broker: nats.embedded.store_dir: %w", err)
 	}
+	if port != server.RANDOM_PORT {
+		// A busy port fails now, naming the key, not after a 30 s wait.
+		ln, err := net.Listen("tcp", o.EmbeddedListen)
+		if err != nil {
+			return nil, fmt.Errorf("broker: nats.embedded.listen %q: %w", o.EmbeddedListen, err)
+		}
+		_ = ln.Close()
+	}
 	name := o.Name
 	if name == "" {
 		name = "daraja-edge"
 	}
-	ns, err := server.NewServer(&server.Options{
+	sopts := &server.Options{
 		ServerName: name,
 		Host:       host,
 		Port:       port,
 		JetStream:  true,
 		StoreDir:   o.EmbeddedStoreDir,
 		NoSigs:     true,
-	})
+		SyncAlways: o.EmbeddedSyncInterval <= 0,
+	}
+	if o.EmbeddedSyncInterval > 0 {
+		sopts.SyncInterval = o.EmbeddedSyncInterval
+	}
+	ns, err := server.NewServer(sopts)
 	if err != nil {
 		return nil, fmt.Errorf("broker: embedded NATS: %w", err)
 	}
@@ -131,7 +150,12 @@ func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
 		ns.Shutdown()
 		return nil, errors.New("broker: embedded NATS did not start within 30s (is " + o.EmbeddedListen + " in use?)")
 	}
-	log.Info("embedded NATS started", zap.String("listen", ns.Addr().String()), zap.String("store_dir", o.EmbeddedStoreDir))
+	sync := "always (fsync before every ack)"
+	if o.EmbeddedSyncInterval > 0 {
+		sync = o.EmbeddedSyncInterval.String() + " (a power cut loses what was acknowledged since the last sync)"
+	}
+	log.Info("embedded NATS started", zap.String("listen", ns.Addr().String()), zap.String("store_dir", o.EmbeddedStoreDir),
+		zap.String("sync", sync))
 	return ns, nil
 }
 

@@ -9,9 +9,9 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
+	"log"
 	"net"
 	"net/http"
 	"net/netip"
@@ -33,6 +33,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/broker"
 	"github.com/daraja-edge/daraja-edge/certs"
 	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/metrics"
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
@@ -67,6 +68,8 @@ type Server struct {
 	store   *verify.Store
 	metrics *metrics.Metrics
 	pub     *publish.JetStream
+	durable *publish.Durable
+	missing *publish.Missing
 	spool   *spool.Spool
 	service micro.Service
 
@@ -80,11 +83,17 @@ type Server struct {
 	closeOnce sync.Once
 }
 
-// Intervals of the background work.
-const (
+// Intervals of the background work (variables for tests).
+var (
 	drainInterval = time.Second
 	sweepInterval = 5 * time.Second
+	// missingGrace: a token's missing-callback question is asked this long
+	// after its expiry, so a callback accepted just before has landed.
+	missingGrace = publishTimeout + 2*time.Second
 )
+
+// sweepBatch bounds the tokens resolved per sweep.
+const sweepBatch = 1000
 
 // New builds the edge and binds its listeners; Run serves. On error
 // everything started so far is stopped.
@@ -111,7 +120,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	s.broker, err = broker.Start(ctx, broker.Options{
 		URL: cfg.NATS.URL, CredentialsFile: cfg.NATS.CredentialsFile,
 		EmbeddedListen: cfg.NATS.Embedded.Listen, EmbeddedStoreDir: cfg.NATS.Embedded.StoreDir,
-		Name: name,
+		EmbeddedSyncInterval: cfg.NATS.Embedded.SyncInterval(),
+		Name:                 name,
 	}, log)
 	if err != nil {
 		return nil, err
@@ -138,11 +148,13 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		},
 		NATSConnected: func() bool { return s.broker.Conn.IsConnected() },
 	})
+	retain := cfg.Tokens.MaxTTL + 7*24*time.Hour
 	store, err := verify.NewStore(ctx, s.broker.JetStream, verify.StoreOptions{
-		Bucket:   TokenBucket(cfg.NATS.SubjectPrefix),
-		Replicas: cfg.NATS.Stream.Replicas,
-		Retain:   cfg.Tokens.MaxTTL + 7*24*time.Hour,
-		Observer: s.metrics,
+		Bucket:       TokenBucket(cfg.NATS.SubjectPrefix),
+		Replicas:     cfg.NATS.Stream.Replicas,
+		Retain:       retain,
+		Observer:     s.metrics,
+		MissingGrace: missingGrace,
 	}, log)
 	if err != nil {
 		return nil, err
@@ -151,19 +163,35 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	if err := store.Watch(s.bg); err != nil {
 		return nil, err
 	}
+	s.pub = publish.New(s.broker.Conn, s.broker.JetStream, s.stream, publishTimeout)
+	s.durable = publish.NewDurable(s.pub, s.spool, subjects, s.metrics, log)
+	s.missing, err = publish.OpenMissing(ctx, s.broker.JetStream, s.pub, MissingBucket(cfg.NATS.SubjectPrefix),
+		cfg.NATS.Stream.Replicas, retain, subjects, name)
+	if err != nil {
+		return nil, err
+	}
 	issuer := &verify.Issuer{
 		Store: store, PublicURL: cfg.PublicURL, QueryParam: cfg.Tokens.QueryParam,
 		Limits: verify.Limits{DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL},
+		Uses: func(ctx context.Context, rec verify.Record) (map[daraja.Kind]string, error) {
+			uses, err := s.pub.Uses(ctx, subjects, rec.ID, rec.Shortcode, kindStrings(rec.Kinds))
+			if err != nil {
+				return nil, err
+			}
+			out := make(map[daraja.Kind]string, len(uses))
+			for k, u := range uses {
+				out[daraja.Kind(k)] = u.TransactionID
+			}
+			return out, nil
+		},
 	}
 	s.service, err = verify.ServeNATS(s.broker.Conn, cfg.NATS.SubjectPrefix, Version, issuer, log)
 	if err != nil {
 		return nil, fmt.Errorf("edge: token service: %w", err)
 	}
 
-	pub := publish.New(s.broker.Conn, s.broker.JetStream, publishTimeout)
-	s.pub = pub
 	s.handler = proxy.New(proxy.Options{
-		Tokens: store, Publisher: pub, Requester: pub, Notifier: pub, Spool: s.spool, Metrics: s.metrics,
+		Tokens: store, Publisher: s.durable, Requester: s.pub, Notifier: s.pub, Metrics: s.metrics,
 		RejectLimiter: ratelimit.New(cfg.Limits.RejectsPerSecond, cfg.Limits.RejectsBurst, 100_000),
 		Subjects:      subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
 		ValidationTimeout: cfg.Validation.Timeout,
@@ -206,7 +234,9 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		WriteTimeout:      cfg.Limits.WriteTimeout,
 		IdleTimeout:       cfg.Limits.IdleTimeout,
 		MaxHeaderBytes:    16 << 10,
-		ErrorLog:          zap.NewStdLog(log.Named("http").WithOptions(zap.IncreaseLevel(zap.WarnLevel))),
+		// net/http reports TLS handshake failures, bad requests and
+		// recovered panics here: at Warn, so a Warn-level logger keeps them.
+		ErrorLog: httpErrorLog(log.Named("http")),
 	}
 	if s.certs != nil {
 		s.public.TLSConfig = s.certs.TLSConfig()
@@ -221,6 +251,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		WriteTimeout:      10 * time.Second,
 		IdleTimeout:       60 * time.Second,
 		MaxHeaderBytes:    16 << 10,
+		ErrorLog:          httpErrorLog(log.Named("admin.http")),
 	}
 	if cfg.Admin.CertFile != "" {
 		pair, err := tls.LoadX509KeyPair(cfg.Admin.CertFile, cfg.Admin.KeyPEMFile)
@@ -320,6 +351,26 @@ func BuildPolicy(cfg config.Config) (*proxy.Policy, error) {
 	}, nil
 }
 
+// httpErrorLog is a net/http error log on l at Warn.
+func httpErrorLog(l *zap.Logger) *log.Logger {
+	std, _ := zap.NewStdLogAt(l, zap.WarnLevel) // only fails for an invalid level
+	return std
+}
+
+// MissingBucket is the key-value bucket marking tokens whose
+// missing-callback question is settled.
+func MissingBucket(prefix string) string {
+	return strings.ReplaceAll(prefix, ".", "_") + "_missing"
+}
+
+func kindStrings(ks []daraja.Kind) []string {
+	out := make([]string, len(ks))
+	for i, k := range ks {
+		out[i] = string(k)
+	}
+	return out
+}
+
 // TokenBucket is the key-value bucket holding tokens for a subject prefix.
 func TokenBucket(prefix string) string {
 	return strings.ReplaceAll(prefix, ".", "_") + "_tokens"
@@ -364,7 +415,7 @@ func adminKeys(a config.Admin, log *zap.Logger) ([]string, error) {
 // connections, in-flight requests finish, NATS drains. It returns nil on a
 // clean stop.
 func (s *Server) Run(ctx context.Context) error {
-	errc := make(chan error, 2)
+	errc := make(chan error, 3) // one per listener: none may block
 	go func() {
 		var err error
 		if s.certs != nil {
@@ -494,8 +545,8 @@ func (s *Server) ready(ctx context.Context) error {
 	return nil
 }
 
-// background replays the spool, settles token consumptions made while the
-// bucket was unreachable, and reports expired unconsumed tokens.
+// background replays the spool and settles expired tokens (missing
+// events).
 func (s *Server) background() {
 	defer s.bgDone.Done()
 	drain := time.NewTicker(drainInterval)
@@ -511,81 +562,45 @@ func (s *Server) background() {
 				s.drain(s.bg)
 			}
 		case <-sweep.C:
-			if !s.broker.Conn.IsConnected() {
-				continue
-			}
-			select {
-			case <-s.store.Synced():
-			default:
-				continue // the local copy is not complete yet
-			}
-			if n, err := s.store.Sweep(s.bg, s.emitMissing); err != nil {
-				s.log.Warn("missing-callback sweep stopped", zap.Int("emitted", n), zap.Error(err))
-			} else if n > 0 {
-				s.log.Info("missing-callback events published", zap.Int("count", n))
-			}
+			s.sweep(s.bg)
 		}
 	}
 }
 
-// drain replays the spool and settles deferred token consumptions.
-func (s *Server) drain(ctx context.Context) {
-	if _, err := s.store.SettleDeferred(ctx); err != nil {
-		s.log.Debug("deferred token consumptions not settled yet", zap.Error(err))
+// sweep publishes the missing events of expired tokens. It waits while
+// NATS is out of reach, the local token copy is incomplete, or the spool
+// holds callbacks (one of them may be the token's).
+func (s *Server) sweep(ctx context.Context) {
+	if !s.broker.Conn.IsConnected() || s.durable.Pending() > 0 {
+		return
 	}
-	n, err := s.spool.Drain(ctx, func(ctx context.Context, m *nats.Msg) error {
-		// A message spooled before a restart may carry a consumption that
-		// never reached the bucket.
-		if id := m.Header.Get(publish.HeaderTokenID); id != "" {
-			if err := s.store.Settle(ctx, id, m.Header.Get(publish.HeaderMsgID)); err != nil {
-				return err
-			}
-		}
-		_, err := s.pub.Publish(ctx, m)
-		return err
+	select {
+	case <-s.store.Synced():
+	default:
+		return
+	}
+	n, err := s.store.Sweep(ctx, sweepBatch, func(ctx context.Context, rec verify.Record) (bool, error) {
+		return s.missing.Resolve(ctx, publish.MissingToken{
+			ID: rec.ID, Kinds: kindStrings(rec.Kinds), Shortcode: rec.Shortcode, Reference: rec.Reference,
+			IssuedAt: rec.IssuedAt, ExpiresAt: rec.ExpiresAt,
+		})
 	})
+	if err != nil {
+		s.log.Warn("missing-callback sweep stopped", zap.Int("emitted", n), zap.Error(err))
+	} else if n > 0 {
+		s.log.Info("missing-callback events published", zap.Int("count", n))
+	}
+}
+
+// drain replays the spool.
+func (s *Server) drain(ctx context.Context) {
+	n, err := s.durable.Drain(ctx)
 	if n > 0 {
 		s.log.Info("spooled callbacks replayed to NATS", zap.Int("count", n))
 	}
 	if err != nil && ctx.Err() == nil {
 		s.log.Warn("spool replay paused", zap.Int("replayed", n), zap.Error(err))
 	}
-}
-
-// missingEvent is the body of <prefix>.missing.<kind>.<shortcode>.
-type missingEvent struct {
-	TokenID   string   `json:"token_id"`
-	Kinds     []string `json:"kinds"`
-	Shortcode string   `json:"shortcode"`
-	Reference string   `json:"reference,omitempty"`
-	IssuedAt  string   `json:"issued_at"`
-	ExpiresAt string   `json:"expires_at"`
-}
-
-// emitMissing publishes the missing event of an expired token; its Msg-Id
-// makes it one message whatever the number of replicas emitting it.
-func (s *Server) emitMissing(ctx context.Context, rec verify.Record) error {
-	ev := missingEvent{
-		TokenID: rec.ID, Shortcode: rec.Shortcode, Reference: rec.Reference,
-		IssuedAt: rec.IssuedAt.Format(time.RFC3339Nano), ExpiresAt: rec.ExpiresAt.Format(time.RFC3339Nano),
-	}
-	for _, k := range rec.Kinds {
-		ev.Kinds = append(ev.Kinds, string(k))
-	}
-	data, _ := json.Marshal(ev)
-	subjects := publish.Subjects{Prefix: s.cfg.NATS.SubjectPrefix}
-	m := &nats.Msg{Subject: subjects.Missing(ev.Kinds[0], rec.Shortcode), Data: data, Header: nats.Header{
-		publish.HeaderMsgID:     {"missing:" + rec.ID},
-		publish.HeaderKind:      {ev.Kinds[0]},
-		publish.HeaderShortcode: {rec.Shortcode},
-		publish.HeaderTokenID:   {rec.ID},
-		publish.HeaderEdge:      {s.name},
-	}}
-	if rec.Reference != "" {
-		m.Header.Set(publish.HeaderReference, rec.Reference)
-	}
-	_, err := s.pub.Publish(ctx, m)
-	return err
 }
 
 // PublicAddr is the bound public listener address.
@@ -602,9 +617,5 @@ func (s *Server) NATSURL() string { return s.broker.ClientURL() }
 // tls.mode off).
 func (s *Server) Certificate() *x509.Certificate { return s.certs.Leaf() }
 
-// Pending reports callbacks spooled but not yet on NATS, and token
-// consumptions held locally but not yet in the bucket.
-func (s *Server) Pending() (spooled int64, deferred int) {
-	_, spooled = s.spool.Stats()
-	return spooled, s.store.DeferredCount()
-}
+// Pending reports callbacks spooled but not yet on NATS.
+func (s *Server) Pending() (spooled int64) { return s.durable.Pending() }

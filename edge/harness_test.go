@@ -79,6 +79,13 @@ func start(t *testing.T, mutate func(*config.Config)) *harness {
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config: %v", err)
 	}
+	return startConfig(t, cfg)
+}
+
+// startConfig starts an edge on cfg as given, unvalidated: tests use it to
+// set what config refuses (a spool too small to take anything).
+func startConfig(t *testing.T, cfg config.Config) *harness {
+	t.Helper()
 	core, logs := observer.New(zap.DebugLevel)
 	srv, err := New(context.Background(), cfg, zap.New(core))
 	if err != nil {

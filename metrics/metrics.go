@@ -26,6 +26,11 @@ type Metrics struct {
 	validations     *prometheus.CounterVec
 	tokens          *prometheus.CounterVec
 	reloads         *prometheus.CounterVec
+	replayed        *prometheus.CounterVec
+	tokenWatchUp    prometheus.Gauge
+	tokenCache      prometheus.Gauge
+	tokenCacheFull  prometheus.Gauge
+	reusableExpiry  prometheus.Gauge
 }
 
 // Gauges are read when /metrics is scraped.
@@ -59,11 +64,22 @@ func New(g Gauges) *Metrics {
 	m.validations = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "validation_decisions_total",
 		Help: "C2B validation answers by decision and by whom (validator, timeout, invalid-reply)."}, []string{"decision", "by"})
 	m.tokens = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "tokens_total",
-		Help: "Token events: issued, consumed, expired (missing event sent), revoked, rotated."}, []string{"event"})
+		Help: "Token events: issued, expired (missing event sent), revoked, rotated."}, []string{"event"})
 	m.reloads = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "config_reloads_total",
 		Help: "SIGHUP reloads by result (applied, refused)."}, []string{"result"})
+	m.replayed = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "spool_replayed_total",
+		Help: "Spooled callbacks replayed to the stream by outcome: stored, duplicate (already there, dropped), replay (another callback used the token and kind while this replica was cut off: see <prefix>.rejected.replay_after_outage)."}, []string{"outcome"})
+	m.tokenWatchUp = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "token_watch_up",
+		Help: "1 while the watch feeding the local token copy runs and is up to date, else 0 (tokens are then read from the bucket)."})
+	m.tokenCache = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "token_cache_records",
+		Help: "Token records in the local copy."})
+	m.tokenCacheFull = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "token_cache_full",
+		Help: "1 once the local token copy reached its bound: tokens past it get no missing-callback events."})
+	m.reusableExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "reusable_tokens_expiring",
+		Help: "Reusable (C2B registered URL) tokens that expire within 14 days: rotate them and re-register the URLs."})
 	for _, c := range []prometheus.Collector{m.requests, m.requestSeconds, m.rejections, m.publishSeconds, m.spooled,
-		m.allowlistMisses, m.validations, m.tokens, m.reloads} {
+		m.allowlistMisses, m.validations, m.tokens, m.reloads, m.replayed, m.tokenWatchUp, m.tokenCache,
+		m.tokenCacheFull, m.reusableExpiry} {
 		f(c)
 	}
 	if g.Spool != nil {
@@ -126,6 +142,28 @@ func (m *Metrics) Validation(decision, by string) { m.validations.WithLabelValue
 
 // TokenEvent counts a token event.
 func (m *Metrics) TokenEvent(event string) { m.tokens.WithLabelValues(event).Inc() }
+
+// Replayed counts a spooled callback replayed, by outcome.
+func (m *Metrics) Replayed(outcome string) { m.replayed.WithLabelValues(outcome).Inc() }
+
+// TokenWatch records whether the token watch is up.
+func (m *Metrics) TokenWatch(up bool) { m.tokenWatchUp.Set(b2f(up)) }
+
+// TokenCache records the local token copy's size and whether it is full.
+func (m *Metrics) TokenCache(size int, full bool) {
+	m.tokenCache.Set(float64(size))
+	m.tokenCacheFull.Set(b2f(full))
+}
+
+// ReusableExpiring records how many reusable tokens expire within 14 days.
+func (m *Metrics) ReusableExpiring(n int) { m.reusableExpiry.Set(float64(n)) }
+
+func b2f(b bool) float64 {
+	if b {
+		return 1
+	}
+	return 0
+}
 
 // Reload counts a configuration reload.
 func (m *Metrics) Reload(applied bool) {

@@ -26,26 +26,21 @@ import (
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
-// Tokens checks and consumes callback tokens.
+// Tokens checks callback tokens.
 type Tokens interface {
 	Authorize(ctx context.Context, token string, kind daraja.Kind) (verify.Grant, error)
-	Consume(ctx context.Context, g verify.Grant, callbackID string) (verify.Outcome, error)
 }
 
-// Publisher stores a message durably and reports whether it was a duplicate.
+// Publisher makes a callback durable, on the stream or in the spool. first
+// asks for the single-use condition: the publish succeeds only as the first
+// message of its (token, kind) subject. An error means nothing was stored.
 type Publisher interface {
-	Publish(ctx context.Context, msg *nats.Msg) (duplicate bool, err error)
+	Store(ctx context.Context, msg *nats.Msg, first bool) (publish.Outcome, error)
 }
 
 // Requester asks a C2B validator and returns its reply.
 type Requester interface {
 	Request(ctx context.Context, msg *nats.Msg, timeout time.Duration) ([]byte, error)
-}
-
-// Spooler keeps a message on local disk, fsynced, when the stream cannot
-// take it.
-type Spooler interface {
-	Append(msg *nats.Msg) error
 }
 
 // Limiter says whether a source may be refused (and logged) once more.
@@ -87,7 +82,6 @@ type Options struct {
 	Tokens    Tokens
 	Publisher Publisher
 	Requester Requester
-	Spool     Spooler  // optional: without it, no ack means 503
 	Notifier  Notifier // optional
 	Metrics   Metrics  // optional
 	// RejectLimiter bounds the refusals, log lines and rejection events
@@ -290,8 +284,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	if err != nil {
 		return nil, tokenError(err)
 	}
-	rec := &grant.Record
-	rl.tokenID = rec.ID
+	rl.tokenID, rl.reference = grant.ID, grant.Reference
 
 	// 4. Body: bounded, then parsed for its kind.
 	if r.ContentLength > p.MaxBodyBytes {
@@ -310,32 +303,17 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		return nil, refuse(http.StatusBadRequest, "malformed_body", err)
 	}
 	rl.transactionID, rl.msisdn = cb.TransactionID, cb.MSISDN
-	if cb.Shortcode != "" && cb.Shortcode != rec.Shortcode {
+	if cb.Shortcode != "" && cb.Shortcode != grant.Shortcode {
 		return nil, tokenError(verify.ErrWrongShortcode)
 	}
 
-	// 5. Single use. From here on the work must finish even if Daraja hangs
-	// up: a consumed token must get its message.
+	// 5. Durable and single use, in one write. From here on the work must
+	// finish even if Daraja hangs up: what was stored must be answered
+	// for, and a callback that was not stored used nothing up.
 	ctx = context.WithoutCancel(ctx)
-	callbackID := string(kind) + ":" + cb.TransactionID
-	outcome, err := h.o.Tokens.Consume(ctx, grant, callbackID)
-	if err != nil {
-		return nil, tokenError(err)
-	}
-	rl.outcome = "accepted"
-	switch outcome {
-	case verify.Duplicate:
-		rl.outcome = "duplicate"
-	case verify.Deferred:
-		rl.deferred = true
-	}
-
-	// 6. Durable before the answer. A duplicate is published again with
-	// the same Nats-Msg-Id: the stream keeps one, and a first attempt
-	// whose ack was lost still lands.
 	msg := publish.Callback{
-		Kind: string(kind), Shortcode: rec.Shortcode, TransactionID: cb.TransactionID,
-		Receipt: cb.Receipt, ResultCode: cb.ResultCode, Reference: rec.Reference, TokenID: rec.ID,
+		Kind: string(kind), Shortcode: grant.Shortcode, TransactionID: cb.TransactionID,
+		Receipt: cb.Receipt, ResultCode: cb.ResultCode, Reference: grant.Reference, TokenID: grant.ID,
 		SourceIP: client.String(), ReceivedAt: received, Edge: h.o.Edge, Body: body,
 	}
 	answer := answerAccepted
@@ -344,34 +322,31 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		answer, decision, decidedBy = h.validate(ctx, &msg)
 		rl.decision = decision
 	}
-	nm := msg.Msg(h.o.Subjects.Callback(msg.Kind, msg.Shortcode))
+	nm := msg.Msg(h.o.Subjects.Callback(msg.Kind, msg.Shortcode, msg.TokenID))
 	if decision != "" {
 		nm.Header.Set(publish.HeaderDecision, decision)
 		nm.Header.Set(publish.HeaderDecisionBy, decidedBy)
 	}
 	t0 := time.Now()
-	dup, err := h.o.Publisher.Publish(ctx, nm)
+	out, err := h.o.Publisher.Store(ctx, nm, !grant.Reusable)
 	if err != nil {
-		// No ack: keep it on disk, fsynced, for the drainer to replay with
-		// the same Nats-Msg-Id. Only if that fails too is the answer 503.
-		if h.o.Spool == nil {
-			return nil, refuse(http.StatusServiceUnavailable, "not_durable", err)
-		}
-		if serr := h.o.Spool.Append(nm); serr != nil {
-			h.log.Error("callback neither acked by JetStream nor spooled", zap.String("transaction_id", cb.TransactionID),
-				zap.NamedError("publish_error", err), zap.NamedError("spool_error", serr))
-			return nil, refuse(http.StatusServiceUnavailable, "not_durable", errors.Join(err, serr))
-		}
+		return nil, refuse(http.StatusServiceUnavailable, "not_durable", err)
+	}
+	switch out {
+	case publish.Replay:
+		return nil, tokenError(verify.ErrReplay)
+	case publish.Spooled:
 		h.o.Metrics.Spooled()
-		rl.outcome = "spooled"
-		return answer, nil
+	default:
+		h.o.Metrics.Published(time.Since(t0))
 	}
-	h.o.Metrics.Published(time.Since(t0))
-	if dup {
-		rl.outcome = "duplicate"
-	}
+	rl.outcome = outcomeWords[out]
 	return answer, nil
 }
+
+// outcomeWords are the logged outcomes of a stored callback.
+var outcomeWords = [...]string{publish.Stored: "accepted", publish.Duplicate: "duplicate",
+	publish.Replay: "replay", publish.Spooled: "spooled"}
 
 // validate asks the shortcode's validator and returns Daraja's answer.
 func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []byte, decision, by string) {
@@ -387,7 +362,7 @@ func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []
 			return reply, decision, by
 		}
 		by = "invalid-reply"
-		h.log.Warn("validator reply is not a Daraja answer; using on_timeout", zap.String("transaction_id", cb.TransactionID))
+		h.log.Warn("validator reply is not a Daraja answer; using on_timeout", zap.String("transaction_id", daraja.MaskTransactionID(daraja.Kind(cb.Kind), cb.TransactionID)))
 	} else {
 		by = "timeout"
 	}
@@ -541,13 +516,13 @@ type requestLog struct {
 	peer, source  netip.Addr
 	kind          daraja.Kind
 	tokenID       string
+	reference     string
 	transactionID string
 	msisdn        string
 	decision      string
 	allowlistMiss bool
 	allowlisted   bool
 	quiet         bool // rate limited: not logged, not published
-	deferred      bool
 	status        int
 	outcome       string
 	reason        string
@@ -570,8 +545,11 @@ func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
 	if l.tokenID != "" {
 		e.AddString("token_id", l.tokenID)
 	}
+	if l.reference != "" {
+		e.AddString("reference", l.reference)
+	}
 	if l.transactionID != "" {
-		e.AddString("transaction_id", l.transactionID)
+		e.AddString("transaction_id", daraja.MaskTransactionID(l.kind, l.transactionID))
 	}
 	if l.msisdn != "" {
 		e.AddString("msisdn", daraja.MaskMSISDN(l.msisdn))
@@ -581,9 +559,6 @@ func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
 	}
 	if l.allowlistMiss {
 		e.AddBool("allowlist_miss", true)
-	}
-	if l.deferred {
-		e.AddBool("token_consumed_locally", true)
 	}
 	e.AddInt("status", l.status)
 	e.AddString("outcome", l.outcome)

@@ -1,5 +1,8 @@
-// Package publish puts vetted callbacks on NATS: it builds the message with
-// the contract's headers, publishes to JetStream and waits for the ack, and
+// Package publish gets vetted callbacks durably onto NATS exactly once: it
+// builds the message with the contract's headers, publishes it on its
+// per-token subject with the condition that makes the one durable write also
+// the token's single use, tells a duplicate from a replay, spools what the
+// stream cannot take and replays it, publishes missing-callback events, and
 // asks C2B validators over request-reply.
 package publish
 
@@ -7,6 +10,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -28,6 +33,9 @@ const (
 	HeaderDecision      = "Daraja-Decision"    // c2b.validation records: accepted | rejected
 	HeaderDecisionBy    = "Daraja-Decision-By" // validator | timeout | invalid-reply
 	HeaderReceipt       = "Daraja-Receipt"     // M-Pesa receipt, when the body has one
+	// HeaderExpectFirst makes a publish the first message on its subject:
+	// the single use of a (token, kind).
+	HeaderExpectFirst = jetstream.ExpectedLastSubjSeqHeader
 )
 
 // Callback is a vetted callback ready for NATS. Body travels byte for byte.
@@ -73,9 +81,10 @@ func (c *Callback) Msg(subject string) *nats.Msg {
 // Subjects names the subjects under a prefix.
 type Subjects struct{ Prefix string }
 
-// Callback is <prefix>.cb.<kind>.<shortcode>.
-func (s Subjects) Callback(kind, shortcode string) string {
-	return s.Prefix + ".cb." + kind + "." + shortcode
+// Callback is <prefix>.cb.<kind>.<shortcode>.<token id>: one subject per
+// (token, kind), so the stream's per-subject state is the token's use.
+func (s Subjects) Callback(kind, shortcode, tokenID string) string {
+	return s.Prefix + ".cb." + kind + "." + shortcode + "." + tokenID
 }
 
 // Validate is <prefix>.validate.<shortcode>.
@@ -91,7 +100,7 @@ func (s Subjects) Rejected(reason string) string { return s.Prefix + ".rejected.
 
 // StreamSubjects are the subjects the stream holds.
 func (s Subjects) StreamSubjects() []string {
-	return []string{s.Prefix + ".cb.>", s.Prefix + ".missing.>"}
+	return []string{s.Prefix + ".cb.>", s.Prefix + ".missing.>", s.Prefix + ".recovered.>", s.Prefix + ".dlq.>"}
 }
 
 // StreamOptions configures the callback stream.
@@ -126,13 +135,15 @@ func EnsureStream(ctx context.Context, js jetstream.JetStream, o StreamOptions) 
 // JetStream publishes to JetStream and waits for the stream's ack.
 type JetStream struct {
 	js      jetstream.JetStream
+	stream  jetstream.Stream
 	nc      *nats.Conn
 	timeout time.Duration
 }
 
-// New returns a publisher. timeout bounds the wait for each ack.
-func New(nc *nats.Conn, js jetstream.JetStream, timeout time.Duration) *JetStream {
-	return &JetStream{js: js, nc: nc, timeout: timeout}
+// New returns a publisher onto stream. timeout bounds the wait for each ack
+// and each look-up.
+func New(nc *nats.Conn, js jetstream.JetStream, stream jetstream.Stream, timeout time.Duration) *JetStream {
+	return &JetStream{js: js, stream: stream, nc: nc, timeout: timeout}
 }
 
 // ErrNotAcked means the stream did not acknowledge the message in time; it
@@ -140,16 +151,117 @@ func New(nc *nats.Conn, js jetstream.JetStream, timeout time.Duration) *JetStrea
 // safe.
 var ErrNotAcked = errors.New("publish: no JetStream ack")
 
-// Publish stores msg in the stream. duplicate reports that the stream
-// already held a message with the same Nats-Msg-Id.
-func (p *JetStream) Publish(ctx context.Context, msg *nats.Msg) (duplicate bool, err error) {
+// Outcome is what became of a callback handed to the stream.
+type Outcome int
+
+const (
+	// Stored: the stream holds it now, acknowledged (and, with sync always,
+	// on disk).
+	Stored Outcome = iota
+	// Duplicate: the stream already held this same callback (same
+	// Nats-Msg-Id); nothing new was stored.
+	Duplicate
+	// Replay: the (token, kind) already holds another callback; nothing
+	// was stored.
+	Replay
+	// Spooled: the stream could not be reached; the callback is on local
+	// disk, fsynced, and is replayed later.
+	Spooled
+)
+
+func (o Outcome) String() string {
+	switch o {
+	case Stored:
+		return "stored"
+	case Duplicate:
+		return "duplicate"
+	case Replay:
+		return "replay"
+	case Spooled:
+		return "spooled"
+	}
+	return "unknown"
+}
+
+// Store publishes msg and waits for the ack. first makes the publish
+// conditional on its subject holding nothing yet
+// (Nats-Expected-Last-Subject-Sequence: 0): the one write that stores the
+// callback is also what uses up a single-use (token, kind). When the
+// condition fails, the subject's last message decides: the same Nats-Msg-Id
+// is a Duplicate, another is a Replay. A message that already carries the
+// condition header (a spooled one) keeps it.
+func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outcome, error) {
+	if first {
+		if msg.Header == nil {
+			msg.Header = nats.Header{}
+		}
+		msg.Header[HeaderExpectFirst] = []string{"0"}
+	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
 	ack, err := p.js.PublishMsg(ctx, msg)
-	if err != nil {
-		return false, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
+	if err == nil {
+		if ack.Duplicate {
+			return Duplicate, nil
+		}
+		return Stored, nil
 	}
-	return ack.Duplicate, nil
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
+		return p.resolve(ctx, msg, apiErr)
+	}
+	return 0, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
+}
+
+// resolve tells a duplicate from a replay once the stream said the subject
+// already holds a message: on R1 the error names the subject's last
+// sequence (fetched by sequence), replicated streams do not (fetched as the
+// subject's last message). Both go through the stream's message API, not a
+// direct get, which waits behind a sync-always write loop.
+func (p *JetStream) resolve(ctx context.Context, msg *nats.Msg, cause *jetstream.APIError) (Outcome, error) {
+	var last *jetstream.RawStreamMsg
+	var err error
+	if seq, ok := lastSequence(cause.Description); ok {
+		last, err = p.stream.GetMsg(ctx, seq)
+		if err == nil && last.Subject != msg.Subject {
+			last, err = nil, errors.New("message at the reported sequence is on another subject")
+		}
+	}
+	if last == nil {
+		last, err = p.stream.GetLastMsgForSubject(ctx, msg.Subject)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s holds a message that could not be read: %w", ErrNotAcked, msg.Subject, err)
+	}
+	if last.Header.Get(HeaderMsgID) == msg.Header.Get(HeaderMsgID) {
+		return Duplicate, nil
+	}
+	return Replay, nil
+}
+
+// lastSequence reads N from "wrong last sequence: N".
+func lastSequence(desc string) (uint64, bool) {
+	i := strings.LastIndexByte(desc, ':')
+	if i < 0 {
+		return 0, false
+	}
+	n, err := strconv.ParseUint(strings.TrimSpace(desc[i+1:]), 10, 64)
+	return n, err == nil && n > 0
+}
+
+// Last returns the last message on subject, or nil when it holds none.
+func (p *JetStream) Last(ctx context.Context, subject string) (*jetstream.RawStreamMsg, error) {
+	ctx, cancel := context.WithTimeout(ctx, p.timeout)
+	defer cancel()
+	m, err := p.stream.GetLastMsgForSubject(ctx, subject)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("publish: read %s: %w", subject, err)
+	}
+	return m, nil
 }
 
 // ErrNoReply means no validator answered in time (or none is listening).

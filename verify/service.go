@@ -19,13 +19,17 @@ type Issuer struct {
 	// QueryParam carries the token in callback URLs.
 	QueryParam string
 	Limits     Limits
+	// Uses reads from the stream, per kind, the transaction id of the
+	// callback that used the token (nil: no such reads, state from the
+	// bucket alone).
+	Uses func(ctx context.Context, rec Record) (map[daraja.Kind]string, error)
 }
 
 // IssueResponse is the answer to an issue request.
 type IssueResponse struct {
 	ID        string            `json:"id"`
 	Token     string            `json:"token"`
-	ExpiresAt string            `json:"expires_at"`
+	ExpiresAt string            `json:"expires_at,omitempty"` // absent: never expires
 	URLs      map[string]string `json:"urls"`
 	// RotatedFrom names the token this one replaces (rotate only).
 	RotatedFrom string `json:"rotated_from,omitempty"`
@@ -81,9 +85,16 @@ func (i *Issuer) response(iss Issued) IssueResponse {
 	return IssueResponse{
 		ID:        iss.Record.ID,
 		Token:     iss.Token,
-		ExpiresAt: iss.Record.ExpiresAt.Format(time.RFC3339),
+		ExpiresAt: formatTime(iss.Record.ExpiresAt),
 		URLs:      urls,
 	}
+}
+
+func formatTime(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.Format(time.RFC3339)
 }
 
 // Status is the public view of a token record.
@@ -95,15 +106,20 @@ type Status struct {
 	Reference string        `json:"reference,omitempty"`
 	Reusable  bool          `json:"reusable"`
 	IssuedAt  string        `json:"issued_at"`
-	ExpiresAt string        `json:"expires_at"`
-	// ConsumedBy is the transaction id of the callback that consumed it.
+	ExpiresAt string        `json:"expires_at,omitempty"` // absent: never expires
+	// UsedBy maps each kind that received a callback to that callback's
+	// transaction id, as stored on the stream.
+	UsedBy map[daraja.Kind]string `json:"used_by,omitempty"`
+	// ConsumedBy and ConsumedKind name the first kind in UsedBy (in the
+	// token's kind order) and its transaction id.
 	ConsumedBy   string `json:"consumed_by,omitempty"`
 	ConsumedKind string `json:"consumed_kind,omitempty"`
-	ConsumedAt   string `json:"consumed_at,omitempty"`
 	RotatedTo    string `json:"rotated_to,omitempty"`
 }
 
-// Status returns the state of token id.
+// Status returns the state of token id: revoked or expired from the
+// bucket; consumed when the stream holds a callback for any of a
+// single-use token's kinds (a reusable token stays issued); else issued.
 func (i *Issuer) Status(ctx context.Context, id string) (Status, error) {
 	rec, err := i.Store.Get(ctx, id)
 	if err != nil {
@@ -112,14 +128,26 @@ func (i *Issuer) Status(ctx context.Context, id string) (Status, error) {
 	st := Status{
 		ID: rec.ID, State: rec.StateAt(i.Store.now()), Kinds: rec.Kinds, Shortcode: rec.Shortcode,
 		Reference: rec.Reference, Reusable: rec.Reusable, RotatedTo: rec.RotatedTo,
-		IssuedAt: rec.IssuedAt.Format(time.RFC3339), ExpiresAt: rec.ExpiresAt.Format(time.RFC3339),
+		IssuedAt: rec.IssuedAt.Format(time.RFC3339), ExpiresAt: formatTime(rec.ExpiresAt),
 	}
-	if rec.ConsumedBy != "" {
-		kind, tx, _ := strings.Cut(rec.ConsumedBy, ":")
-		st.ConsumedKind, st.ConsumedBy = kind, tx
+	if i.Uses == nil {
+		return st, nil
 	}
-	if rec.ConsumedAt != nil {
-		st.ConsumedAt = rec.ConsumedAt.Format(time.RFC3339Nano)
+	used, err := i.Uses(ctx, rec)
+	if err != nil {
+		return Status{}, err
+	}
+	if len(used) > 0 {
+		st.UsedBy = used
+		for _, k := range rec.Kinds {
+			if tx, ok := used[k]; ok {
+				st.ConsumedKind, st.ConsumedBy = string(k), tx
+				break
+			}
+		}
+		if !rec.Reusable && st.State != StateRevoked {
+			st.State = StateConsumed
+		}
 	}
 	return st, nil
 }

@@ -2,11 +2,14 @@ package verify
 
 import (
 	"context"
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"regexp"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,19 +37,6 @@ var (
 // ErrNotFound is returned by Get and Revoke for an id with no record.
 var ErrNotFound = errors.New("token not found")
 
-// Outcome of consuming a token with a callback.
-type Outcome int
-
-const (
-	// First: this callback consumed the token (or the token is reusable).
-	First Outcome = iota
-	// Duplicate: the token was consumed by this same callback before.
-	Duplicate
-	// Deferred: the bucket was unreachable; the token is consumed in this
-	// replica's memory and written to the bucket once it is back (Settle).
-	Deferred
-)
-
 // StoreOptions configures a Store.
 type StoreOptions struct {
 	// Bucket is the key-value bucket name.
@@ -59,43 +49,143 @@ type StoreOptions struct {
 	Retain time.Duration
 	// Observer, if set, is told of token events.
 	Observer Observer
+	// MaxCached bounds the local copy (default 1<<22 tokens, about
+	// 150 bytes each). Past it, checks of tokens not in the copy read the
+	// bucket, and those tokens get no missing-callback event: an error is
+	// logged and the observer told.
+	MaxCached int
+	// MissingGrace is how long after a token's expiry the missing-callback
+	// question is asked, so a callback accepted just before expiry has
+	// landed (default 10s).
+	MissingGrace time.Duration
 }
 
-// Observer is told of token events: issued, consumed, expired (missing
-// event sent), revoked, rotated.
+// Observer is told of token events and of the local copy's health.
 type Observer interface {
+	// TokenEvent: issued, revoked, rotated, expired (missing event sent).
 	TokenEvent(event string)
+	// TokenWatch: the watch feeding the local copy is running and synced.
+	TokenWatch(up bool)
+	// TokenCache: records in the local copy, and whether it is full.
+	TokenCache(size int, full bool)
+	// ReusableExpiring: reusable tokens that expire within ExpiryWarning.
+	ReusableExpiring(n int)
 }
 
 type nopObserver struct{}
 
-func (nopObserver) TokenEvent(string) {}
+func (nopObserver) TokenEvent(string)    {}
+func (nopObserver) TokenWatch(bool)      {}
+func (nopObserver) TokenCache(int, bool) {}
+func (nopObserver) ReusableExpiring(int) {}
+
+// ExpiryWarning is how long before a reusable token's expiry the edge
+// starts warning (a metric and a daily log line): changing a registered C2B
+// URL in production takes days.
+const ExpiryWarning = 14 * 24 * time.Hour
 
 // Store keeps token records in a JetStream key-value bucket, so every edge
-// replica sees every token, and a local copy fed by a watch of the bucket,
-// so a check needs no round trip and survives a NATS outage. It is safe for
-// concurrent use.
+// replica sees every token, and a compact local copy fed by a watch of the
+// bucket, so a check needs no round trip and survives a NATS outage. The
+// bucket is written only by the token API (issue, revoke, rotate): whether
+// a token was used is the stream's business (package publish). It is safe
+// for concurrent use.
 type Store struct {
-	kv  jetstream.KeyValue
-	log *zap.Logger
-	now func() time.Time
-	obs Observer
+	kv        jetstream.KeyValue
+	log       *zap.Logger
+	now       func() time.Time
+	obs       Observer
+	maxCached int
+	grace     time.Duration
 
 	mu    sync.RWMutex
-	cache map[string]cached
-	// offline holds consumptions made while the bucket was unreachable:
-	// token id → callback id. Settle writes them to the bucket.
-	offline map[string]string
-	synced  chan struct{} // closed once the watch delivered every record
+	cache map[tokenKey]entry
+	full  bool // the local copy reached maxCached (logged once)
+
+	synced chan struct{} // closed once the first watch delivered every record
+	live   atomic.Bool   // a watch is running and has delivered every record
+
+	warnMu sync.Mutex
+	warned map[string]time.Time // reusable token id → last expiry warning
 }
 
-type cached struct {
-	rec Record
-	rev uint64
+// tokenKey is a token id's 80 bits.
+type tokenKey [idBytes]byte
+
+// entry is what a check needs of a record, 48 bytes plus the reference's
+// bytes: the local copy holds every live token (a map slot with its key is
+// 64 bytes).
+type entry struct {
+	hash      [16]byte // first half of SHA-256(token): 128 bits to compare
+	reference string
+	// meta packs the expiry (Unix milliseconds, 42 bits, 0: never), the
+	// kinds (bit i: daraja.Kinds[i]) and the flags.
+	meta      uint64
+	rev       uint32 // the record's revision, low 32 bits (compared as serial numbers)
+	shortcode uint16 // index into shortcodes
 }
 
-// maxCached bounds the local copy; past it, lookups fall back to the bucket.
-const maxCached = 1 << 20
+const (
+	kindBits    = 16
+	flagBits    = 6
+	expiryShift = kindBits + flagBits // 42 bits of milliseconds remain: until the year 2109
+)
+
+func (e *entry) expiresMs() int64  { return int64(e.meta >> expiryShift) }
+func (e *entry) kinds() uint16     { return uint16(e.meta) }
+func (e *entry) flags() uint8      { return uint8(e.meta >> kindBits) }
+func (e *entry) has(f uint8) bool  { return e.flags()&f != 0 }
+func (e *entry) set(f uint8)       { e.meta |= uint64(f) << kindBits }
+func (e *entry) setKinds(k uint16) { e.meta |= uint64(k) }
+func (e *entry) setExpiry(ms int64) {
+	e.meta |= uint64(max(0, min(ms, 1<<(64-expiryShift)-1))) << expiryShift
+}
+
+// newer reports whether revision a (low 32 bits) is after b: a record's
+// revisions are close together, so serial-number order is exact.
+func newer(a, b uint32) bool { return int32(a-b) > 0 }
+
+// shortcodes interns the shortcodes tokens name: a business has a handful.
+var shortcodes = struct {
+	sync.RWMutex
+	index map[string]uint16
+	names []string
+}{index: map[string]uint16{}}
+
+func shortcodeIndex(sc string) (uint16, bool) {
+	shortcodes.RLock()
+	i, ok := shortcodes.index[sc]
+	shortcodes.RUnlock()
+	if ok {
+		return i, true
+	}
+	shortcodes.Lock()
+	defer shortcodes.Unlock()
+	if i, ok := shortcodes.index[sc]; ok {
+		return i, true
+	}
+	if len(shortcodes.names) > 0xffff {
+		return 0, false
+	}
+	i = uint16(len(shortcodes.names))
+	shortcodes.names = append(shortcodes.names, sc)
+	shortcodes.index[sc] = i
+	return i, true
+}
+
+func shortcodeName(i uint16) string {
+	shortcodes.RLock()
+	defer shortcodes.RUnlock()
+	return shortcodes.names[i]
+}
+
+func (e *entry) expiresAt() time.Time { return time.UnixMilli(e.expiresMs()) }
+
+const (
+	flagReusable uint8 = 1 << iota
+	flagRevoked
+	flagSettled // the missing-callback question is answered
+)
 
 // opTimeout bounds each bucket operation on the request path.
 const opTimeout = 2 * time.Second
@@ -120,61 +210,106 @@ func NewStore(ctx context.Context, js jetstream.JetStream, o StoreOptions, log *
 	if obs == nil {
 		obs = nopObserver{}
 	}
+	if o.MaxCached <= 0 {
+		o.MaxCached = 1 << 22
+	}
+	if o.MissingGrace <= 0 {
+		o.MissingGrace = 10 * time.Second
+	}
 	return &Store{
-		kv: kv, log: log.Named("tokens"), now: time.Now, obs: obs,
-		cache: map[string]cached{}, offline: map[string]string{}, synced: make(chan struct{}),
+		kv: kv, log: log.Named("tokens"), now: time.Now, obs: obs, maxCached: o.MaxCached, grace: o.MissingGrace,
+		cache: map[tokenKey]entry{}, synced: make(chan struct{}), warned: map[string]time.Time{},
 	}, nil
 }
 
-// Watch keeps the local copy in step with the bucket until ctx ends. It
-// returns once the watch has started; Synced closes when the bucket's
-// records are all loaded.
+// Watch keeps the local copy in step with the bucket until ctx ends,
+// restarting the watch (with a log line and the observer told) whenever it
+// stops. It returns once the first watch has started; Synced closes when
+// the bucket's records are all loaded.
 func (s *Store) Watch(ctx context.Context) error {
 	w, err := s.kv.WatchAll(ctx)
 	if err != nil {
 		return fmt.Errorf("verify: watch token bucket: %w", err)
 	}
 	go func() {
-		defer func() { _ = w.Stop() }()
-		initial := true
+		backoff := 100 * time.Millisecond
+		first := true
 		for {
-			select {
-			case <-ctx.Done():
+			s.follow(ctx, w, first)
+			first = false
+			s.live.Store(false)
+			s.obs.TokenWatch(false)
+			if ctx.Err() != nil {
 				return
-			case e, ok := <-w.Updates():
-				if !ok {
-					return
-				}
-				if e == nil {
-					if initial {
-						close(s.synced)
-						initial = false
-					}
-					continue
-				}
-				s.apply(e)
 			}
+			for {
+				s.log.Error("token watch stopped; restarting it (tokens issued meanwhile are read from the bucket)",
+					zap.Duration("retry_in", backoff))
+				select {
+				case <-ctx.Done():
+					return
+				case <-time.After(backoff):
+				}
+				backoff = min(2*backoff, 10*time.Second)
+				if w, err = s.kv.WatchAll(ctx); err == nil {
+					break
+				}
+			}
+			s.log.Info("token watch restarted")
+			backoff = 100 * time.Millisecond
 		}
 	}()
 	return nil
 }
 
+// follow applies one watch's updates until it stops.
+func (s *Store) follow(ctx context.Context, w jetstream.KeyWatcher, first bool) {
+	defer func() { _ = w.Stop() }()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case e, ok := <-w.Updates():
+			if !ok {
+				return
+			}
+			if e == nil {
+				if first {
+					close(s.synced)
+					first = false
+				}
+				s.live.Store(true)
+				s.obs.TokenWatch(true)
+				continue
+			}
+			s.apply(e)
+		}
+	}
+}
+
 // Synced is closed once the watch has loaded every record.
 func (s *Store) Synced() <-chan struct{} { return s.synced }
 
+// Live reports whether the watch is running and up to date.
+func (s *Store) Live() bool { return s.live.Load() }
+
 func (s *Store) apply(e jetstream.KeyValueEntry) {
+	key, ok := keyOf(e.Key())
+	if !ok {
+		return
+	}
 	if e.Operation() != jetstream.KeyValuePut {
 		s.mu.Lock()
-		delete(s.cache, e.Key())
+		delete(s.cache, key)
 		s.mu.Unlock()
 		return
 	}
 	// This replica's own writes come back through the watch: they are
 	// already remembered, so skip decoding them again.
 	s.mu.RLock()
-	c, ok := s.cache[e.Key()]
+	c, ok := s.cache[key]
 	s.mu.RUnlock()
-	if ok && c.rev >= e.Revision() {
+	if ok && !newer(uint32(e.Revision()), c.rev) {
 		return
 	}
 	var rec Record
@@ -182,26 +317,71 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 		s.log.Error("token record is corrupt", zap.String("token_id", e.Key()), zap.Error(err))
 		return
 	}
-	s.remember(rec, e.Revision())
+	s.remember(&rec, e.Revision())
 }
 
 // remember stores rec in the local copy unless a newer revision is there.
-func (s *Store) remember(rec Record, rev uint64) {
+func (s *Store) remember(rec *Record, rev uint64) {
+	key, ok := keyOf(rec.ID)
+	if !ok {
+		return
+	}
+	en, ok := s.compact(rec, rev)
+	if !ok {
+		s.log.Error("token record cannot be held locally (malformed hash, or too many shortcodes)", zap.String("token_id", rec.ID))
+		return
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if c, ok := s.cache[rec.ID]; ok && c.rev >= rev {
+	old, had := s.cache[key]
+	if had && !newer(en.rev, old.rev) {
 		return
 	}
-	if _, ok := s.cache[rec.ID]; !ok && len(s.cache) >= maxCached {
+	if !had && len(s.cache) >= s.maxCached {
+		if !s.full {
+			s.full = true
+			s.log.Error("local token copy is full: tokens past it are checked against the bucket and get no missing-callback events",
+				zap.Int("max_cached", s.maxCached))
+			s.obs.TokenCache(len(s.cache), true)
+		}
 		return
 	}
-	s.cache[rec.ID] = cached{rec, rev}
+	if old.has(flagSettled) {
+		en.set(flagSettled)
+	}
+	s.cache[key] = en
 }
 
-func (s *Store) lookup(id string) (cached, bool) {
+func (s *Store) compact(rec *Record, rev uint64) (entry, bool) {
+	sc, ok := shortcodeIndex(rec.Shortcode)
+	if !ok {
+		return entry{}, false
+	}
+	en := entry{rev: uint32(rev), shortcode: sc, reference: rec.Reference}
+	if !decodeHashPrefix(rec.Hash, &en.hash) {
+		return entry{}, false
+	}
+	if !rec.ExpiresAt.IsZero() {
+		en.setExpiry(max(1, rec.ExpiresAt.UnixMilli()))
+	}
+	for i, k := range daraja.Kinds {
+		if rec.Allows(k) {
+			en.setKinds(1 << i)
+		}
+	}
+	if rec.Reusable {
+		en.set(flagReusable)
+	}
+	if rec.State == StateRevoked {
+		en.set(flagRevoked)
+	}
+	return en, true
+}
+
+func (s *Store) lookup(key tokenKey) (entry, bool) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	c, ok := s.cache[id]
+	c, ok := s.cache[key]
 	return c, ok
 }
 
@@ -211,8 +391,10 @@ type IssueRequest struct {
 	Kinds     []daraja.Kind `json:"kinds"`
 	Shortcode string        `json:"shortcode"`
 	Reference string        `json:"reference,omitempty"`
-	TTL       string        `json:"ttl,omitempty"`
-	Reusable  bool          `json:"reusable,omitempty"`
+	// TTL of a single-use token (default tokens.default_ttl, at most
+	// tokens.max_ttl). A reusable token has no expiry unless TTL is set.
+	TTL      string `json:"ttl,omitempty"`
+	Reusable bool   `json:"reusable,omitempty"`
 }
 
 // RequestError is an issue request the store refuses; Code is stable for
@@ -268,7 +450,10 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 	if !referenceRE.MatchString(req.Reference) {
 		return Issued{}, badRequest("reference: at most 64 printable ASCII characters")
 	}
-	ttl := lim.DefaultTTL
+	var ttl time.Duration
+	if !req.Reusable {
+		ttl = lim.DefaultTTL
+	}
 	if req.TTL != "" {
 		d, err := time.ParseDuration(req.TTL)
 		if err != nil || d <= 0 {
@@ -276,7 +461,7 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 		}
 		ttl = d
 	}
-	if ttl > lim.MaxTTL {
+	if !req.Reusable && ttl > lim.MaxTTL {
 		return Issued{}, badRequest("ttl: %s is longer than the maximum %s", ttl, lim.MaxTTL)
 	}
 	token, id := newToken()
@@ -289,18 +474,24 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 		Reference: req.Reference,
 		Reusable:  req.Reusable,
 		IssuedAt:  now,
-		ExpiresAt: now.Add(ttl),
 		State:     StateIssued,
+	}
+	if ttl > 0 {
+		rec.ExpiresAt = now.Add(ttl)
 	}
 	data, _ := json.Marshal(&rec)
 	rev, err := s.kv.Create(ctx, id, data)
 	if err != nil {
 		return Issued{}, fmt.Errorf("verify: store token %s: %w", id, err)
 	}
-	s.remember(rec, rev)
+	s.remember(&rec, rev)
 	s.obs.TokenEvent("issued")
-	s.log.Info("token issued", zap.String("token_id", id), zap.Strings("kinds", kindStrings(rec.Kinds)),
-		zap.String("shortcode", rec.Shortcode), zap.Bool("reusable", rec.Reusable), zap.Time("expires_at", rec.ExpiresAt))
+	fields := []zap.Field{zap.String("token_id", id), zap.Strings("kinds", kindStrings(rec.Kinds)),
+		zap.String("shortcode", rec.Shortcode), zap.Bool("reusable", rec.Reusable)}
+	if !rec.ExpiresAt.IsZero() {
+		fields = append(fields, zap.Time("expires_at", rec.ExpiresAt))
+	}
+	s.log.Info("token issued", fields...)
 	return Issued{Token: token, Record: rec}, nil
 }
 
@@ -333,7 +524,7 @@ func (s *Store) get(ctx context.Context, id string) (Record, uint64, error) {
 	if err := json.Unmarshal(e.Value(), &rec); err != nil {
 		return Record{}, 0, fmt.Errorf("verify: token %s record is corrupt: %w", id, err)
 	}
-	s.remember(rec, e.Revision())
+	s.remember(&rec, e.Revision())
 	return rec, e.Revision(), nil
 }
 
@@ -344,7 +535,7 @@ func (s *Store) update(ctx context.Context, rec Record, rev uint64) error {
 	if err != nil {
 		return err
 	}
-	s.remember(rec, newRev)
+	s.remember(&rec, newRev)
 	return nil
 }
 
@@ -389,217 +580,162 @@ func (s *Store) Revoke(ctx context.Context, id string) error {
 	return err
 }
 
-// Grant is a token found valid for a kind, ready to be consumed.
+// Grant is a token found valid for a kind: what the callback path needs of
+// its record.
 type Grant struct {
-	Record   Record
-	revision uint64
+	ID        string
+	Shortcode string
+	Reference string
+	// Reusable tokens are not single use.
+	Reusable bool
 }
 
 // Authorize checks that token is known, matches its stored hash, is neither
-// expired nor revoked, and was issued for kind. A consumed single-use token
-// passes here: whether the callback is a duplicate or a replay is decided by
-// Consume, once the body names its transaction.
+// expired nor revoked, and was issued for kind. Whether this (token, kind)
+// was used already is decided by the stream when the callback is stored.
+//
+// A token missing from the local copy (issued a moment ago elsewhere, or
+// past the copy's bound) is read from the bucket; so is a known token whose
+// secret is wrong, so that an unknown id and a wrong secret cost the same.
 func (s *Store) Authorize(ctx context.Context, token string, kind daraja.Kind) (Grant, error) {
-	id, err := ParseToken(token)
-	if err != nil {
+	key, ok := parseKey(token)
+	if !ok {
 		return Grant{}, ErrUnknown
 	}
-	c, ok := s.lookup(id)
-	rec, rev := c.rec, c.rev
-	if !ok {
-		// Not seen by the watch yet (issued a moment ago elsewhere), or
-		// past the local copy's bound: ask the bucket.
+	sum := sha256.Sum256([]byte(token))
+	en, ok := s.lookup(key)
+	if !ok || subtle.ConstantTimeCompare(sum[:16], en.hash[:]) != 1 {
+		id := idFromBytes(key[:])
 		ctx, cancel := context.WithTimeout(ctx, opTimeout)
 		defer cancel()
-		rec, rev, err = s.get(ctx, id)
-		if errors.Is(err, ErrNotFound) {
+		rec, rev, err := s.get(ctx, id)
+		if errors.Is(err, ErrNotFound) || err == nil && ok {
 			return Grant{}, ErrUnknown
 		}
 		if err != nil {
 			return Grant{}, err
 		}
+		if en, ok = s.compact(&rec, rev); !ok || subtle.ConstantTimeCompare(sum[:16], en.hash[:]) != 1 {
+			return Grant{}, ErrUnknown
+		}
 	}
-	if !rec.matches(token) {
-		return Grant{}, ErrUnknown
-	}
-	switch rec.StateAt(s.now()) {
-	case StateRevoked:
+	switch {
+	case en.has(flagRevoked):
 		return Grant{}, ErrRevoked
-	case StateExpired:
+	case en.expiresMs() != 0 && s.now().UnixMilli() >= en.expiresMs():
 		return Grant{}, ErrExpired
-	}
-	if !rec.Allows(kind) {
+	case en.kinds()&kindBit(kind) == 0:
 		return Grant{}, ErrWrongKind
 	}
-	return Grant{Record: rec, revision: rev}, nil
+	return Grant{ID: idFromBytes(key[:]), Shortcode: shortcodeName(en.shortcode), Reference: en.reference,
+		Reusable: en.has(flagReusable)}, nil
 }
 
-// Consume spends a single-use token on the callback identified by
-// callbackID (kind:transaction id). The first callback consumes it; the same
-// callback again is a Duplicate; any other callback is ErrReplay. Reusable
-// tokens are never consumed. Two replicas racing on one token are settled
-// by the bucket's compare-and-set: exactly one wins. When the bucket cannot
-// be reached the consumption is Deferred: held in this replica's memory and
-// written by Settle later.
-func (s *Store) Consume(ctx context.Context, g Grant, callbackID string) (Outcome, error) {
-	rec, rev := g.Record, g.revision
-	if rec.Reusable {
-		return First, nil
-	}
-	for range 8 {
-		switch rec.State {
-		case StateConsumed:
-			if rec.ConsumedBy == callbackID {
-				return Duplicate, nil
-			}
-			return 0, ErrReplay
-		case StateRevoked:
-			return 0, ErrRevoked
-		}
-		now := s.now().UTC()
-		if !now.Before(rec.ExpiresAt) {
-			return 0, ErrExpired
-		}
-		s.mu.RLock()
-		held, deferred := s.offline[rec.ID]
-		s.mu.RUnlock()
-		if deferred {
-			if held == callbackID {
-				return Duplicate, nil
-			}
-			return 0, ErrReplay
-		}
-		rec.State, rec.ConsumedBy, rec.ConsumedAt = StateConsumed, callbackID, &now
-		uctx, cancel := context.WithTimeout(ctx, opTimeout)
-		err := s.update(uctx, rec, rev)
-		cancel()
-		if err == nil {
-			s.obs.TokenEvent("consumed")
-			return First, nil
-		}
-		if !isConflict(err) {
-			return s.deferConsume(rec.ID, callbackID, err)
-		}
-		// Someone else wrote first: read again and decide on what they wrote.
-		gctx, cancel := context.WithTimeout(ctx, opTimeout)
-		rec, rev, err = s.get(gctx, rec.ID)
-		cancel()
-		if err != nil {
-			return 0, err
+func kindBit(k daraja.Kind) uint16 {
+	for i, x := range daraja.Kinds {
+		if x == k {
+			return 1 << i
 		}
 	}
-	return 0, fmt.Errorf("verify: consume %s: too much contention", g.Record.ID)
+	return 0
 }
 
-func (s *Store) deferConsume(id, callbackID string, cause error) (Outcome, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if held, ok := s.offline[id]; ok {
-		if held == callbackID {
-			return Duplicate, nil
-		}
-		return 0, ErrReplay
-	}
-	s.offline[id] = callbackID
-	s.obs.TokenEvent("consumed")
-	s.log.Warn("token bucket unreachable: consumption held locally until it is back",
-		zap.String("token_id", id), zap.Error(cause))
-	return Deferred, nil
-}
-
-// Settle writes a consumption made while the bucket was unreachable (or
-// replayed from the spool after a restart) to the bucket. It is a no-op for
-// reusable tokens and for a token already consumed by the same callback; a
-// token consumed meanwhile by another callback is logged as a conflict.
-func (s *Store) Settle(ctx context.Context, id, callbackID string) error {
-	_, _, err := s.modify(ctx, "settle", id, func(rec *Record) bool {
-		switch {
-		case rec.Reusable || rec.ConsumedBy == callbackID:
-			return false
-		case rec.State != StateIssued:
-			s.log.Error("token used while the bucket was unreachable was consumed elsewhere meanwhile",
-				zap.String("token_id", id), zap.String("state", rec.State),
-				zap.String("here", callbackID), zap.String("there", rec.ConsumedBy))
-			return false
-		}
-		now := s.now().UTC()
-		rec.State, rec.ConsumedBy, rec.ConsumedAt = StateConsumed, callbackID, &now
-		return true
-	})
-	if errors.Is(err, ErrNotFound) {
-		err = nil
-	}
-	if err == nil {
-		s.forget(id)
-	}
-	return err
-}
-
-// DeferredCount is how many consumptions are held locally.
-func (s *Store) DeferredCount() int {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.offline)
-}
-
-func (s *Store) forget(id string) {
-	s.mu.Lock()
-	delete(s.offline, id)
-	s.mu.Unlock()
-}
-
-// SettleDeferred settles every consumption held locally; it returns the
-// first error and how many remain.
-func (s *Store) SettleDeferred(ctx context.Context) (remaining int, err error) {
-	s.mu.RLock()
-	pending := make(map[string]string, len(s.offline))
-	for id, cb := range s.offline {
-		pending[id] = cb
-	}
-	s.mu.RUnlock()
-	for id, cb := range pending {
-		if err := s.Settle(ctx, id, cb); err != nil {
-			return len(pending), err
-		}
-	}
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return len(s.offline), nil
-}
-
-// Sweep finds single-use tokens that expired unconsumed and hands each to
-// emit once (emit must be idempotent across replicas: publish with a
-// Msg-Id); after emit succeeds the record is marked so no replica emits it
-// again. It also drops long-finished records from the local copy.
-func (s *Store) Sweep(ctx context.Context, emit func(context.Context, Record) error) (emitted int, err error) {
+// Sweep settles single-use tokens that expired (MissingGrace ago) without
+// being revoked: for each, it reads the full record and hands it to
+// resolve, which publishes the missing-callback event unless the stream
+// holds a callback for it (resolve must be idempotent across replicas).
+// At most limit tokens are resolved per call. It also counts reusable
+// tokens near expiry (logging each once a day) and drops long-finished
+// records from the local copy.
+func (s *Store) Sweep(ctx context.Context, limit int, resolve func(context.Context, Record) (sent bool, err error)) (sent int, err error) {
 	now := s.now()
-	var due []cached
+	nowMs := now.UnixMilli()
+	graceMs, dayMs, warnMs := s.grace.Milliseconds(), (24 * time.Hour).Milliseconds(), ExpiryWarning.Milliseconds()
+	var due []tokenKey
+	var expiring []tokenKey
 	s.mu.Lock()
-	for id, c := range s.cache {
-		r := &c.rec
-		switch {
-		case r.State == StateIssued && !r.Reusable && !r.MissingSent && !now.Before(r.ExpiresAt):
-			if _, held := s.offline[id]; !held {
-				due = append(due, c)
-			}
-		case now.After(r.ExpiresAt.Add(time.Hour)) && (r.State != StateIssued || r.Reusable || r.MissingSent):
-			delete(s.cache, id)
+	for key, en := range s.cache {
+		exp := en.expiresMs()
+		if exp == 0 {
+			continue
 		}
+		reusable, settled := en.has(flagReusable), en.has(flagSettled|flagRevoked)
+		switch {
+		case !reusable && !settled && nowMs >= exp+graceMs:
+			if len(due) < limit {
+				due = append(due, key)
+			}
+		case reusable && nowMs < exp && exp-nowMs < warnMs:
+			expiring = append(expiring, key)
+		case nowMs > exp+graceMs+dayMs && (settled || reusable):
+			delete(s.cache, key)
+		}
+	}
+	size := len(s.cache)
+	s.mu.Unlock()
+	s.obs.TokenCache(size, s.isFull())
+	s.obs.ReusableExpiring(len(expiring))
+	s.warnExpiring(now, expiring)
+
+	for _, key := range due {
+		id := idFromBytes(key[:])
+		rec, _, gerr := s.get(ctx, id)
+		if gerr == nil && rec.State == StateIssued && !rec.Reusable && !rec.ExpiresAt.IsZero() {
+			var ok bool
+			if ok, err = resolve(ctx, rec); err != nil {
+				return sent, err
+			}
+			if ok {
+				sent++
+				s.obs.TokenEvent("expired")
+			}
+		} else if gerr != nil && !errors.Is(gerr, ErrNotFound) {
+			return sent, gerr
+		}
+		s.settle(key)
+	}
+	return sent, nil
+}
+
+func (s *Store) isFull() bool {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	return s.full
+}
+
+func (s *Store) settle(key tokenKey) {
+	s.mu.Lock()
+	if en, ok := s.cache[key]; ok {
+		en.set(flagSettled)
+		s.cache[key] = en
 	}
 	s.mu.Unlock()
-	for _, c := range due {
-		if err := emit(ctx, c.rec); err != nil {
-			return emitted, err
+}
+
+// warnExpiring logs each reusable token near its expiry once a day.
+func (s *Store) warnExpiring(now time.Time, keys []tokenKey) {
+	s.warnMu.Lock()
+	defer s.warnMu.Unlock()
+	for _, key := range keys {
+		id := idFromBytes(key[:])
+		if last, ok := s.warned[id]; ok && now.Sub(last) < 24*time.Hour {
+			continue
 		}
-		emitted++
-		s.obs.TokenEvent("expired")
-		rec := c.rec
-		rec.MissingSent = true
-		if err := s.update(ctx, rec, c.rev); err != nil && !isConflict(err) {
-			return emitted, fmt.Errorf("verify: mark %s missing: %w", rec.ID, err)
+		s.warned[id] = now
+		en, ok := s.lookup(key)
+		if !ok {
+			continue
+		}
+		exp := en.expiresAt().UTC()
+		s.log.Warn("reusable token expires soon: every callback on its registered URLs will be refused after; rotate it and register the successor's URLs",
+			zap.String("token_id", id), zap.String("shortcode", shortcodeName(en.shortcode)), zap.Time("expires_at", exp),
+			zap.Duration("left", exp.Sub(now).Round(time.Minute)))
+	}
+	for id, last := range s.warned {
+		if now.Sub(last) > 48*time.Hour {
+			delete(s.warned, id)
 		}
 	}
-	return emitted, nil
 }
 
 func isConflict(err error) bool {
@@ -610,7 +746,8 @@ func isConflict(err error) bool {
 // reference and reusability, and shortens the old token's life to overlap
 // from now (if it would live longer), so both are valid while Daraja's
 // registered URLs are switched over. ttl "" gives the successor the old
-// token's lifetime, capped by the limits.
+// token's lifetime (none for a reusable token without expiry), capped by
+// the limits for single-use tokens.
 func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.Duration, lim Limits) (Issued, error) {
 	if overlap < 0 {
 		return Issued{}, badRequest("overlap: must not be negative")
@@ -622,9 +759,12 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 	if st := old.StateAt(s.now()); st != StateIssued {
 		return Issued{}, &RequestError{Code: "not_rotatable", Message: "token is " + st + "; only a live token can be rotated"}
 	}
-	if ttl == "" {
+	if ttl == "" && !old.ExpiresAt.IsZero() {
 		life := old.ExpiresAt.Sub(old.IssuedAt)
-		ttl = min(life, lim.MaxTTL).String()
+		if !old.Reusable {
+			life = min(life, lim.MaxTTL)
+		}
+		ttl = life.String()
 	}
 	next, err := s.Issue(ctx, IssueRequest{
 		Kinds: old.Kinds, Shortcode: old.Shortcode, Reference: old.Reference, TTL: ttl, Reusable: old.Reusable,
@@ -634,7 +774,7 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 	}
 	rec, _, err := s.modify(ctx, "rotate", id, func(rec *Record) bool {
 		rec.RotatedTo = next.Record.ID
-		if end := s.now().UTC().Add(overlap); end.Before(rec.ExpiresAt) {
+		if end := s.now().UTC().Add(overlap); rec.ExpiresAt.IsZero() || end.Before(rec.ExpiresAt) {
 			rec.ExpiresAt = end
 		}
 		return true

@@ -2,11 +2,19 @@ package verify
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/internal/natstest"
@@ -96,7 +104,7 @@ func TestStoredHashedOnly(t *testing.T) {
 	}
 }
 
-func TestAuthorizeAndConsume(t *testing.T) {
+func TestAuthorize(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	stk := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", Reference: "ORDER-1"})
@@ -121,26 +129,45 @@ func TestAuthorizeAndConsume(t *testing.T) {
 			t.Errorf("%s: got %v, want %v", name, err, tc.want)
 		}
 	}
-
 	g, err := s.Authorize(ctx, stk.Token, daraja.STKCallback)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if out, err := s.Consume(ctx, g, "stk.callback:ws_1"); err != nil || out != First {
-		t.Fatalf("first consume: %v, %v", out, err)
+	if g != (Grant{ID: stk.Record.ID, Shortcode: "174379", Reference: "ORDER-1"}) {
+		t.Fatalf("grant %+v", g)
 	}
-	// The same callback again is a duplicate, another one is a replay.
-	g, _ = s.Authorize(ctx, stk.Token, daraja.STKCallback)
-	if out, err := s.Consume(ctx, g, "stk.callback:ws_1"); err != nil || out != Duplicate {
-		t.Fatalf("repeat: %v, %v", out, err)
+	// Checks never write the bucket: single use is the stream's business.
+	rec, rev, err := s.get(ctx, stk.Record.ID)
+	if err != nil || rec.State != StateIssued {
+		t.Fatalf("record after checks: %+v %v", rec, err)
 	}
-	if _, err := s.Consume(ctx, g, "stk.callback:ws_2"); !errors.Is(err, ErrReplay) {
-		t.Fatalf("replay: %v", err)
+	for range 3 {
+		if _, err := s.Authorize(ctx, stk.Token, daraja.STKCallback); err != nil {
+			t.Fatal(err)
+		}
 	}
-	// A stale grant (read before the consumption) still loses the race.
-	st, _ := s.Get(ctx, stk.Record.ID)
-	if st.State != StateConsumed || st.ConsumedBy != "stk.callback:ws_1" {
-		t.Fatalf("record after consume: %+v", st)
+	if _, rev2, _ := s.get(ctx, stk.Record.ID); rev2 != rev {
+		t.Fatalf("Authorize wrote the bucket: revision %d → %d", rev, rev2)
+	}
+}
+
+// TestAuthorizeIssuedElsewhere: a token issued by another replica that
+// this one's local copy has not seen yet is read from the bucket.
+func TestAuthorizeIssuedElsewhere(t *testing.T) {
+	ctx := context.Background()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	o := StoreOptions{Bucket: "test_tokens", Replicas: 1, Retain: 48 * time.Hour}
+	a, err := NewStore(ctx, js, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := NewStore(ctx, js, o, nil) // no watch: it learns only by reading
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss := issue(t, a, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000"})
+	if _, err := b.Authorize(ctx, iss.Token, daraja.B2CResult); err != nil {
+		t.Fatalf("replica b: %v", err)
 	}
 }
 
@@ -158,17 +185,9 @@ func TestExpiredAndRevoked(t *testing.T) {
 	if _, err := s.Authorize(ctx, b.Token, daraja.STKCallback); !errors.Is(err, ErrRevoked) {
 		t.Errorf("revoked: %v", err)
 	}
-	g, err := s.Authorize(ctx, a.Token, daraja.STKCallback)
-	if err != nil {
-		t.Fatal(err)
-	}
 	s.now = func() time.Time { return time.Now().Add(2 * time.Hour) }
 	if _, err := s.Authorize(ctx, a.Token, daraja.STKCallback); !errors.Is(err, ErrExpired) {
 		t.Errorf("expired: %v", err)
-	}
-	// Expiry between Authorize and Consume is caught too.
-	if _, err := s.Consume(ctx, g, "stk.callback:x"); !errors.Is(err, ErrExpired) {
-		t.Errorf("consume after expiry: %v", err)
 	}
 	if rec, _ := s.Get(ctx, a.Record.ID); rec.StateAt(s.now()) != StateExpired {
 		t.Errorf("state = %s", rec.StateAt(s.now()))
@@ -178,55 +197,152 @@ func TestExpiredAndRevoked(t *testing.T) {
 	}
 }
 
-func TestReusableNeverConsumed(t *testing.T) {
+// TestReusableNeverExpiresByDefault: a registered C2B URL's token that
+// expired silently would refuse every payment notice; without a ttl it
+// lives until revoked or rotated, and with one it warns 14 days ahead.
+func TestReusableNeverExpiresByDefault(t *testing.T) {
 	ctx := context.Background()
-	s := newStore(t)
-	c2b := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BValidation, daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true})
-	for _, tx := range []string{"A", "B", "A"} {
-		g, err := s.Authorize(ctx, c2b.Token, daraja.C2BConfirmation)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if out, err := s.Consume(ctx, g, "c2b.confirmation:"+tx); err != nil || out != First {
-			t.Fatalf("%s: %v %v", tx, out, err)
-		}
+	obs := &countObserver{}
+	_, js := natstest.Connect(t, natstest.Server(t))
+	s, err := NewStore(ctx, js, StoreOptions{Bucket: "test_tokens", Replicas: 1, Retain: 48 * time.Hour, Observer: obs}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	forever := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BValidation, daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true})
+	if !forever.Record.ExpiresAt.IsZero() {
+		t.Fatalf("reusable token without ttl expires at %s", forever.Record.ExpiresAt)
+	}
+	// Longer than max_ttl is fine for a reusable token the operator dates.
+	dated := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true, TTL: "2400h"})
+	s.now = func() time.Time { return time.Now().Add(10 * 365 * 24 * time.Hour) }
+	if _, err := s.Authorize(ctx, forever.Token, daraja.C2BConfirmation); err != nil {
+		t.Fatalf("ten years on: %v", err)
+	}
+	if _, err := s.Authorize(ctx, dated.Token, daraja.C2BConfirmation); !errors.Is(err, ErrExpired) {
+		t.Fatalf("dated reusable token after its expiry: %v", err)
+	}
+	// 90 days on, the dated one has 10 days left: counted, not expired.
+	s.now = func() time.Time { return time.Now().Add(90 * 24 * time.Hour) }
+	if _, err := s.Sweep(ctx, 10, func(context.Context, Record) (bool, error) {
+		t.Error("a reusable token is never a missing callback")
+		return false, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if obs.expiring != 1 {
+		t.Fatalf("reusable tokens expiring counted %d, want 1", obs.expiring)
 	}
 }
 
-// TestConsumeRace: many concurrent consumers of one token with different
-// callbacks; exactly one wins, every other is a replay.
-func TestConsumeRace(t *testing.T) {
+type countObserver struct {
+	mu       sync.Mutex
+	expiring int
+	watchUp  []bool
+}
+
+func (o *countObserver) TokenEvent(string)    {}
+func (o *countObserver) TokenCache(int, bool) {}
+func (o *countObserver) ReusableExpiring(n int) {
+	o.mu.Lock()
+	o.expiring = n
+	o.mu.Unlock()
+}
+func (o *countObserver) TokenWatch(up bool) {
+	o.mu.Lock()
+	o.watchUp = append(o.watchUp, up)
+	o.mu.Unlock()
+}
+
+// TestSweepResolvesEachExpiredTokenOnce: single-use tokens past expiry
+// and grace are handed to resolve once; revoked and live ones never.
+func TestSweepResolvesEachExpiredTokenOnce(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
-	iss := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000"})
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	wins, replays := 0, 0
-	for i := range 20 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			g, err := s.Authorize(ctx, iss.Token, daraja.B2CResult)
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			out, err := s.Consume(ctx, g, "b2c.result:"+string(rune('a'+i)))
-			mu.Lock()
-			defer mu.Unlock()
-			switch {
-			case err == nil && out == First:
-				wins++
-			case errors.Is(err, ErrReplay):
-				replays++
-			default:
-				t.Errorf("unexpected %v %v", out, err)
-			}
-		}()
+	s.grace = time.Minute
+	expired := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult, daraja.B2CTimeout}, Shortcode: "600000", TTL: "1m"})
+	revoked := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000", TTL: "1m"})
+	live := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000", TTL: "1h"})
+	_ = live
+	if err := s.Revoke(ctx, revoked.Record.ID); err != nil {
+		t.Fatal(err)
 	}
-	wg.Wait()
-	if wins != 1 || replays != 19 {
-		t.Fatalf("wins=%d replays=%d", wins, replays)
+	var got []string
+	resolve := func(_ context.Context, rec Record) (bool, error) {
+		got = append(got, rec.ID)
+		return true, nil
+	}
+	// Within the grace after expiry: not yet.
+	s.now = func() time.Time { return time.Now().Add(90 * time.Second) }
+	if n, err := s.Sweep(ctx, 10, resolve); err != nil || n != 0 {
+		t.Fatalf("within grace: %d %v", n, err)
+	}
+	s.now = func() time.Time { return time.Now().Add(3 * time.Minute) }
+	for range 3 {
+		if _, err := s.Sweep(ctx, 10, resolve); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(got) != 1 || got[0] != expired.Record.ID {
+		t.Fatalf("resolved %v, want once %s", got, expired.Record.ID)
+	}
+}
+
+// TestWatchRestarts: a watch that stops (its consumer deleted under it)
+// is logged, reported and restarted, and the copy follows new tokens.
+func TestWatchRestarts(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	obs := &countObserver{}
+	core, logs := observer.New(zap.InfoLevel)
+	_, js := natstest.Connect(t, natstest.Server(t))
+	o := StoreOptions{Bucket: "test_tokens", Replicas: 1, Retain: 48 * time.Hour, Observer: obs}
+	s, err := NewStore(ctx, js, o, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Watch(ctx); err != nil {
+		t.Fatal(err)
+	}
+	<-s.Synced()
+	// Delete the watch's consumer from the server side.
+	str, err := js.Stream(ctx, "KV_test_tokens")
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool {
+		for name := range str.ConsumerNames(ctx).Name() {
+			_ = str.DeleteConsumer(ctx, name)
+		}
+		return logs.FilterMessageSnippet("token watch").Len() > 0 || s.Live()
+	})
+	other, err := NewStore(ctx, js, o, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	iss := issue(t, other, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
+	key, _ := keyOf(iss.Record.ID)
+	waitFor(t, func() bool { _, ok := s.lookup(key); return ok })
+}
+
+func waitFor(t *testing.T, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 15s")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestTokensAvoidRefusedWords: Daraja refuses callback URLs holding
+// M-PESA, Safaricom, exe, cmd, sql, query and their variants.
+func TestTokensAvoidRefusedWords(t *testing.T) {
+	for range 20000 {
+		tok, _ := newToken()
+		if daraja.HasRefusedWord(tok) {
+			t.Fatalf("token %q holds a refused word", tok)
+		}
 	}
 }
 
@@ -277,14 +393,53 @@ func BenchmarkAuthorize(b *testing.B) {
 	}
 }
 
-func TestMatchesRefusesBadStoredHash(t *testing.T) {
+func TestDecodeHashPrefixRefusesBadStoredHash(t *testing.T) {
 	tok, _ := newToken()
-	for _, h := range []string{"", "zz", hashToken(tok) + "00", hashToken(tok)[:62]} {
-		if (&Record{Hash: h}).matches(tok) {
-			t.Errorf("hash %q matched", h)
+	var out [16]byte
+	for _, h := range []string{"", "zz", hashToken(tok) + "00", hashToken(tok)[:62], strings.Repeat("g", 64)} {
+		if decodeHashPrefix(h, &out) {
+			t.Errorf("hash %q decoded", h)
 		}
 	}
-	if !(&Record{Hash: hashToken(tok)}).matches(tok) {
-		t.Error("the right hash did not match")
+	if !decodeHashPrefix(hashToken(tok), &out) {
+		t.Error("the right hash did not decode")
+	}
+}
+
+// TestLocalCopyMemory measures the local copy's cost per live token (the
+// target is at most 200 bytes). Set DARAJA_TOKEN_MEMORY=1000000 to measure
+// at a million tokens; by default it checks 100,000.
+func TestLocalCopyMemory(t *testing.T) {
+	n := 100_000
+	if v := os.Getenv("DARAJA_TOKEN_MEMORY"); v != "" {
+		n, _ = strconv.Atoi(v)
+	}
+	s := &Store{cache: map[tokenKey]entry{}, maxCached: n + 1, obs: nopObserver{}, log: zap.NewNop()}
+	recs := make([]Record, 1000)
+	for i := range recs {
+		tok, id := newToken()
+		recs[i] = Record{ID: id, Hash: hashToken(tok), Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379",
+			Reference: fmt.Sprintf("ORDER-%07d", i), ExpiresAt: time.Now().Add(time.Hour), State: StateIssued}
+	}
+	runtime.GC()
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	for i := range n {
+		r := recs[i%len(recs)]
+		var b [idBytes]byte
+		_, _ = rand.Read(b[:])
+		r.ID = idFromBytes(b[:])
+		r.Reference = fmt.Sprintf("ORDER-%07d", i) // a fresh string per token, as the watch gives
+		s.remember(&r, uint64(i+1))
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if len(s.cache) != n {
+		t.Fatalf("cached %d of %d", len(s.cache), n)
+	}
+	per := float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
+	t.Logf("TOKENS local copy: %d live tokens, %.0f bytes each", n, per)
+	if per > 200 {
+		t.Errorf("local copy costs %.0f bytes per token, want at most 200", per)
 	}
 }

@@ -7,7 +7,6 @@ package verify
 import (
 	"crypto/rand"
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/base32"
 	"encoding/base64"
 	"encoding/hex"
@@ -37,20 +36,18 @@ var idEncoding = base32.StdEncoding.WithPadding(base32.NoPadding)
 
 // Record is what the bucket holds for one token. It never holds the token.
 type Record struct {
-	ID         string        `json:"id"`
-	Hash       string        `json:"hash"` // hex SHA-256 of the token
-	Kinds      []daraja.Kind `json:"kinds"`
-	Shortcode  string        `json:"shortcode"`
-	Reference  string        `json:"reference,omitempty"`
-	Reusable   bool          `json:"reusable,omitempty"`
-	IssuedAt   time.Time     `json:"issued_at"`
-	ExpiresAt  time.Time     `json:"expires_at"`
-	State      string        `json:"state"`
-	ConsumedBy string        `json:"consumed_by,omitempty"` // kind:transaction id
-	ConsumedAt *time.Time    `json:"consumed_at,omitempty"`
-	RevokedAt  *time.Time    `json:"revoked_at,omitempty"`
-	// MissingSent is set once the missing-callback event was published.
-	MissingSent bool `json:"missing_sent,omitempty"`
+	ID        string        `json:"id"`
+	Hash      string        `json:"hash"` // hex SHA-256 of the token
+	Kinds     []daraja.Kind `json:"kinds"`
+	Shortcode string        `json:"shortcode"`
+	Reference string        `json:"reference,omitempty"`
+	Reusable  bool          `json:"reusable,omitempty"`
+	IssuedAt  time.Time     `json:"issued_at"`
+	ExpiresAt time.Time     `json:"expires_at"` // zero: never (reusable tokens)
+	// State is issued or revoked: whether a callback used the token is
+	// read from the stream, where the callback itself is.
+	State     string     `json:"state"`
+	RevokedAt *time.Time `json:"revoked_at,omitempty"`
 	// RotatedTo names the token that replaced this one.
 	RotatedTo string `json:"rotated_to,omitempty"`
 }
@@ -58,10 +55,10 @@ type Record struct {
 // Allows reports whether the token was issued for kind k.
 func (r *Record) Allows(k daraja.Kind) bool { return slices.Contains(r.Kinds, k) }
 
-// StateAt is the token's state as seen at now: an issued token past its
-// expiry is expired.
+// StateAt is the token's state in the bucket as seen at now: an issued
+// token past its expiry is expired.
 func (r *Record) StateAt(now time.Time) string {
-	if r.State == StateIssued && !now.Before(r.ExpiresAt) {
+	if r.State == StateIssued && !r.ExpiresAt.IsZero() && !now.Before(r.ExpiresAt) {
 		return StateExpired
 	}
 	return r.State
@@ -69,10 +66,17 @@ func (r *Record) StateAt(now time.Time) string {
 
 // newToken returns a fresh token and its id. The token is URL-safe base64
 // of id bytes followed by secret bytes, so a token names its own record.
+// Tokens holding a word Daraja refuses in callback URLs (about 1 in 270)
+// are drawn again, so a handed-out URL is never refused by Daraja.
 func newToken() (token, id string) {
 	var b [idBytes + secretBytes]byte
-	_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
-	return base64.RawURLEncoding.EncodeToString(b[:]), idFromBytes(b[:idBytes])
+	for {
+		_, _ = rand.Read(b[:]) // crypto/rand.Read never fails (Go 1.24+)
+		token = base64.RawURLEncoding.EncodeToString(b[:])
+		if !daraja.HasRefusedWord(token) {
+			return token, idFromBytes(b[:idBytes])
+		}
+	}
 }
 
 func idFromBytes(b []byte) string {
@@ -95,19 +99,45 @@ var ErrTokenFormat = errors.New("not a token")
 // ParseToken returns the id a token claims to have. It checks the format
 // only; the secret is checked against the stored hash by the Store.
 func ParseToken(token string) (id string, err error) {
-	if len(token) != tokenLen {
+	key, ok := parseKey(token)
+	if !ok {
 		return "", ErrTokenFormat
+	}
+	return idFromBytes(key[:]), nil
+}
+
+// parseKey returns the id bytes a well-formed token claims.
+func parseKey(token string) (key tokenKey, ok bool) {
+	if len(token) != tokenLen {
+		return key, false
 	}
 	var b [idBytes + secretBytes]byte
 	n, err := base64.RawURLEncoding.Decode(b[:], []byte(token))
 	if err != nil || n != len(b) {
-		return "", ErrTokenFormat
+		return key, false
 	}
-	// Only the canonical encoding is a token: no two strings name one token.
-	if base64.RawURLEncoding.EncodeToString(b[:]) != token {
-		return "", ErrTokenFormat
+	// Only the canonical encoding is a token: no two strings name one
+	// token. 30 bytes encode to 40 characters with no partial group, so
+	// a successful decode of the right length is canonical.
+	copy(key[:], b[:idBytes])
+	return key, true
+}
+
+// keyOf returns the id bytes of a token id ("tok_" + base32).
+func keyOf(id string) (key tokenKey, ok bool) {
+	if !ValidID(id) {
+		return key, false
 	}
-	return idFromBytes(b[:idBytes]), nil
+	var up [16]byte
+	for i := range up {
+		c := id[len(idPrefix)+i]
+		if c >= 'a' && c <= 'z' {
+			c -= 'a' - 'A'
+		}
+		up[i] = c
+	}
+	n, err := idEncoding.Decode(key[:], up[:])
+	return key, err == nil && n == idBytes
 }
 
 // ValidID reports whether s has the form of a token id.
@@ -128,15 +158,15 @@ func hashToken(token string) string {
 	return hex.EncodeToString(sum[:])
 }
 
-// matches compares token against the record's hash in constant time.
-func (r *Record) matches(token string) bool {
-	var want [sha256.Size]byte
-	if len(r.Hash) != 2*len(want) {
+// decodeHashPrefix decodes the first half of a record's hex SHA-256.
+func decodeHashPrefix(h string, out *[16]byte) bool {
+	if len(h) != 2*sha256.Size {
 		return false
 	}
-	if _, err := hex.Decode(want[:], []byte(r.Hash)); err != nil {
+	var full [sha256.Size]byte
+	if _, err := hex.Decode(full[:], []byte(h)); err != nil {
 		return false
 	}
-	got := sha256.Sum256([]byte(token))
-	return subtle.ConstantTimeCompare(got[:], want[:]) == 1
+	copy(out[:], full[:16])
+	return true
 }
