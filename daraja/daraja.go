@@ -270,6 +270,20 @@ func identifier(raw json.RawMessage, name string) (string, error) {
 	return s, nil
 }
 
+// decode unmarshals body, which checkDocument accepted, into v: a struct
+// whose containers are pointers (nil when the body has something else
+// there), structs or lists, and whose leaves are json.RawMessage. A member of
+// another type than v expects is left zero, never an error: encoding/json
+// records the mismatch and goes on with the rest of the body.
+func decode(body []byte, v any) error {
+	err := json.Unmarshal(body, v)
+	var mismatch *json.UnmarshalTypeError
+	if err != nil && !errors.As(err, &mismatch) {
+		return fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	return nil
+}
+
 type c2bBody struct {
 	TransID           json.RawMessage
 	TransAmount       json.RawMessage
@@ -279,8 +293,8 @@ type c2bBody struct {
 
 func parseC2B(body []byte) (Callback, error) {
 	var b c2bBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		return Callback{}, fmt.Errorf("%w: %v", ErrMalformed, err)
+	if err := decode(body, &b); err != nil {
+		return Callback{}, err
 	}
 	id, err := identifier(b.TransID, "TransID")
 	if err != nil {
@@ -318,43 +332,23 @@ type item struct {
 	Value json.RawMessage
 }
 
-// items reads a list Daraja sends as an array, or as a single object when it
-// has one entry. Entries that are not objects are skipped; anything else
-// is an empty list.
-func items(raw json.RawMessage) []item {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return nil
-	}
-	switch raw[0] {
-	case '{':
+// list is a list Daraja sends as an array, or as a single object when it
+// has one entry. Entries that are not objects are left empty; a value that
+// is neither an array nor an object is an empty list. It never fails.
+type list []item
+
+func (l *list) UnmarshalJSON(b []byte) error {
+	switch b = bytes.TrimSpace(b); {
+	case len(b) > 0 && b[0] == '{':
 		var one item
-		if !object(raw, &one) {
-			return nil
-		}
-		return []item{one}
-	case '[':
-		var list []json.RawMessage
-		if json.Unmarshal(raw, &list) != nil {
-			return nil
-		}
-		out := make([]item, 0, len(list))
-		for _, e := range list {
-			var it item
-			if object(e, &it) {
-				out = append(out, it)
-			}
-		}
-		return out
+		_ = json.Unmarshal(b, &one) // item's fields take any value
+		*l = list{one}
+	case len(b) > 0 && b[0] == '[':
+		var many []item
+		_ = json.Unmarshal(b, &many) // entries of another type stay empty
+		*l = many
 	}
 	return nil
-}
-
-// object decodes raw into v when raw is a JSON object; v's fields must all
-// be json.RawMessage, so that no member's type can fail the decoding.
-func object(raw json.RawMessage, v any) bool {
-	raw = bytes.TrimSpace(raw)
-	return len(raw) > 0 && raw[0] == '{' && json.Unmarshal(raw, v) == nil
 }
 
 type stkBody struct {
@@ -362,15 +356,15 @@ type stkBody struct {
 		StkCallback *struct {
 			CheckoutRequestID json.RawMessage
 			ResultCode        json.RawMessage
-			CallbackMetadata  json.RawMessage
+			CallbackMetadata  struct{ Item list }
 		} `json:"stkCallback"`
 	}
 }
 
 func parseSTK(body []byte) (Callback, error) {
 	var b stkBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		return Callback{}, fmt.Errorf("%w: not an STK callback: %v", ErrMalformed, err)
+	if err := decode(body, &b); err != nil {
+		return Callback{}, err
 	}
 	if b.Body == nil || b.Body.StkCallback == nil {
 		return Callback{}, fmt.Errorf("%w: STK body needs Body.stkCallback", ErrMalformed)
@@ -384,10 +378,8 @@ func parseSTK(body []byte) (Callback, error) {
 		return Callback{}, fmt.Errorf("%w: stkCallback needs CheckoutRequestID", ErrMalformed)
 	}
 	cb := Callback{TransactionID: id, ResultCode: info(s.ResultCode)}
-	var meta struct{ Item json.RawMessage }
-	object(s.CallbackMetadata, &meta)
 	// With a name repeated, the first usable value wins.
-	for _, it := range items(meta.Item) {
+	for _, it := range s.CallbackMetadata.Item {
 		name, _ := scalar(it.Name)
 		v := info(it.Value)
 		switch {
@@ -410,14 +402,14 @@ type resultBody struct {
 		OriginatorConversationID json.RawMessage
 		ConversationID           json.RawMessage
 		TransactionID            json.RawMessage
-		ResultParameters         json.RawMessage
+		ResultParameters         struct{ ResultParameter list }
 	}
 }
 
 func parseResult(k Kind, body []byte) (Callback, error) {
 	var b resultBody
-	if err := json.Unmarshal(body, &b); err != nil {
-		return Callback{}, fmt.Errorf("%w: not a result: %v", ErrMalformed, err)
+	if err := decode(body, &b); err != nil {
+		return Callback{}, err
 	}
 	r := b.Result
 	if r == nil {
@@ -440,11 +432,9 @@ func parseResult(k Kind, body []byte) (Callback, error) {
 		TransactionID: id, Receipt: info(r.TransactionID), ResultCode: info(r.ResultCode),
 		ResultType: info(r.ResultType), OriginatorConversationID: originator,
 	}
-	var params struct{ ResultParameter json.RawMessage }
-	object(r.ResultParameters, &params)
 	receiptParam := ""
 	// With a key repeated, the first usable value wins.
-	for _, p := range items(params.ResultParameter) {
+	for _, p := range r.ResultParameters.ResultParameter {
 		key, _ := scalar(p.Key)
 		switch key {
 		case "TransactionAmount", "Amount":
