@@ -803,7 +803,7 @@ func FuzzDecode(f *testing.F) {
 }
 
 // FuzzRecover writes records, damages the segment as the fuzzer says (bit
-// flips, zeroed stretches, cuts, inserted bytes), then opens and drains it.
+// flips, bytes set, zeroed stretches, cuts, inserted bytes), then opens and drains it.
 // Every record replayed is one that was written, in order, none twice;
 // the count Open reports is what the drain replays; and every record whose
 // bytes the damage did not touch is replayed.
@@ -856,10 +856,15 @@ func FuzzRecover(f *testing.F) {
 		for ; len(ops) >= 4 && len(data) > 0; ops = ops[4:] {
 			pos := int64(binary.BigEndian.Uint16(ops[1:3])) % int64(len(data))
 			arg := ops[3]
-			switch ops[0] % 4 {
+			switch ops[0] % 5 {
 			case 0: // flip one bit
 				data[pos] ^= 1 << (arg % 8)
 				touch(pos, pos+1)
+			case 4: // set a byte
+				if data[pos] != arg {
+					data[pos] = arg
+					touch(pos, pos+1)
+				}
 			case 1: // zero a stretch
 				end := min(pos+int64(arg)+1, int64(len(data)))
 				clear(data[pos:end])
