@@ -6,7 +6,7 @@
 //
 // Append returns nil only once the record's bytes are fsynced and, for the
 // first record of a segment, once the new segment's name is fsynced into
-// the directory. A record Append accepted is therefore on disk when the
+// the directory (Open fsyncs the parent of any directory it creates). A record Append accepted is therefore on disk when the
 // power goes, and the next Open replays it.
 //
 // An Append that returns an error leaves no record behind: the partial or
@@ -191,10 +191,10 @@ func OpenOptions(dir string, opts Options, log *zap.Logger) (*Spool, error) {
 	if fs == nil {
 		fs = osFS{}
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("spool: %w", err)
-	}
 	s := &Spool{dir: dir, opts: opts, fs: fs, log: log.Named("spool")}
+	if err := s.makeDir(); err != nil {
+		return nil, err
+	}
 	segs, maxSeq, err := s.list()
 	if err != nil {
 		return nil, err
@@ -217,6 +217,33 @@ func OpenOptions(dir string, opts Options, log *zap.Logger) (*Spool, error) {
 			zap.Int64("records", s.records), zap.Int64("bytes", s.size))
 	}
 	return s, nil
+}
+
+// makeDir creates the spool directory and fsyncs the parent of each
+// directory it created, so that the directory itself survives a power cut.
+func (s *Spool) makeDir() error {
+	var created []string
+	for d := filepath.Clean(s.dir); ; d = filepath.Dir(d) {
+		if _, err := os.Stat(d); err == nil {
+			break
+		}
+		created = append(created, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("spool: %w", err)
+	}
+	if s.opts.NoSync {
+		return nil
+	}
+	for _, d := range slices.Backward(created) {
+		if err := s.fs.SyncDir(filepath.Dir(d)); err != nil {
+			return fmt.Errorf("spool: fsync %s after creating %s: %w", filepath.Dir(d), d, err)
+		}
+	}
+	return nil
 }
 
 func (s *Spool) path(seq uint64) string {

@@ -693,6 +693,26 @@ func TestSyncs(t *testing.T) {
 	step("no sync: drain", func() { collect(t, s) }, 0, 0)
 }
 
+// TestOpenSyncsNewDirectories: the directories Open creates are fsynced
+// into their parents; an existing directory costs no fsync.
+func TestOpenSyncsNewDirectories(t *testing.T) {
+	base := t.TempDir()
+	fs := &faultFS{}
+	mustOpen(t, filepath.Join(base, "data", "spool"), Options{fs: fs})
+	if fs.dirSyncs != 2 {
+		t.Errorf("created two directories, fsynced %d parents", fs.dirSyncs)
+	}
+	fs = &faultFS{}
+	mustOpen(t, filepath.Join(base, "data", "spool"), Options{fs: fs})
+	if fs.dirSyncs != 0 {
+		t.Errorf("existing directory: %d fsyncs", fs.dirSyncs)
+	}
+	fs = &faultFS{dirSyncErr: errEIO}
+	if _, err := OpenOptions(filepath.Join(base, "other"), Options{MaxBytes: 1 << 20, fs: fs}, nil); !errors.Is(err, errEIO) {
+		t.Errorf("open with a failing directory fsync: %v", err)
+	}
+}
+
 // clock is a test clock.
 type clock struct {
 	mu sync.Mutex
