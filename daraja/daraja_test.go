@@ -655,6 +655,8 @@ func FuzzParse(f *testing.F) {
 	}
 	f.Add(string(C2BConfirmation), []byte(`{"TransID":"A","BusinessShortCode":"1","transid":"B"}`))
 	f.Add(string(B2CTimeout), []byte(`{"Result":{"OriginatorConversationID":"O","X":[[[[1e308]]]]}}`))
+	f.Add(string(STKCallback), []byte(`{"Body":{"stkCallback":{"CheckoutRequestID":"ws","ResultCode":"0é"}}}`))
+	f.Add(string(B2CResult), []byte(`{"Result":{"ConversationID":"A","ResultCode":"0\u0000","TransactionID":"R\r\n"}}`))
 	f.Fuzz(func(t *testing.T, kind string, body []byte) {
 		cb, err := Parse(Kind(kind), body)
 		if err != nil {
