@@ -25,6 +25,11 @@ type Config struct {
 	Limits     Limits     `yaml:"limits"`
 	Admin      Admin      `yaml:"admin"`
 	Log        Log        `yaml:"log"`
+	// Forward delivers vetted callbacks to applications over HTTP.
+	// Optional; see Destination.
+	Forward Forward `yaml:"forward"`
+	// C2B describes the C2B URL registrations made with Daraja.
+	C2B C2B `yaml:"c2b"`
 }
 
 // TLS modes.

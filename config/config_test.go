@@ -232,3 +232,43 @@ func TestDefaultsApplyUnderPartialFile(t *testing.T) {
 		t.Errorf("stream default lost: %+v", cfg.NATS.Stream)
 	}
 }
+
+// TestExampleCommentedBlocks: the commented-out forward and c2b examples
+// load once uncommented, so they cannot drift from the schema either.
+func TestExampleCommentedBlocks(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "config.example.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	uncomment := false
+	for _, l := range strings.Split(string(data), "\n") {
+		switch {
+		case l == "  destinations: []" || l == "  shortcodes: {}":
+			out = append(out, strings.TrimSuffix(strings.TrimSuffix(l, " []"), " {}"))
+			uncomment = true
+			continue
+		case uncomment && strings.HasPrefix(l, "#  "):
+			l = " " + l[1:]
+		default:
+			uncomment = false
+		}
+		out = append(out, l)
+	}
+	uncommented := strings.Join(out, "\n")
+	cfg, err := Load([]byte(uncommented), env(map[string]string{"SHOP_WEBHOOK_SECRET": goodSecret}))
+	if err != nil {
+		t.Fatalf("uncommented example: %v\n%s", err, uncommented)
+	}
+	if len(cfg.Forward.Destinations) != 1 || cfg.C2B.Shortcodes["600999"].ResponseType != ResponseCompleted {
+		t.Fatalf("uncommented example: %+v %+v", cfg.Forward, cfg.C2B)
+	}
+	d := cfg.Forward.Destinations[0]
+	want := DefaultDestination()
+	want.Name, want.URL, want.Secrets = d.Name, d.URL, d.Secrets
+	want.Paths = map[string]string{"stk.callback": "/stk", "c2b.confirmation": "/confirmation"}
+	want.Shortcodes, want.Headers = []string{}, map[string]string{}
+	if !same(Config{Forward: Forward{Destinations: []Destination{d}}}, Config{Forward: Forward{Destinations: []Destination{want}}}) {
+		t.Errorf("example destination differs from the defaults:\n got %s\nwant %s", sprintDestination(d), sprintDestination(want))
+	}
+}

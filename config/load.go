@@ -347,6 +347,11 @@ func (d *decoder) decode(path string, n *yaml.Node, v reflect.Value, depth int) 
 		}
 		s := reflect.MakeSlice(v.Type(), len(n.Content), len(n.Content))
 		for i, item := range n.Content {
+			// A list entry with defaults of its own (a destination) starts
+			// from them.
+			if df, ok := s.Index(i).Addr().Interface().(interface{ setDefaults() }); ok {
+				df.setDefaults()
+			}
 			d.decode(fmt.Sprintf("%s[%d]", path, i), item, s.Index(i), depth+1)
 		}
 		v.Set(s)

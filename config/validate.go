@@ -227,6 +227,8 @@ func (c Config) Validate() error {
 	if c.Log.Format != "json" && c.Log.Format != "console" {
 		v.add("log.format", "%q is not one of json, console", c.Log.Format)
 	}
+	v.forward(c)
+	v.c2b(c)
 	return errors.Join(v.problems...)
 }
 
