@@ -20,6 +20,12 @@ type AcceptOptions struct {
 	// accepting goroutine: it must be cheap and must not block (a counter).
 	// Optional.
 	Refused func(netip.Addr)
+	// Exempt, when set and true, lets a connection that would be refused
+	// through to the TLS handshake (and the handler, which refuses it
+	// there). It is asked only about connections about to be refused. For
+	// ACME's TLS-ALPN-01: the CA's validators connect from addresses no
+	// allowlist holds, while a challenge is pending. Optional.
+	Exempt func() bool
 	// Log receives the refusal lines (nil: none).
 	Log *zap.Logger
 }
@@ -106,7 +112,10 @@ func (l *refusingListener) refuses(c net.Conn) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	src := ta.AddrPort().Addr().Unmap().WithZone("")
-	return src, !p.Allow.Contains(src)
+	if p.Allow.Contains(src) || (l.o.Exempt != nil && l.o.Exempt()) {
+		return src, false
+	}
+	return src, true
 }
 
 // refusesAtAccept reports whether sources outside Allow are refused before

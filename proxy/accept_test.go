@@ -38,6 +38,7 @@ type acceptServer struct {
 	certPEM    []byte
 	policy     atomic.Pointer[Policy]
 	handshakes atomic.Int64 // ClientHellos the TLS server read
+	exempt     atomic.Bool
 
 	mu      sync.Mutex
 	refused []netip.Addr
@@ -74,7 +75,8 @@ func startAcceptServer(tb testing.TB, p *Policy, log *zap.Logger) *acceptServer 
 			s.refused = append(s.refused, a)
 			s.mu.Unlock()
 		},
-		Log: log,
+		Exempt: s.exempt.Load,
+		Log:    log,
 	})
 	s.srv = &http.Server{
 		Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
@@ -190,30 +192,34 @@ func TestAcceptRefusesBeforeHandshake(t *testing.T) {
 	}
 }
 
-// TestAcceptLetsThrough: report-only mode, trusted proxies, and a reload
-// that lists the source each send the connection on to the handler; a
-// reload that drops a source refuses it from the next connection on.
+// TestAcceptLetsThrough: report-only mode, trusted proxies, an exemption,
+// and a reload that lists the source each send the connection on to the
+// handler; a reload that drops a source refuses it from the next
+// connection on.
 func TestAcceptLetsThrough(t *testing.T) {
 	enforced := &Policy{Allow: mustAllow(t, "127.0.0.2/32"), ClientIP: NewClientIP(nil)}
 	s := startAcceptServer(t, enforced, nil)
 	for _, tc := range []struct {
 		name   string
 		policy *Policy
+		exempt bool
 		src    string
 		passes bool
 	}{
-		{"enforced, listed", enforced, "127.0.0.2", true},
-		{"enforced, not listed", enforced, "127.0.0.3", false},
-		{"report only", &Policy{Allow: enforced.Allow, ReportOnly: true, ClientIP: NewClientIP(nil)}, "127.0.0.3", true},
-		{"trusted proxies", &Policy{Allow: enforced.Allow, ClientIP: NewClientIP(mustAllow(t, "10.0.0.0/8"))}, "127.0.0.3", true},
-		{"reload lists it", &Policy{Allow: mustAllow(t, "127.0.0.3"), ClientIP: NewClientIP(nil)}, "127.0.0.3", true},
-		{"reload drops it", &Policy{Allow: mustAllow(t, "127.0.0.3"), ClientIP: NewClientIP(nil)}, "127.0.0.2", false},
-		{"nil client ip", &Policy{Allow: enforced.Allow}, "127.0.0.3", false},
-		{"empty allowlist", &Policy{Allow: mustAllow(t), ClientIP: NewClientIP(nil)}, "127.0.0.2", false},
-		{"no policy", nil, "127.0.0.3", true},
+		{"enforced, listed", enforced, false, "127.0.0.2", true},
+		{"enforced, not listed", enforced, false, "127.0.0.3", false},
+		{"report only", &Policy{Allow: enforced.Allow, ReportOnly: true, ClientIP: NewClientIP(nil)}, false, "127.0.0.3", true},
+		{"trusted proxies", &Policy{Allow: enforced.Allow, ClientIP: NewClientIP(mustAllow(t, "10.0.0.0/8"))}, false, "127.0.0.3", true},
+		{"reload lists it", &Policy{Allow: mustAllow(t, "127.0.0.3"), ClientIP: NewClientIP(nil)}, false, "127.0.0.3", true},
+		{"reload drops it", &Policy{Allow: mustAllow(t, "127.0.0.3"), ClientIP: NewClientIP(nil)}, false, "127.0.0.2", false},
+		{"nil client ip", &Policy{Allow: enforced.Allow}, false, "127.0.0.3", false},
+		{"empty allowlist", &Policy{Allow: mustAllow(t), ClientIP: NewClientIP(nil)}, false, "127.0.0.2", false},
+		{"no policy", nil, false, "127.0.0.3", true},
+		{"exempt (an ACME challenge pending)", enforced, true, "127.0.0.3", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			s.policy.Store(tc.policy)
+			s.exempt.Store(tc.exempt)
 			refusedBefore := len(s.refusedSources())
 			err := s.post(tc.src)
 			if tc.passes && err != nil {
