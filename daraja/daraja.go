@@ -33,6 +33,16 @@
 // Every other field is informational: when it is absent, of another type,
 // odd (letters in a result code, a masked or hashed MSISDN) or not safe in
 // a header, it is simply not extracted. Such a callback is never refused.
+//
+// # What a body can hold
+//
+// Phone numbers, in the open or barely hidden: C2B MSISDN (full, masked, or
+// a SHA-256 a dictionary reverses), STK PhoneNumber, B2C names, and the
+// suffix of every STK CheckoutRequestID issued since 2022. Log them only
+// through MaskMSISDN and MaskTransactionID. A B2B result may also echo the
+// merchant's QueueTimeOutURL in ReferenceData, with its ?t= token: Parse
+// extracts nothing from ReferenceData, and the body itself must be handled
+// as holding a secret.
 package daraja
 
 import (
