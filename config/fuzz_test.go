@@ -89,6 +89,9 @@ func FuzzLoad(f *testing.F) {
 	f.Add("tls: {acme: {email: \"$${HOME} $$ $x ${X:-d}\"}}\nadmin: {api_keys: [\"${K}${K}${K}${K}\"]}\n")
 	f.Add("nats: {embedded: {sync: 1s}, stream: {replicas: \"${R:-1}\"}}\nlimits: {shutdown_timeout: 1m}\n")
 	f.Add(billionLaughs)
+	f.Add("forward:\n  destinations:\n    - {name: shop, url: \"https://s/x\", secrets: [whsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3], " +
+		"paths: {stk.callback: /stk}, headers: {Authorization: \"Bearer $$x\"}, retry: [0s, 1m], rate: 2.5}\n" +
+		"c2b: {shortcodes: {\"600999\": {response_type: Completed}}}\n")
 	lookup := func(name string) (string, bool) {
 		if strings.HasPrefix(name, "U") {
 			return "", false // unset
