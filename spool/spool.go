@@ -504,7 +504,7 @@ func (s *Spool) openActive() error {
 		return fmt.Errorf("spool: create segment: %w", err)
 	}
 	if w, err := f.Write(head[:]); err != nil || w != len(head) {
-		return fail(cmp(err, io.ErrShortWrite))
+		return fail(orShortWrite(err))
 	}
 	if err := s.sync(f); err != nil {
 		return fail(err)
@@ -519,11 +519,11 @@ func (s *Spool) openActive() error {
 	return nil
 }
 
-func cmp(err, otherwise error) error {
+func orShortWrite(err error) error {
 	if err != nil {
 		return err
 	}
-	return otherwise
+	return io.ErrShortWrite
 }
 
 func (s *Spool) sealLocked() {
@@ -568,8 +568,8 @@ func (s *Spool) ReplayFailures() int64 {
 // describing the problem once the oldest record has failed to replay
 // Options.StuckAttempts times in a row (default 10), or
 // Options.StuckAfter (default one minute) has passed since the first
-// failure in a row. Any record replayed, or the spool found empty, clears
-// it.
+// failure in a row (that time runs whether or not Drain is called again).
+// Any record replayed, or a drain that finds nothing left to do, clears it.
 func (s *Spool) Stuck() error {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -823,7 +823,8 @@ func FuzzDecode(f *testing.F) {
 }
 
 // FuzzRecover writes records, damages the segment as the fuzzer says (bit
-// flips, bytes set, zeroed stretches, cuts, inserted bytes), then opens and drains it.
+// flips, bytes set, zeroed stretches, cuts, inserted bytes), then opens
+// and drains it.
 // Every record replayed is one that was written, in order, none twice;
 // the count Open reports is what the drain replays; and every record whose
 // bytes the damage did not touch is replayed.
