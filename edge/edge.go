@@ -308,12 +308,13 @@ func (s *Server) setupTLS(ctx context.Context, cfg config.Config) error {
 	return err
 }
 
-// proxyPolicy believes PROXY headers from trusted proxies only; a header
-// from anyone else closes the connection.
+// proxyPolicy requires a PROXY header from trusted proxies (a connection
+// from one without a header is refused: it would pass the balancer's own
+// address off as the client) and refuses one from anyone else.
 func (s *Server) proxyPolicy(o proxyproto.ConnPolicyOptions) (proxyproto.Policy, error) {
 	if ta, ok := o.Upstream.(*net.TCPAddr); ok {
-		if a, ok := netip.AddrFromSlice(ta.IP); ok && s.handler.Policy().ClientIP.Trusts(a) {
-			return proxyproto.USE, nil
+		if a, ok := netip.AddrFromSlice(ta.IP); ok && s.handler.Policy().ClientIP.Trusts(a.Unmap()) {
+			return proxyproto.REQUIRE, nil
 		}
 	}
 	return proxyproto.REJECT, nil
@@ -344,10 +345,11 @@ func BuildPolicy(cfg config.Config) (*proxy.Policy, error) {
 		return nil, fmt.Errorf("client_ip.trusted_proxies: %w", err)
 	}
 	return &proxy.Policy{
-		Allow:        allow,
-		ReportOnly:   cfg.Allowlist.Mode == config.AllowlistReport,
-		ClientIP:     proxy.NewClientIP(trusted),
-		MaxBodyBytes: cfg.Limits.MaxBodyBytes,
+		Allow:         allow,
+		ReportOnly:    cfg.Allowlist.Mode == config.AllowlistReport,
+		ClientIP:      proxy.NewClientIP(trusted),
+		ProxyProtocol: cfg.ClientIP.ProxyProtocol,
+		MaxBodyBytes:  cfg.Limits.MaxBodyBytes,
 	}, nil
 }
 

@@ -92,8 +92,41 @@ func TestProxyProtocol(t *testing.T) {
 			if resp.StatusCode != http.StatusForbidden || h.count() != before+1 {
 				t.Fatalf("relayed stranger: %d", resp.StatusCode)
 			}
+
+			// On PROXY connections X-Forwarded-For is never read: the
+			// balancer passes the client's own headers through, even when
+			// the client claims an address in the trusted range.
+			req, _ := http.NewRequest(http.MethodPost, strings.Replace(url, tok, tok2, 1), strings.NewReader(body))
+			req.Header.Set("X-Forwarded-For", allowedSrc)
+			resp, err = h.proxyClient(proxySrc, proxySrc, v).Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden || h.count() != before+1 {
+				t.Fatalf("X-Forwarded-For believed on a PROXY connection: %d", resp.StatusCode)
+			}
 		})
 	}
+	t.Run("trusted balancer without a header", func(t *testing.T) {
+		// It would pass the balancer's own address off as the client.
+		tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Token
+		before := h.count()
+		c := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+			DisableKeepAlives: true, TLSClientConfig: &tls.Config{RootCAs: h.roots},
+			DialContext: (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(proxySrc)}}).DialContext,
+		}}
+		req, _ := http.NewRequest(http.MethodPost, "https://"+h.srv.PublicAddr().String()+"/stk/callback?t="+tok,
+			strings.NewReader(string(fixture(t, "stk_callback_success.json"))))
+		req.Header.Set("X-Forwarded-For", allowedSrc)
+		if resp, err := c.Do(req); err == nil {
+			resp.Body.Close()
+			t.Fatalf("a trusted peer without a PROXY header was answered %d", resp.StatusCode)
+		}
+		if h.count() != before {
+			t.Fatal("published")
+		}
+	})
 }
 
 func writePair(t *testing.T, dir string, cert tls.Certificate) (certFile, keyFile string) {

@@ -73,6 +73,10 @@ type Policy struct {
 	ReportOnly bool
 	// ClientIP resolves the real client behind trusted proxies.
 	ClientIP *ClientIP
+	// ProxyProtocol: the listener takes the client address from PROXY
+	// headers (required from trusted proxies), so X-Forwarded-For is never
+	// read: a trusted L4 balancer passes the client's headers through.
+	ProxyProtocol bool
 	// MaxBodyBytes caps a callback body.
 	MaxBodyBytes int64
 }
@@ -156,6 +160,10 @@ func refuse(status int, reason string, err error) *Error {
 	return &Error{Status: status, Reason: reason, Err: err}
 }
 
+// drainLimit is the largest unread body a refusal leaves on a kept-alive
+// connection.
+const drainLimit = 4 << 10
+
 // publicAnswer is all a refused caller learns: the status, in words.
 func publicAnswer(status int) []byte {
 	if a, ok := publicAnswers[status]; ok {
@@ -216,13 +224,24 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			h.notifyRejected(&rl)
 		}
 		h.o.Metrics.Rejected(rl.reason)
-		// An oversized body is not worth draining: close. Other refusals
-		// keep the connection (Go's server drains at most 256 KiB of an
-		// unread body, else closes), so refusing stays cheaper than
-		// accepting.
-		if status == http.StatusRequestEntityTooLarge {
+		// A refusal never reads a body it does not need. A small unread
+		// body is left to Go's server to skip, keeping the connection (so
+		// refusing stays cheaper than accepting); a large or unbounded one
+		// closes the connection instead of being read.
+		if !rl.bodyRead && (r.ContentLength > drainLimit || r.ContentLength < 0) {
 			hdr.Set("Connection", "close")
+			// Go's server still reads up to 256 KiB of an unread body on
+			// the way out; a read deadline in the past stops that.
+			_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(-time.Second))
 		}
+	}
+	// RFC 9112 §6.1: a request with Transfer-Encoding and Content-Length
+	// must close the connection after the answer, or a proxy that framed
+	// it by Content-Length could smuggle the next request (with its own
+	// X-Forwarded-For) onto it. Go's server drops Content-Length before the
+	// handler runs, so every request with Transfer-Encoding closes.
+	if len(r.TransferEncoding) > 0 {
+		hdr.Set("Connection", "close")
 	}
 	w.WriteHeader(status)
 	_, _ = w.Write(answer)
@@ -249,9 +268,11 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		return nil, refuse(http.StatusForbidden, "bad_peer", err)
 	}
 	rl.peer = peer
-	client, err := p.ClientIP.Resolve(peer, r.Header.Values("X-Forwarded-For"))
-	if err != nil {
-		return nil, refuse(http.StatusForbidden, "bad_forwarded_for", err)
+	client := peer
+	if !p.ProxyProtocol {
+		if client, err = p.ClientIP.Resolve(peer, r.Header.Values("X-Forwarded-For")); err != nil {
+			return nil, refuse(http.StatusForbidden, "bad_forwarded_for", err)
+		}
 	}
 	rl.source = client
 	rl.allowlisted = p.Allow.Contains(client)
@@ -290,6 +311,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	if r.ContentLength > p.MaxBodyBytes {
 		return nil, refuse(http.StatusRequestEntityTooLarge, "body_too_large", nil)
 	}
+	rl.bodyRead = true
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.MaxBodyBytes))
 	if err != nil {
 		var tooLarge *http.MaxBytesError
@@ -523,6 +545,7 @@ type requestLog struct {
 	allowlistMiss bool
 	allowlisted   bool
 	quiet         bool // rate limited: not logged, not published
+	bodyRead      bool
 	status        int
 	outcome       string
 	reason        string
