@@ -91,7 +91,15 @@ func TestLoadProblems(t *testing.T) {
 		{"duplicate key", "listen: \":1\"\nlisten: \":2\"\n", []string{"listen: set twice (line 2)"}},
 		{"not yaml", "tls: [\n", []string{"not valid YAML"}},
 		{"enforce nothing", "allowlist:\n  presets: []\n", []string{"allowlist: enforce mode with no presets and no cidrs would refuse every callback"}},
-		{"same listeners", "listen: 127.0.0.1:9090\n", []string{`admin.listen: "127.0.0.1:9090" is also the public listen address`}},
+		{"same listeners", "listen: 127.0.0.1:9090\n", []string{`admin.listen: "127.0.0.1:9090" is also the public listen address (listen)`}},
+		{"overlapping listeners", "listen: \":4222\"\nadmin:\n  listen: localhost:4222\n", []string{
+			`admin.listen: "localhost:4222" is also the public listen address (listen)`,
+			`nats.embedded.listen: "127.0.0.1:4222" is also the public listen address (listen)`,
+		}},
+		{"acme challenge port", "tls:\n  mode: acme\n  acme:\n    http_listen: \"127.0.0.1:9090\"\n", []string{
+			`tls.acme.http_listen: "127.0.0.1:9090" is also the admin listen address (admin.listen)`,
+		}},
+		{"ca_root not PEM", "tls:\n  mode: acme\n  acme:\n    ca_root: ../go.mod\n", []string{`tls.acme.ca_root: "../go.mod" holds no PEM certificate`}},
 		{"alias loop", "allowlist:\n  cidrs: &x [*x]\n", []string{"allowlist.cidrs[0]: must be a single value"}},
 		{"validation vs write", "validation:\n  timeout: 20s\n", []string{"validation.timeout: 20s must be shorter than limits.write_timeout 10s"}},
 
@@ -161,8 +169,11 @@ func TestAccepted(t *testing.T) {
 		"nats:\n  embedded:\n    sync: 250ms\n",
 		"nats:\n  url: nats://a:4222,nats://b:4222\n  stream:\n    replicas: 3\n",
 		"limits:\n  shutdown_timeout: 2m\n",
-		"nats:\n  embedded:\n    sync: \"\"\n",                          // as a zero Embedded: always
-		"nats:\n  stream:\n    replicas: \"3\"\n  url: nats://a:4222\n", // a quoted number is the number
+		"listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\nnats:\n  embedded:\n    listen: \"127.0.0.1:0\"\n", // port 0: each picks its own
+		"listen: \"127.0.0.2:9090\"\n",                                                                                  // another host, same port
+		"nats:\n  url: nats://a:4222\n  embedded:\n    listen: \":8443\"\n",                                             // embedded listen unused with a cluster
+		"nats:\n  embedded:\n    sync: \"\"\n",                                                                          // as a zero Embedded: always
+		"nats:\n  stream:\n    replicas: \"3\"\n  url: nats://a:4222\n",                                                 // a quoted number is the number
 	} {
 		if _, err := Load([]byte(y), noEnv); err != nil {
 			t.Errorf("%q: %v", y, err)

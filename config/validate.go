@@ -76,7 +76,7 @@ func (c Config) Validate() error {
 			v.hostPort("tls.acme.http_listen", c.TLS.ACME.HTTPListen)
 		}
 		if c.TLS.ACME.CARoot != "" {
-			v.file("tls.acme.ca_root", c.TLS.ACME.CARoot)
+			v.caFile("tls.acme.ca_root", c.TLS.ACME.CARoot)
 		}
 	default:
 		v.add("tls.mode", "%q is not one of acme, files, self-signed, off", c.TLS.Mode)
@@ -205,9 +205,7 @@ func (c Config) Validate() error {
 	if !finitePositive(c.Limits.RejectsPerSecond) || c.Limits.RejectsBurst < 1 {
 		v.add("limits.rejects_per_second", "%v per second with a burst of %d: both must be above zero", c.Limits.RejectsPerSecond, c.Limits.RejectsBurst)
 	}
-	if _, port, _ := net.SplitHostPort(c.Admin.Listen); c.Admin.Listen == c.Listen && port != "0" {
-		v.add("admin.listen", "%q is also the public listen address", c.Admin.Listen)
-	}
+	v.listeners(c)
 	for i, k := range c.Admin.APIKeys {
 		if hash, ok := strings.CutPrefix(k, "sha256:"); ok {
 			if !sha256HexRE.MatchString(hash) {
@@ -264,6 +262,46 @@ func (v *validator) hostPort(key, addr string) {
 	default:
 		v.add(key, "%q is not a host:port address", clip(addr))
 	}
+}
+
+// listeners refuses two listeners of the edge on one port where their
+// hosts overlap (the same host, or either is every address): the second
+// would fail to bind at start.
+func (v *validator) listeners(c Config) {
+	type listener struct{ key, what, addr string }
+	ls := []listener{{"listen", "public listen", c.Listen}, {"admin.listen", "admin listen", c.Admin.Listen}}
+	if c.NATS.URL == "" {
+		ls = append(ls, listener{"nats.embedded.listen", "embedded NATS listen", c.NATS.Embedded.Listen})
+	}
+	if c.TLS.Mode == TLSACME && c.TLS.ACME.HTTPListen != "" {
+		ls = append(ls, listener{"tls.acme.http_listen", "ACME HTTP challenge", c.TLS.ACME.HTTPListen})
+	}
+	for i := range ls {
+		for j := range i {
+			if sameSocket(ls[i].addr, ls[j].addr) {
+				v.add(ls[i].key, "%q is also the %s address (%s)", ls[i].addr, ls[j].what, ls[j].key)
+			}
+		}
+	}
+}
+
+func sameSocket(a, b string) bool {
+	ha, pa, err1 := net.SplitHostPort(a)
+	hb, pb, err2 := net.SplitHostPort(b)
+	if err1 != nil || err2 != nil || pa != pb || pa == "0" {
+		return false
+	}
+	norm := func(h string) string {
+		switch h {
+		case "", "0.0.0.0", "::", "[::]":
+			return ""
+		case "localhost":
+			return "127.0.0.1"
+		}
+		return h
+	}
+	ha, hb = norm(ha), norm(hb)
+	return ha == "" || hb == "" || ha == hb
 }
 
 func isDigits(s string) bool {
