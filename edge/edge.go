@@ -65,13 +65,14 @@ type Server struct {
 	certs   *certs.Manager
 	handler *proxy.Handler
 
-	store   *verify.Store
-	metrics *metrics.Metrics
-	pub     *publish.JetStream
-	durable *publish.Durable
-	missing *publish.Missing
-	spool   *spool.Spool
-	service micro.Service
+	store     *verify.Store
+	metrics   *metrics.Metrics
+	pub       *publish.JetStream
+	durable   *publish.Durable
+	missing   *publish.Missing
+	watermark *publish.Watermark // embedded NATS only
+	spool     *spool.Spool
+	service   micro.Service
 
 	public, admin, challenge       *http.Server
 	publicLn, adminLn, challengeLn net.Listener
@@ -164,6 +165,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		return nil, err
 	}
 	s.pub = publish.New(s.broker.Conn, s.broker.JetStream, s.stream, publishTimeout)
+	if cfg.NATS.URL == "" {
+		if err := s.checkWatermark(ctx, cfg); err != nil {
+			return nil, err
+		}
+	}
 	s.durable = publish.NewDurable(s.pub, s.spool, subjects, s.metrics, log)
 	s.missing, err = publish.OpenMissing(ctx, s.broker.JetStream, s.pub, MissingBucket(cfg.NATS.SubjectPrefix),
 		cfg.NATS.Stream.Replicas, retain, subjects, name)
@@ -268,6 +274,40 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		}
 	}
 	return s, nil
+}
+
+// WatermarkFile is where an embedded-NATS edge records the highest stream
+// sequence acknowledged to it, beside the store.
+func WatermarkFile(cfg config.Config) string {
+	return filepath.Join(cfg.NATS.Embedded.StoreDir, "daraja-edge.acked")
+}
+
+// checkWatermark compares the stream with the highest sequence this edge
+// saw acknowledged before: a stream behind it lost acknowledged callbacks.
+// The edge says so (an error log and a metric the shipped alert rules page
+// on) and keeps serving: new callbacks are still stored.
+func (s *Server) checkWatermark(ctx context.Context, cfg config.Config) error {
+	wm, recorded, err := publish.OpenWatermark(WatermarkFile(cfg), cfg.NATS.Stream.Name)
+	if err != nil {
+		return err
+	}
+	info, err := s.stream.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("edge: stream %s: %w", cfg.NATS.Stream.Name, err)
+	}
+	if last := info.State.LastSeq; recorded > last {
+		s.log.Error("the stream holds less than was acknowledged before this start: acknowledged callbacks were lost "+
+			"(a power cut with nats.embedded.sync set to an interval, or a store restored from an older copy); "+
+			"reconcile with M-Pesa statements and Daraja queries",
+			zap.String("stream", cfg.NATS.Stream.Name), zap.Uint64("acknowledged_sequence", recorded),
+			zap.Uint64("stream_last_sequence", last), zap.Uint64("lost_at_least", recorded-last),
+			zap.String("watermark_file", WatermarkFile(cfg)))
+		s.metrics.AckedLost(recorded - last)
+		wm.Reset(last)
+	}
+	s.watermark = wm
+	s.pub.Remember(wm)
+	return nil
 }
 
 // setupTLS prepares the public listener's certificates.
@@ -445,6 +485,13 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer s.bgDone.Done(); s.certs.WatchFiles(s.bg, filesCheckInterval) }()
 	s.bgDone.Add(1)
 	go s.background()
+	if s.watermark != nil {
+		s.bgDone.Add(1)
+		go func() {
+			defer s.bgDone.Done()
+			s.watermark.Run(s.bg, time.Second, func(err error) { s.log.Warn("acknowledged-sequence record not written", zap.Error(err)) })
+		}()
+	}
 	scheme := "https"
 	if s.certs == nil {
 		scheme = "http"

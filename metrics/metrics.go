@@ -31,6 +31,7 @@ type Metrics struct {
 	tokenCache      prometheus.Gauge
 	tokenCacheFull  prometheus.Gauge
 	reusableExpiry  prometheus.Gauge
+	ackedLost       prometheus.Gauge
 }
 
 // Gauges are read when /metrics is scraped.
@@ -77,7 +78,9 @@ func New(g Gauges) *Metrics {
 		Help: "1 once the local token copy reached its bound: tokens past it get no missing-callback events."})
 	m.reusableExpiry = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "reusable_tokens_expiring",
 		Help: "Reusable (C2B registered URL) tokens that expire within 14 days: rotate them and re-register the URLs."})
-	for _, c := range []prometheus.Collector{m.requests, m.requestSeconds, m.rejections, m.publishSeconds, m.spooled,
+	m.ackedLost = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "stream_acknowledged_lost",
+		Help: "Stream sequences this edge saw acknowledged before its start that the embedded store no longer has (0: none): acknowledged callbacks were lost, e.g. a power cut with nats.embedded.sync set to an interval."})
+	for _, c := range []prometheus.Collector{m.ackedLost, m.requests, m.requestSeconds, m.rejections, m.publishSeconds, m.spooled,
 		m.allowlistMisses, m.validations, m.tokens, m.reloads, m.replayed, m.tokenWatchUp, m.tokenCache,
 		m.tokenCacheFull, m.reusableExpiry} {
 		f(c)
@@ -164,6 +167,10 @@ func b2f(b bool) float64 {
 	}
 	return 0
 }
+
+// AckedLost records how many acknowledged stream sequences a start found
+// missing.
+func (m *Metrics) AckedLost(n uint64) { m.ackedLost.Set(float64(n)) }
 
 // Reload counts a configuration reload.
 func (m *Metrics) Reload(applied bool) {

@@ -138,7 +138,11 @@ type JetStream struct {
 	stream  jetstream.Stream
 	nc      *nats.Conn
 	timeout time.Duration
+	mark    *Watermark
 }
+
+// Remember records every acknowledged sequence in w (embedded NATS).
+func (p *JetStream) Remember(w *Watermark) { p.mark = w }
 
 // New returns a publisher onto stream. timeout bounds the wait for each ack
 // and each look-up.
@@ -201,6 +205,7 @@ func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outco
 	defer cancel()
 	ack, err := p.js.PublishMsg(ctx, msg)
 	if err == nil {
+		p.mark.Acked(ack.Sequence)
 		if ack.Duplicate {
 			return Duplicate, nil
 		}
