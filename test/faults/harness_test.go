@@ -1,15 +1,27 @@
 //go:build faults
 
 // Package faults is daraja-edge's fault suite: NATS outages, a killed
-// edge, a failed cluster node, racing replicas and expiring tokens, each
-// printing what was sent, accepted, published, lost and duplicated.
+// edge (with NATS up, and with NATS down so its spool holds the work), a
+// failed cluster node, racing replicas and expiring tokens. Each scenario
+// prints one line
+//
+//	FAULTS <scenario> sent=N ok=N failed=N stored=N lost=N duplicated=N
+//
+// sent: callbacks delivered (first attempts); ok: answered 200; failed:
+// anything else, including no answer at all; stored: callback messages on
+// <prefix>.cb.>; lost: callbacks answered 200 that are not there;
+// duplicated: extra copies of a transaction (the same Daraja-Transaction-Id
+// stored more than once, under one Nats-Msg-Id or several).
+//
 // Run with: go test -race -tags faults -v ./test/faults
 package faults
 
 import (
+	"bufio"
 	"context"
-	"errors"
+	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -25,7 +37,6 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
-	"github.com/daraja-edge/daraja-edge/edge"
 	"github.com/daraja-edge/daraja-edge/internal/edgetest"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -40,8 +51,8 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// natsNode is a nats-server that can be stopped and started again on the
-// same port and store.
+// natsNode is a nats-server outside every edge that can be stopped and
+// started again on the same port and store.
 type natsNode struct {
 	opts *server.Options
 	srv  *server.Server
@@ -90,23 +101,31 @@ func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.op
 
 func edgeConfig(t testing.TB, natsURL string) config.Config { return edgetest.Config(t, natsURL) }
 
-// runningEdge is an in-process edge.
+// runningEdge is an edge the suite talks to over HTTP only: in-process
+// (edgetest.Start) or a child process (childEdge).
 type runningEdge struct {
-	srv    *edge.Server
 	public string
 	admin  string
 }
 
 func startEdge(t testing.TB, cfg config.Config) *runningEdge {
 	e := edgetest.Start(t, cfg)
-	return &runningEdge{srv: e.Srv, public: e.Public, admin: e.Admin}
+	return &runningEdge{public: e.Public, admin: e.Admin}
 }
 
 func issue(t testing.TB, adminAddr string, req verify.IssueRequest) verify.IssueResponse {
 	return edgetest.Issue(t, adminAddr, req)
 }
 
-// stkBody is an STK callback for checkout id.
+func issueN(t *testing.T, e *runningEdge, n int) []verify.IssueResponse {
+	out := make([]verify.IssueResponse, n)
+	for i := range out {
+		out[i] = issue(t, e.admin, verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
+	}
+	return out
+}
+
+// stkBody is an STK callback whose transaction id is the checkout id.
 func stkBody(id string) []byte {
 	return []byte(`{"Body":{"stkCallback":{"MerchantRequestID":"m-` + id + `","CheckoutRequestID":"` + id +
 		`","ResultCode":0,"ResultDesc":"ok","CallbackMetadata":{"Item":[{"Name":"Amount","Value":1.00},{"Name":"PhoneNumber","Value":254700000001}]}}}}`)
@@ -118,95 +137,172 @@ func post(publicAddr string, kind daraja.Kind, token string, body []byte) int {
 	return status
 }
 
+// delivery is one callback sent and what it got.
+type delivery struct {
+	token  verify.IssueResponse
+	txID   string
+	status int // 0: no answer
+}
+
 // tally counts what a scenario did, for the printed figures.
 type tally struct {
-	mu                                  sync.Mutex
-	sent, accepted, refused, unanswered int
-	acceptedIDs                         []string // Nats-Msg-Id of every 200
+	mu         sync.Mutex
+	deliveries []delivery
 }
 
-func (ta *tally) record(status int, msgID string) {
+func (ta *tally) record(d delivery) {
 	ta.mu.Lock()
 	defer ta.mu.Unlock()
-	ta.sent++
-	switch {
-	case status == http.StatusOK:
-		ta.accepted++
-		ta.acceptedIDs = append(ta.acceptedIDs, msgID)
-	case status == 0:
-		ta.unanswered++
-	default:
-		ta.refused++
-	}
+	ta.deliveries = append(ta.deliveries, d)
 }
 
-// verifyStream reads every message of the stream and checks that each
-// accepted callback is there exactly once. It prints the figures.
-func verifyStream(t *testing.T, name string, js jetstream.JetStream, ta *tally) {
+func (ta *tally) add(o *tally) {
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	ta.deliveries = append(ta.deliveries, o.deliveries...)
+}
+
+// counts: sent, answered 200, answered otherwise, not answered at all.
+func (ta *tally) counts() (sent, ok, refused, unanswered int) {
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	for _, d := range ta.deliveries {
+		switch d.status {
+		case http.StatusOK:
+			ok++
+		case 0:
+			unanswered++
+		default:
+			refused++
+		}
+	}
+	return len(ta.deliveries), ok, refused, unanswered
+}
+
+func (ta *tally) with(status int) []delivery {
+	ta.mu.Lock()
+	defer ta.mu.Unlock()
+	var out []delivery
+	for _, d := range ta.deliveries {
+		if d.status == status {
+			out = append(out, d)
+		}
+	}
+	return out
+}
+
+// stored is what the stream holds on <prefix>.cb.>.
+type stored struct {
+	total   int
+	byTx    map[string]int            // Daraja-Transaction-Id → messages
+	idsByTx map[string]map[string]int // Daraja-Transaction-Id → Nats-Msg-Id → messages
+}
+
+// duplicated is the number of extra copies of any transaction.
+func (s stored) duplicated() int {
+	n := 0
+	for _, c := range s.byTx {
+		n += c - 1
+	}
+	return n
+}
+
+// readStored reads every message on daraja.cb.> with an ordered consumer.
+func readStored(t *testing.T, js jetstream.JetStream) stored {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	counts := map[string]int{}
+	s := stored{byTx: map[string]int{}, idsByTx: map[string]map[string]int{}}
 	stream, err := js.Stream(ctx, "DARAJA")
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("stream: %v", err)
 	}
-	info, err := stream.Info(ctx)
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("daraja.cb.>"))
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("stream info: %v", err)
 	}
-	total := 0
-	for seq := info.State.FirstSeq; info.State.Msgs > 0 && seq <= info.State.LastSeq; seq++ {
-		m, err := stream.GetMsg(ctx, seq)
-		if errors.Is(err, jetstream.ErrMsgNotFound) {
-			continue
-		}
+	want := 0
+	for _, n := range info.State.Subjects {
+		want += int(n)
+	}
+	if want == 0 {
+		return s
+	}
+	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"daraja.cb.>"}})
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	for s.total < want {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			t.Fatalf("reading message %d: %v", seq, err)
+			t.Fatalf("fetch: %v", err)
 		}
-		if strings.HasPrefix(m.Subject, "daraja.cb.") {
-			counts[m.Header.Get("Nats-Msg-Id")]++
-			total++
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			s.total++
+			tx, id := m.Headers().Get("Daraja-Transaction-Id"), m.Headers().Get("Nats-Msg-Id")
+			s.byTx[tx]++
+			if s.idsByTx[tx] == nil {
+				s.idsByTx[tx] = map[string]int{}
+			}
+			s.idsByTx[tx][id]++
 		}
-	}
-	lost, dup := 0, 0
-	for _, id := range ta.acceptedIDs {
-		if counts[id] == 0 {
-			lost++
-			t.Errorf("accepted callback %s is not on the stream", id)
-		}
-	}
-	for id, n := range counts {
-		if n > 1 {
-			dup += n - 1
-			t.Errorf("callback %s is on the stream %d times", id, n)
+		if got == 0 && ctx.Err() != nil {
+			t.Fatalf("read %d of %d messages", s.total, want)
 		}
 	}
-	msg := fmt.Sprintf("FAULTS %-28s sent=%d accepted=%d refused=%d unanswered=%d published=%d lost=%d duplicated=%d",
-		name, ta.sent, ta.accepted, ta.refused, ta.unanswered, total, lost, dup)
-	t.Log(msg)
-	fmt.Fprintln(os.Stderr, msg)
+	return s
 }
 
-// waitIdle waits until no edge has spooled or deferred work left.
-func waitIdle(t *testing.T, edges ...*runningEdge) {
+// verifyStream checks that every callback answered 200 (by ta, or by the
+// retries of callbacks ta left unanswered) is on the stream exactly once
+// and no transaction is stored twice, and prints the scenario's FAULTS line
+// (ta's figures, then extra).
+func verifyStream(t *testing.T, name string, js jetstream.JetStream, ta *tally, extra string, retries ...*tally) stored {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for time.Now().Before(deadline) {
-		busy := false
-		for _, e := range edges {
-			if sp, d := e.srv.Pending(); sp > 0 || d > 0 {
-				busy = true
-			}
-		}
-		if !busy {
-			return
-		}
-		time.Sleep(100 * time.Millisecond)
+	s := readStored(t, js)
+	sent, ok, refused, unanswered := ta.counts()
+	answered := ta.with(http.StatusOK)
+	for _, r := range retries {
+		answered = append(answered, r.with(http.StatusOK)...)
 	}
-	for _, e := range edges {
-		sp, d := e.srv.Pending()
-		t.Errorf("edge still has %d spooled and %d deferred", sp, d)
+	lost := 0
+	seen := map[string]bool{}
+	for _, d := range answered {
+		if seen[d.txID] {
+			continue // delivered again (a race, a retry): one transaction
+		}
+		seen[d.txID] = true
+		if s.byTx[d.txID] == 0 {
+			lost++
+			t.Errorf("callback %s was answered 200 and is not on the stream", d.txID)
+		}
+	}
+	for tx, n := range s.byTx {
+		if n > 1 {
+			t.Errorf("transaction %s is on the stream %d times (Nats-Msg-Ids %v)", tx, n, s.idsByTx[tx])
+		}
+	}
+	msg := fmt.Sprintf("FAULTS %s sent=%d ok=%d failed=%d stored=%d lost=%d duplicated=%d",
+		name, sent, ok, refused+unanswered, s.total, lost, s.duplicated())
+	if unanswered > 0 {
+		msg += fmt.Sprintf(" unanswered=%d", unanswered)
+	}
+	if extra != "" {
+		msg += " " + extra
+	}
+	t.Log(msg)
+	fmt.Fprintln(os.Stderr, msg)
+	return s
+}
+
+// floor fails the test unless at least min of the tally's callbacks were
+// answered 200: without it, an edge refusing everything loses nothing.
+func floor(t *testing.T, ta *tally, min int, why string) {
+	t.Helper()
+	if _, ok, _, _ := ta.counts(); ok < min {
+		t.Errorf("only %d callbacks answered 200, want at least %d (%s)", ok, min, why)
 	}
 }
 
@@ -219,4 +315,86 @@ func connect(t testing.TB, url string) (*nats.Conn, jetstream.JetStream) {
 	t.Cleanup(nc.Close)
 	js, _ := jetstream.New(nc)
 	return nc, js
+}
+
+// tokenStatus is the token's state as the admin API reports it.
+func tokenStatus(t *testing.T, adminAddr, id string) verify.Status {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodGet, "http://"+adminAddr+"/v1/tokens/"+id, nil)
+	req.Header.Set("Authorization", "Bearer "+edgetest.AdminKey)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("token status: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("token status %s: %d %s", id, resp.StatusCode, body)
+	}
+	var st verify.Status
+	if err := json.Unmarshal(body, &st); err != nil {
+		t.Fatalf("token status %s: %v", id, err)
+	}
+	return st
+}
+
+// metric reads one sample from the admin /metrics ("name" or
+// "name{labels}"); missing reads as 0.
+func metric(adminAddr, name string) (float64, error) {
+	resp, err := http.Get("http://" + adminAddr + "/metrics")
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if i := strings.LastIndexByte(line, ' '); i > 0 && line[:i] == name {
+			return strconv.ParseFloat(line[i+1:], 64)
+		}
+	}
+	return 0, sc.Err()
+}
+
+// waitSpoolEmpty waits until each edge's spool holds nothing.
+func waitSpoolEmpty(t *testing.T, edges ...*runningEdge) {
+	t.Helper()
+	for _, e := range edges {
+		var n float64
+		var err error
+		for deadline := time.Now().Add(60 * time.Second); time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+			if n, err = metric(e.admin, "daraja_edge_spool_records"); err == nil && n == 0 {
+				break
+			}
+		}
+		if err != nil || n != 0 {
+			t.Errorf("edge %s: %v records still spooled (%v)", e.admin, n, err)
+		}
+	}
+}
+
+func readyz(adminAddr string) int {
+	resp, err := http.Get("http://" + adminAddr + "/readyz")
+	if err != nil {
+		return 0
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func waitForJetStream(t *testing.T, urls string) {
+	t.Helper()
+	_, js := connect(t, urls)
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatal("JetStream cluster not ready")
 }
