@@ -71,6 +71,8 @@ func TestLoadProblems(t *testing.T) {
 		{"unknown key", "tls:\n  mod: acme\n", []string{"tls.mod: unknown key (line 2); did you mean mode?"}},
 		{"unknown top key", "listne: :1\n", []string{"listne: unknown key (line 1); did you mean listen?"}},
 		{"unknown far key", "tls:\n  flavour: x\n", []string{"tls.flavour: unknown key (line 2)"}},
+		{"key at the wrong level", "mode: acme\n", []string{"mode: unknown key (line 1); it is a key of tls, allowlist"}},
+		{"key at the wrong level, deep", "nats:\n  secrets: [x]\n", []string{"nats.secrets: unknown key (line 2); it is a key of forward.destinations[]"}},
 		{"bad duration", "validation:\n  timeout: soon\n",
 			[]string{`validation.timeout: "soon" is not a duration (like 4s, 10m, 24h) (line 2)`}},
 		{"bad int", "nats:\n  stream:\n    replicas: three\n",

@@ -8,6 +8,7 @@ import (
 	"os"
 	"reflect"
 	"strings"
+	"sync"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -311,6 +312,8 @@ func (d *decoder) decode(path string, n *yaml.Node, v reflect.Value, depth int) 
 				msg := fmt.Sprintf("unknown key (line %d)", k.Line)
 				if s := suggest(k.Value, tags(v.Type())); s != "" {
 					msg += "; did you mean " + s + "?"
+				} else if elsewhere := keyParents()[k.Value]; len(elsewhere) > 0 {
+					msg += "; it is a key of " + strings.Join(elsewhere, ", ")
 				}
 				d.fail(key, "%s", msg)
 				continue
@@ -400,6 +403,35 @@ func tags(t reflect.Type) []string {
 	}
 	return out
 }
+
+// keyParents maps every key of the schema to the sections it belongs to
+// (mode: tls, allowlist), so a key written at the wrong level can be
+// pointed to its place.
+var keyParents = sync.OnceValue(func() map[string][]string {
+	out := map[string][]string{}
+	var walk func(path string, t reflect.Type)
+	walk = func(path string, t reflect.Type) {
+		parent := path
+		if parent == "" {
+			parent = "the top level"
+		}
+		for i := range t.NumField() {
+			tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ",")
+			if tag == "" || tag == "-" {
+				continue
+			}
+			out[tag] = append(out[tag], parent)
+			switch ft := t.Field(i).Type; {
+			case ft.Kind() == reflect.Struct:
+				walk(join(path, tag), ft)
+			case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
+				walk(join(path, tag)+"[]", ft.Elem())
+			}
+		}
+	}
+	walk("", reflect.TypeOf(Config{}))
+	return out
+})
 
 // suggest returns the known key closest to key when it is close enough to
 // be a misspelling: at most two edits (a swap of neighbours is one), and
