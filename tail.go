@@ -134,11 +134,16 @@ func describeMsg(prefix string, m *nats.Msg) tailLine {
 	case strings.HasPrefix(m.Subject, prefix+".cb."):
 		l.Type = "callback"
 		h := m.Header
-		l.Kind, l.Shortcode, l.TransactionID = h.Get(publish.HeaderKind), h.Get(publish.HeaderShortcode), h.Get(publish.HeaderTransactionID)
+		l.Kind, l.Shortcode = h.Get(publish.HeaderKind), h.Get(publish.HeaderShortcode)
+		// An STK CheckoutRequestID ends with the payer's number.
+		l.TransactionID = daraja.MaskTransactionID(daraja.Kind(l.Kind), h.Get(publish.HeaderTransactionID))
 		l.ResultCode, l.Reference, l.TokenID = h.Get(publish.HeaderResultCode), h.Get(publish.HeaderReference), h.Get(publish.HeaderTokenID)
 		l.At, l.Decision, l.SourceIP = h.Get(publish.HeaderReceivedAt), h.Get(publish.HeaderDecision), h.Get(publish.HeaderSourceIP)
 		if cb, err := daraja.Parse(daraja.Kind(l.Kind), m.Data); err == nil {
 			l.Amount, l.MSISDN = cb.Amount, daraja.MaskMSISDN(cb.MSISDN)
+			if cb.MSISDN == "" && cb.MSISDNHash != "" {
+				l.MSISDN = daraja.MaskMSISDN(cb.MSISDNHash)
+			}
 		}
 	case strings.HasPrefix(m.Subject, prefix+".missing."):
 		l.Type = "missing"

@@ -22,6 +22,7 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/allowlist"
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/internal/redact"
 	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -488,41 +489,9 @@ func (h *Handler) notifyRejected(rl *requestLog) {
 	h.o.Notifier.Notify(&nats.Msg{Subject: h.o.Subjects.Rejected(rl.reason), Data: data})
 }
 
-// safePath is a request path fit for logs and events: a path that is not
-// one of ours may carry a token (in a fragment, a segment, anything), so
-// every run of 20 or more token characters is redacted, and it is cut to
-// 128 bytes.
-func safePath(p string) string {
-	if _, ok := daraja.KindForPath(p); ok {
-		return p
-	}
-	var b strings.Builder
-	run := 0
-	flush := func(end int) {
-		if run >= 20 {
-			b.WriteString("[redacted]")
-		} else {
-			b.WriteString(p[end-run : end])
-		}
-		run = 0
-	}
-	for i := 0; i < len(p) && b.Len() < 128; i++ {
-		c := p[i]
-		if c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_' {
-			run++
-			continue
-		}
-		flush(i)
-		if c < 0x20 || c > 0x7e {
-			c = '?'
-		}
-		b.WriteByte(c)
-	}
-	if run > 0 {
-		flush(len(p))
-	}
-	return truncate(b.String(), 128)
-}
+// safePath is a request path fit for logs and events, as on every
+// listener (redact.Path).
+func safePath(p string) string { return redact.Path(p) }
 
 func truncate(s string, n int) string {
 	if len(s) > n {
