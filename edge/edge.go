@@ -140,7 +140,10 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		return nil, err
 	}
 	s.metrics = metrics.New(metrics.Gauges{
-		Spool: s.spool.Stats,
+		Spool:               s.spool.Stats,
+		SpoolStuck:          func() bool { return s.spool.Stuck() != nil },
+		SpoolCorrupt:        s.spool.Corrupt,
+		SpoolReplayFailures: s.spool.ReplayFailures,
 		CertificateExpiry: func() time.Time {
 			if c := s.certs.Leaf(); c != nil {
 				return c.NotAfter
@@ -590,6 +593,9 @@ func (s *Server) ready(ctx context.Context) error {
 	}
 	if s.spool.Full() {
 		return errors.New("spool is full")
+	}
+	if err := s.spool.Stuck(); err != nil {
+		return fmt.Errorf("spool replay stuck: %w", err)
 	}
 	return nil
 }

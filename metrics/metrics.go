@@ -38,6 +38,12 @@ type Metrics struct {
 type Gauges struct {
 	// SpoolBytes and SpoolRecords report the spool.
 	Spool func() (bytes, records int64)
+	// SpoolStuck reports a replay that cannot progress; SpoolCorrupt and
+	// SpoolReplayFailures count damaged stretches skipped and failed
+	// replay attempts.
+	SpoolStuck          func() bool
+	SpoolCorrupt        func() int64
+	SpoolReplayFailures func() int64
 	// CertificateExpiry is the served certificate's NotAfter (zero: none).
 	CertificateExpiry func() time.Time
 	// NATSConnected reports the NATS connection state.
@@ -90,6 +96,21 @@ func New(g Gauges) *Metrics {
 			Help: "Bytes in the spool."}, func() float64 { b, _ := g.Spool(); return float64(b) }))
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "spool_records",
 			Help: "Callbacks in the spool, not yet on NATS."}, func() float64 { _, r := g.Spool(); return float64(r) }))
+	}
+	if g.SpoolStuck != nil {
+		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "spool_stuck",
+			Help: "1 while the spool's replay cannot progress (the oldest record keeps failing), else 0."},
+			func() float64 { return b2f(g.SpoolStuck()) }))
+	}
+	if g.SpoolCorrupt != nil {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Name: "spool_corrupt_total",
+			Help: "Damaged spool stretches skipped (never replayed as another callback) since start."},
+			func() float64 { return float64(g.SpoolCorrupt()) }))
+	}
+	if g.SpoolReplayFailures != nil {
+		f(prometheus.NewCounterFunc(prometheus.CounterOpts{Namespace: ns, Name: "spool_replay_failures_total",
+			Help: "Failed spool replay attempts since start."},
+			func() float64 { return float64(g.SpoolReplayFailures()) }))
 	}
 	if g.CertificateExpiry != nil {
 		f(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Namespace: ns, Name: "certificate_expiry_timestamp_seconds",
