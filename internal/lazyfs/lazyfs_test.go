@@ -126,6 +126,26 @@ func TestUnsyncedAppendLosesOnlyTail(t *testing.T) {
 	}
 }
 
+func TestUnsyncedOverwriteInPlaceLost(t *testing.T) {
+	// The overwrite lands in chunks the synced state shares.
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "f")
+	synced := bytes.Repeat([]byte("s"), 2*chunkSize)
+	writeSynced(t, p, synced)
+	fd, err := os.OpenFile(p, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	if _, err := fd.WriteAt(bytes.Repeat([]byte("u"), 100), chunkSize-50); err != nil {
+		t.Fatal(err)
+	}
+	crash(t, f)
+	if got := after(t, f, "f"); !bytes.Equal(got, synced) {
+		t.Fatalf("after crash the unsynced overwrite is on disk: %d bytes, %d of them 'u'", len(got), bytes.Count(got, []byte("u")))
+	}
+}
+
 func TestOSyncWriteSurvives(t *testing.T) {
 	f := MountT(t, "", Options{})
 	p := filepath.Join(f.MountPoint(), "a")
@@ -308,11 +328,35 @@ func TestTruncate(t *testing.T) {
 	if got, _ := os.ReadFile(p); !bytes.Equal(got, want) {
 		t.Fatalf("after shrink and grow %x", got)
 	}
+	// Shrink an unsynced chunk, then write past the end: the gap reads as
+	// zeros, not as the bytes cut off.
+	u := filepath.Join(f.MountPoint(), "u")
+	if err := os.WriteFile(u, bytes.Repeat([]byte{0xbb}, 100), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(u, 10); err != nil {
+		t.Fatal(err)
+	}
+	ufd, err := os.OpenFile(u, os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ufd.WriteAt([]byte{1}, 50); err != nil {
+		t.Fatal(err)
+	}
+	ufd.Close()
+	want = append(append(bytes.Repeat([]byte{0xbb}, 10), make([]byte, 40)...), 1)
+	if got, _ := os.ReadFile(u); !bytes.Equal(got, want) {
+		t.Fatalf("shrunk then written past the end: %x", got)
+	}
 	// O_TRUNC is a truncation too.
 	q := filepath.Join(f.MountPoint(), "q")
 	writeSynced(t, q, []byte("synced"))
 	if err := os.WriteFile(q, []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if got, _ := os.ReadFile(q); string(got) != "x" {
+		t.Fatalf("after O_TRUNC and a write: %q", got)
 	}
 	crash(t, f)
 	if got := after(t, f, "t"); !bytes.Equal(got, data) {
@@ -387,7 +431,6 @@ func TestEveryOperationFailsAfterCrash(t *testing.T) {
 		{"rmdir", func() error { return os.Remove(filepath.Join(mnt, "d")) }},
 		{"chmod", func() error { return os.Chmod(p, 0o600) }},
 		{"statfs", func() error { var st syscall.Statfs_t; return syscall.Statfs(mnt, &st) }},
-		{"close", open.Close},
 	}
 	for _, o := range ops {
 		if err := o.op(); !errors.Is(err, syscall.EIO) {
@@ -395,6 +438,9 @@ func TestEveryOperationFailsAfterCrash(t *testing.T) {
 		}
 	}
 	dir.Close()
+	if err := open.Close(); err != nil { // FOPEN_NOFLUSH: close never reaches the filesystem
+		t.Errorf("close after crash: %v", err)
+	}
 	if got := after(t, f, "a"); string(got) != "data" {
 		t.Fatalf("backing file after crash %q", got)
 	}
@@ -552,8 +598,10 @@ func mountPoints(t *testing.T) []string {
 	return mps
 }
 
-// TestHelperMountAndHang is the child of TestStaleMountSwept: it mounts and
-// waits to be killed.
+// TestHelperMountAndHang is the child process of the tests below: it
+// mounts at $LAZYFS_HELPER_MOUNT and waits to be killed, or with
+// $LAZYFS_HELPER_EXIT set, exits at once holding a file on the mount open,
+// as a test killed by its timeout does.
 func TestHelperMountAndHang(t *testing.T) {
 	mnt := os.Getenv("LAZYFS_HELPER_MOUNT")
 	if mnt == "" {
@@ -562,18 +610,59 @@ func TestHelperMountAndHang(t *testing.T) {
 	if _, err := Mount(t.TempDir(), mnt, Options{}); err != nil {
 		t.Fatal(err)
 	}
+	if os.Getenv("LAZYFS_HELPER_EXIT") != "" {
+		fd, err := os.Create(filepath.Join(mnt, "held"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := fd.Write([]byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		os.Exit(3)
+	}
 	fmt.Println("mounted")
 	time.Sleep(time.Minute)
 }
 
-func TestStaleMountSwept(t *testing.T) {
-	Require(t)
-	mnt := filepath.Join(t.TempDir(), "stale mount") // a space: mountinfo escapes it
+// helper starts TestHelperMountAndHang with a mount point whose name holds
+// a space (mountinfo escapes it); it is killed when the test ends.
+func helper(t *testing.T, env ...string) (cmd *exec.Cmd, mnt string) {
+	t.Helper()
+	mnt = filepath.Join(t.TempDir(), "stale mount")
 	if err := os.Mkdir(mnt, 0o755); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperMountAndHang$", "-test.v")
-	cmd.Env = append(os.Environ(), "LAZYFS_HELPER_MOUNT="+mnt)
+	cmd = exec.Command(os.Args[0], "-test.run=^TestHelperMountAndHang$", "-test.v")
+	cmd.Env = append(append(os.Environ(), "LAZYFS_HELPER_MOUNT="+mnt), env...)
+	return cmd, mnt
+}
+
+func TestProcessDyingWithAFileOpenExits(t *testing.T) {
+	Require(t)
+	cmd, mnt := helper(t, "LAZYFS_HELPER_EXIT=1")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	select {
+	case <-done:
+	case <-time.After(20 * time.Second): // a hang, not a slow exit
+		_ = syscall.Unmount(mnt, syscall.MNT_FORCE) // aborts the connection: frees the child
+		<-done
+		t.Fatal("a process that died holding a file open on its own mount hung in exit")
+	}
+	if slices.Contains(mountPoints(t), mnt) {
+		sweepStale()
+	}
+	if slices.Contains(mountPoints(t), mnt) {
+		t.Fatal("stale mount not swept")
+	}
+}
+
+func TestStaleMountSwept(t *testing.T) {
+	Require(t)
+	cmd, mnt := helper(t)
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -581,6 +670,7 @@ func TestStaleMountSwept(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait(); sweepStale() })
 	buf := make([]byte, 4096)
 	var seen []byte
 	for !bytes.Contains(seen, []byte("mounted")) {

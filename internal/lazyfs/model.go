@@ -103,8 +103,7 @@ func (c *content) truncate(size int64) {
 				ch = &chunk{b: slices.Clone(ch.b[:in])}
 				c.chunks[keep-1] = ch
 			} else {
-				clear(ch.b[in:])
-				ch.b = ch.b[:in]
+				ch.b = ch.b[:in] // writable zeroes the bytes past len when it regrows
 			}
 		}
 	}

@@ -20,6 +20,13 @@ type node struct {
 	in  *inode
 }
 
+// openFlags: no page cache (every read and write reaches the model), and
+// no FLUSH at close(2). A FLUSH cannot be interrupted, so a process that
+// serves the mount and dies holding a file open would hang in exit forever,
+// waiting on itself (kernel 5.16+ honours FOPEN_NOFLUSH). The price: close(2)
+// never fails, not even after Crash.
+const openFlags = fuse.FOPEN_DIRECT_IO | fuse.FOPEN_NOFLUSH
+
 // handle is an open file; flags are the open(2) flags.
 type handle struct{ flags uint32 }
 
@@ -160,11 +167,9 @@ func (n *node) Open(ctx context.Context, flags uint32) (fs.FileHandle, uint32, s
 	if n.in.dir {
 		return nil, 0, syscall.EISDIR
 	}
-	if flags&syscall.O_TRUNC != 0 && flags&syscall.O_ACCMODE != syscall.O_RDONLY {
-		n.in.data.truncate(0)
-		n.in.dirty, n.in.mtime = true, time.Now()
-	}
-	return &handle{flags: flags}, fuse.FOPEN_DIRECT_IO, 0
+	// O_TRUNC arrives as a separate SETATTR: go-fuse does not negotiate
+	// atomic O_TRUNC, so the kernel strips it from these flags.
+	return &handle{flags: flags}, openFlags, 0
 }
 
 func (n *node) Read(ctx context.Context, fh fs.FileHandle, dest []byte, off int64) (fuse.ReadResult, syscall.Errno) {
@@ -247,7 +252,7 @@ func (n *node) Create(ctx context.Context, name string, flags, mode uint32, out 
 	d.entries[name] = child
 	n.markDirty(d)
 	fill(child, &out.Attr)
-	return n.NewInode(ctx, &node{lfs: n.lfs, in: child}, stable(child)), &handle{flags: flags}, fuse.FOPEN_DIRECT_IO, 0
+	return n.NewInode(ctx, &node{lfs: n.lfs, in: child}, stable(child)), &handle{flags: flags}, openFlags, 0
 }
 
 func (n *node) Mkdir(ctx context.Context, name string, mode uint32, out *fuse.EntryOut) (*fs.Inode, syscall.Errno) {

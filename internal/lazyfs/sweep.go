@@ -2,6 +2,7 @@ package lazyfs
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -20,7 +21,8 @@ func ownerTag() string {
 }
 
 // startTime is field 22 of /proc/<pid>/stat, or "" when there is no such
-// process.
+// process or it is a zombie (exited, maybe stuck closing files on its own
+// mount).
 func startTime(pid int) string {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
 	if err != nil {
@@ -33,7 +35,7 @@ func startTime(pid int) string {
 		return ""
 	}
 	f := strings.Fields(s[i+1:]) // f[0] is field 3
-	if len(f) < 20 {
+	if len(f) < 20 || f[0] == "Z" {
 		return ""
 	}
 	return f[19]
@@ -95,12 +97,15 @@ func unescapeMountinfo(s string) string {
 	return b.String()
 }
 
-// sweepStale lazily unmounts lazyfs mounts left by processes that died while
-// mounted (a test killed by its timeout), and removes their mount points
-// when empty. Errors are ignored: a sweep is best effort.
+// sweepStale unmounts lazyfs mounts left by processes that died while
+// mounted (a test killed by its timeout): a forced unmount first, which
+// aborts the FUSE connection and so frees a process stuck in a request to
+// itself, then a lazy one (MNT_DETACH) for a mount still busy. Empty mount
+// points are removed. Errors are ignored: a sweep is best effort.
 func sweepStale() {
 	for _, mp := range staleMounts() {
-		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err == nil {
+		_ = syscall.Unmount(mp, syscall.MNT_FORCE)
+		if err := syscall.Unmount(mp, syscall.MNT_DETACH); err == nil || errors.Is(err, syscall.EINVAL) {
 			_ = os.Remove(mp)
 		}
 	}
