@@ -34,13 +34,17 @@ func (c Config) Validate() error {
 	var v validator
 
 	u, err := url.Parse(c.PublicURL)
+	shown := c.PublicURL // never a password: credentials are refused, not echoed
+	if err == nil && u.User != nil {
+		shown = u.Redacted()
+	}
 	switch {
 	case err != nil || u.Host == "" || u.Hostname() == "":
 		v.add("public_url", "%q is not an absolute URL like https://callbacks.example.co.ke", c.PublicURL)
 	case u.Scheme != "https" && !(u.Scheme == "http" && c.TLS.Mode == TLSOff):
 		v.add("public_url", "%q must use https (http only with tls.mode: off)", c.PublicURL)
 	case u.RawQuery != "" || u.Fragment != "" || u.User != nil || u.ForceQuery:
-		v.add("public_url", "%q must not carry credentials, a query or a fragment", c.PublicURL)
+		v.add("public_url", "%q must not carry credentials, a query or a fragment", shown)
 	case u.Path != "" && u.Path != "/":
 		// verify.Issuer appends the endpoint path (/stk/callback) to
 		// public_url, and the edge serves endpoints at the root only.
@@ -49,7 +53,7 @@ func (c Config) Validate() error {
 	}
 	if daraja.HasRefusedWord(c.PublicURL) {
 		v.add("public_url", "%q contains a word Daraja refuses in callback URLs (M-PESA, mpesa, Safaricom, exe, exec, cmd, sql, query, "+
-			"in any case or spelling): Daraja would refuse every URL the edge hands out", c.PublicURL)
+			"in any case or spelling): Daraja would refuse every URL the edge hands out", shown)
 	}
 	v.hostPort("listen", c.Listen)
 
