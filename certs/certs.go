@@ -342,3 +342,19 @@ func SelfSigned(hosts []string, validity time.Duration) (tls.Certificate, error)
 	}
 	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, nil
 }
+
+// ChallengePending reports whether an ACME challenge that this process
+// presented is pending for one of its domains: the CA's validators may be
+// connecting now, from addresses no allowlist holds. A challenge presented
+// by another replica sharing the storage is not seen here.
+func (m *Manager) ChallengePending() bool {
+	if m == nil || m.issuer == nil {
+		return false
+	}
+	for _, d := range m.opts.Hosts {
+		if _, ok := certmagic.GetACMEChallenge(d); ok {
+			return true
+		}
+	}
+	return false
+}

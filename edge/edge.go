@@ -223,12 +223,28 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	if err := s.setupTLS(ctx, cfg); err != nil {
 		return nil, err
 	}
-	if cfg.ClientIP.ProxyProtocol {
+	switch {
+	case cfg.ClientIP.ProxyProtocol:
 		s.publicLn = &proxyproto.Listener{
 			Listener:          s.publicLn,
 			ConnPolicy:        s.proxyPolicy,
 			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
 		}
+	case cfg.TLS.Mode != config.TLSACME || cfg.TLS.Storage != "nats":
+		// The TCP peer is the client: a source outside the allowlist is
+		// closed at accept, before the TLS handshake. The policy in force
+		// decides per connection (report mode and trusted proxies let
+		// everything through to the handler). While an ACME challenge is
+		// pending, every source reaches the handshake: TLS-ALPN-01
+		// validators connect from addresses no allowlist holds. Not with
+		// shared certificate storage: another replica's challenge can be
+		// validated here, and this process does not see it pending.
+		s.publicLn = proxy.RefuseAtAccept(s.publicLn, proxy.AcceptOptions{
+			Policy:  s.handler.Policy,
+			Refused: func(netip.Addr) { s.metrics.Rejected("source_not_allowed_at_accept") },
+			Exempt:  s.certs.ChallengePending,
+			Log:     log,
+		})
 	}
 
 	keys, err := adminKeys(cfg.Admin, log)
