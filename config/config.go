@@ -1,6 +1,9 @@
 // Package config holds daraja-edge's configuration: the YAML schema with its
-// defaults, strict loading with ${ENV} expansion, and validation that names
-// every offending key.
+// defaults, strict loading with shell-like ${ENV} expansion (an unset
+// variable is an error), validation that names every offending key
+// (Validate, which touches nothing on disk), the directory checks serve
+// and check share (CheckEnvironment), and what check only warns about
+// (Warnings).
 package config
 
 import (
