@@ -577,19 +577,21 @@ func (s *Server) Close() {
 }
 
 // Reload applies the reloadable part of cfg (allowlist, trusted proxies,
-// body limit) and re-reads certificate files (tls.mode files). Other
-// changes need a restart.
+// body limit) and re-reads certificate files (tls.mode files). The policy
+// is applied even when the certificate files are broken: a bad certificate
+// must not keep an allowlist change out (the current certificate stays, and
+// the error is returned). Other changes need a restart.
 func (s *Server) Reload(cfg config.Config) error {
 	p, err := BuildPolicy(cfg)
 	if err != nil {
 		s.metrics.Reload(false)
 		return err
 	}
+	s.handler.SetPolicy(p)
 	if err := s.certs.Reload(s.bg); err != nil {
 		s.metrics.Reload(false)
-		return err
+		return fmt.Errorf("allowlist, trusted proxies and limits applied; certificate files refused, the current certificate stays: %w", err)
 	}
-	s.handler.SetPolicy(p)
 	s.metrics.Reload(true)
 	return nil
 }

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/http/httptrace"
 	"os"
 	"path/filepath"
@@ -216,15 +217,21 @@ func TestFilesReload(t *testing.T) {
 		t.Errorf("keep-alive connection after reload: reused=%v serial=%s", reused, serial)
 	}
 
-	// A mismatched pair (cert three, key two) is refused on reload.
+	// A mismatched pair (cert three, key two) is refused on reload; an
+	// allowlist change in the same reload still applies.
 	certPEM := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: three.Certificate[0]})
 	os.WriteFile(certFile, certPEM, 0o600)
-	err := h.srv.Reload(h.cfg)
+	widened := h.cfg
+	widened.Allowlist.CIDRs = append([]string{"127.0.0.9/32"}, h.cfg.Allowlist.CIDRs...)
+	err := h.srv.Reload(widened)
 	if err == nil || !strings.Contains(err.Error(), certFile) {
 		t.Errorf("mismatched pair: %v", err)
 	}
 	if served().SerialNumber.Cmp(two.Leaf.SerialNumber) != 0 {
 		t.Error("a bad pair replaced the served certificate")
+	}
+	if !h.srv.handler.Policy().Allow.Contains(netip.MustParseAddr("127.0.0.9")) {
+		t.Error("a broken certificate file kept the allowlist change out")
 	}
 	// Fixed and reloaded by SIGHUP's path.
 	writePair(t, dir, three)
