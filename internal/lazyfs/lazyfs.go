@@ -28,9 +28,15 @@
 // backing directory is not touched.
 //
 // Files are opened with FOPEN_DIRECT_IO, so no read is served from the
-// kernel's page cache and no write is held there; shared writable mmap is
-// therefore refused (nats-server v2.15.2 does not use mmap). Symlinks, hard
-// links, special files, xattrs and fallocate are not supported.
+// kernel's page cache and no write is held there; a shared mmap is
+// therefore refused with ENODEV (nats-server v2.15.2 does not use mmap).
+// They are also opened with FOPEN_NOFLUSH: close(2) never reaches the
+// filesystem (and so never fails, even after Crash), because a FLUSH cannot
+// be interrupted and a test process that dies holding a file open on its
+// own mount would otherwise hang in exit. Symlinks, hard links, special
+// files, xattrs and fallocate are not supported. The whole tree is held in
+// memory (copy-on-write in 64 KiB chunks between the volatile and durable
+// states), so it suits stores of tens of megabytes, not gigabytes.
 //
 // Mounting needs Linux, /dev/fuse and root (go-fuse mounts with mount(2)
 // directly, no fusermount). Available says why not; Require and MountT turn
@@ -42,6 +48,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -179,6 +186,9 @@ func Mount(backingDir, mountPoint string, opts Options) (*FS, error) {
 	if err != nil {
 		return nil, fmt.Errorf("lazyfs: mount point: %w", err)
 	}
+	if within(mountPoint, backingDir) || within(backingDir, mountPoint) {
+		return nil, fmt.Errorf("lazyfs: backing directory %s and mount point %s must not contain each other", backingDir, mountPoint)
+	}
 	f := &FS{backing: backingDir, mountPoint: mountPoint, opts: opts, nextIno: fuse.FUSE_ROOT_ID, dirtyDirs: map[*inode]struct{}{}}
 	f.root = f.newInode(true, 0o755)
 	if err := f.loadTree(f.root, backingDir); err != nil {
@@ -203,6 +213,12 @@ func Mount(backingDir, mountPoint string, opts Options) (*FS, error) {
 	}
 	f.server = server
 	return f, nil
+}
+
+// within says whether p is dir or below it (both absolute and clean).
+func within(p, dir string) bool {
+	rel, err := filepath.Rel(dir, p)
+	return err == nil && rel != ".." && !strings.HasPrefix(rel, "../")
 }
 
 // MountPoint is where the filesystem is mounted.

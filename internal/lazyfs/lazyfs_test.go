@@ -446,6 +446,46 @@ func TestEveryOperationFailsAfterCrash(t *testing.T) {
 	}
 }
 
+func TestSharedMmapRefused(t *testing.T) {
+	// A shared mapping would write behind the model's back; FOPEN_DIRECT_IO
+	// makes the kernel refuse it.
+	f := MountT(t, "", Options{})
+	p := filepath.Join(f.MountPoint(), "m")
+	writeSynced(t, p, make([]byte, 4096))
+	fd, err := os.OpenFile(p, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fd.Close()
+	b, err := syscall.Mmap(int(fd.Fd()), 0, 4096, syscall.PROT_READ|syscall.PROT_WRITE, syscall.MAP_SHARED)
+	if err == nil {
+		_ = syscall.Munmap(b)
+		t.Fatal("shared writable mmap accepted")
+	}
+	if !errors.Is(err, syscall.ENODEV) {
+		t.Fatalf("mmap: %v, want ENODEV", err)
+	}
+}
+
+func TestMountRefusesNesting(t *testing.T) {
+	Require(t)
+	backing := t.TempDir()
+	inside := filepath.Join(backing, "mnt")
+	if err := os.Mkdir(inside, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ backing, mnt string }{
+		{backing, inside},
+		{inside, backing},
+		{backing, backing},
+	} {
+		if f, err := Mount(tc.backing, tc.mnt, Options{}); err == nil {
+			f.Unmount()
+			t.Errorf("Mount(%s, %s) accepted", tc.backing, tc.mnt)
+		}
+	}
+}
+
 func TestConcurrentWriters(t *testing.T) {
 	f := MountT(t, "", Options{Namespace: JournaledNamespace})
 	mnt := f.MountPoint()
