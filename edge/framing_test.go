@@ -6,11 +6,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/verify"
@@ -113,5 +116,22 @@ func TestFramingCloses(t *testing.T) {
 		if resp.StatusCode != http.StatusForbidden || closedAfter(c, br) {
 			t.Fatalf("a small refusal (%d) closed the connection: refusals would cost a handshake", resp.StatusCode)
 		}
+	})
+}
+
+// TestServerErrorsLogged: net/http's own errors (a broken TLS handshake
+// here; recovered panics go the same way) reach the log at Warn, where a
+// production logger keeps them.
+func TestServerErrorsLogged(t *testing.T) {
+	h := start(t, nil)
+	c, err := (&net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}}).Dial("tcp", h.srv.PublicAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = io.WriteString(c, "this is not a TLS ClientHello\r\n\r\n")
+	_, _ = io.ReadAll(c)
+	c.Close()
+	waitUntil(t, 5*time.Second, func() bool {
+		return h.logs.FilterLoggerName("http").FilterLevelExact(zap.WarnLevel).FilterMessageSnippet("TLS handshake error").Len() > 0
 	})
 }
