@@ -68,6 +68,9 @@ const (
 	StrictNamespace NamespaceMode = iota
 	// JournaledNamespace: any fsync or fdatasync, of a file or a directory,
 	// makes every namespace change made so far durable (ext4 data=ordered).
+	// Other files' data stays volatile; ext4's flush of a file renamed over
+	// another (auto_da_alloc) and its 5-second journal commit are not
+	// modelled.
 	JournaledNamespace
 )
 
