@@ -115,6 +115,10 @@ type Status struct {
 	ConsumedBy   string `json:"consumed_by,omitempty"`
 	ConsumedKind string `json:"consumed_kind,omitempty"`
 	RotatedTo    string `json:"rotated_to,omitempty"`
+	ForwardPath  string `json:"forward_path,omitempty"`
+
+	CheckoutRequestID        string `json:"checkout_request_id,omitempty"`
+	OriginatorConversationID string `json:"originator_conversation_id,omitempty"`
 }
 
 // Status returns the state of token id: revoked or expired from the
@@ -127,8 +131,9 @@ func (i *Issuer) Status(ctx context.Context, id string) (Status, error) {
 	}
 	st := Status{
 		ID: rec.ID, State: rec.StateAt(i.Store.now()), Kinds: rec.Kinds, Shortcode: rec.Shortcode,
-		Reference: rec.Reference, Reusable: rec.Reusable, RotatedTo: rec.RotatedTo,
+		Reference: rec.Reference, Reusable: rec.Reusable, RotatedTo: rec.RotatedTo, ForwardPath: rec.ForwardPath,
 		IssuedAt: rec.IssuedAt.Format(time.RFC3339), ExpiresAt: formatTime(rec.ExpiresAt),
+		CheckoutRequestID: rec.CheckoutRequestID, OriginatorConversationID: rec.OriginatorConversationID,
 	}
 	if i.Uses == nil {
 		return st, nil
@@ -150,6 +155,15 @@ func (i *Issuer) Status(ctx context.Context, id string) (Status, error) {
 		}
 	}
 	return st, nil
+}
+
+// Annotate records what Daraja answered the request a token is for, and
+// returns the token's state.
+func (i *Issuer) Annotate(ctx context.Context, id string, a Annotation) (Status, error) {
+	if _, err := i.Store.Annotate(ctx, id, a); err != nil {
+		return Status{}, err
+	}
+	return i.Status(ctx, id)
 }
 
 // Revoke revokes token id.

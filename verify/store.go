@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -395,6 +396,9 @@ type IssueRequest struct {
 	// tokens.max_ttl). A reusable token has no expiry unless TTL is set.
 	TTL      string `json:"ttl,omitempty"`
 	Reusable bool   `json:"reusable,omitempty"`
+	// ForwardPath is a relative path, with an optional query, that the
+	// forwarder appends to a destination's URL for this token's callbacks.
+	ForwardPath string `json:"forward_path,omitempty"`
 }
 
 // RequestError is an issue request the store refuses; Code is stable for
@@ -413,6 +417,13 @@ func badRequest(format string, args ...any) error {
 var (
 	shortcodeRE = regexp.MustCompile(`^[0-9]{4,12}$`)
 	referenceRE = regexp.MustCompile(`^[\x20-\x7e]{0,64}$`)
+	// forwardPathRE: a relative reference that is a path (one leading
+	// slash, not two: "//host" would name another host) with an optional
+	// query, in URL characters, no fragment.
+	forwardPathRE = regexp.MustCompile(`^/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@%][A-Za-z0-9\-._~!$&'()*+,;=:@%/]*)?(?:\?[A-Za-z0-9\-._~!$&'()*+,;=:@%/?]*)?$`)
+	// darajaIDRE: what Daraja answers a request with (CheckoutRequestID,
+	// OriginatorConversationID): printable ASCII without spaces.
+	darajaIDRE = regexp.MustCompile(`^[\x21-\x7e]{1,128}$`)
 )
 
 // Issued is a new token with its record.
@@ -450,6 +461,10 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 	if !referenceRE.MatchString(req.Reference) {
 		return Issued{}, badRequest("reference: at most 64 printable ASCII characters")
 	}
+	if req.ForwardPath != "" && (len(req.ForwardPath) > 512 || !forwardPathRE.MatchString(req.ForwardPath) ||
+		strings.Contains(req.ForwardPath, "/../") || strings.HasSuffix(strings.SplitN(req.ForwardPath, "?", 2)[0], "/..")) {
+		return Issued{}, badRequest("forward_path: a relative path starting with one \"/\", an optional query, at most 512 URL characters, no \"..\" segment, no fragment")
+	}
 	var ttl time.Duration
 	if !req.Reusable {
 		ttl = lim.DefaultTTL
@@ -475,6 +490,8 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 		Reusable:  req.Reusable,
 		IssuedAt:  now,
 		State:     StateIssued,
+
+		ForwardPath: req.ForwardPath,
 	}
 	if ttl > 0 {
 		rec.ExpiresAt = now.Add(ttl)
@@ -578,6 +595,37 @@ func (s *Store) Revoke(ctx context.Context, id string) error {
 		s.log.Info("token revoked", zap.String("token_id", id))
 	}
 	return err
+}
+
+// Annotation is what Daraja answered the business's request, recorded on
+// the token (PATCH /v1/tokens/{id}) so a missing callback can be recovered
+// by a query. Empty fields are left as they are.
+type Annotation struct {
+	CheckoutRequestID        string `json:"checkout_request_id,omitempty"`
+	OriginatorConversationID string `json:"originator_conversation_id,omitempty"`
+}
+
+// Annotate records a on token id.
+func (s *Store) Annotate(ctx context.Context, id string, a Annotation) (Record, error) {
+	if a.CheckoutRequestID == "" && a.OriginatorConversationID == "" {
+		return Record{}, badRequest("name checkout_request_id or originator_conversation_id")
+	}
+	for name, v := range map[string]string{"checkout_request_id": a.CheckoutRequestID, "originator_conversation_id": a.OriginatorConversationID} {
+		if v != "" && !darajaIDRE.MatchString(v) {
+			return Record{}, badRequest("%s: 1 to 128 printable ASCII characters without spaces", name)
+		}
+	}
+	rec, _, err := s.modify(ctx, "annotate", id, func(rec *Record) bool {
+		changed := false
+		if a.CheckoutRequestID != "" && rec.CheckoutRequestID != a.CheckoutRequestID {
+			rec.CheckoutRequestID, changed = a.CheckoutRequestID, true
+		}
+		if a.OriginatorConversationID != "" && rec.OriginatorConversationID != a.OriginatorConversationID {
+			rec.OriginatorConversationID, changed = a.OriginatorConversationID, true
+		}
+		return changed
+	})
+	return rec, err
 }
 
 // Grant is a token found valid for a kind: what the callback path needs of

@@ -443,3 +443,32 @@ func TestLocalCopyMemory(t *testing.T) {
 		t.Errorf("local copy costs %.0f bytes per token, want at most 200", per)
 	}
 }
+
+func TestForwardPathAndAnnotate(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	for path, ok := range map[string]bool{
+		"/payouts/77?src=daraja": true, "/": true, "/a/b": true, "/a?x=1&y=%20": true,
+		"//evil.example/x": false, "https://evil.example/": false, "a/b": false, "/a#frag": false,
+		"/a/../b": false, "/a/..": false, "/a b": false, "/a\n": false,
+	} {
+		_, err := s.Issue(ctx, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000", ForwardPath: path}, limits)
+		if (err == nil) != ok {
+			t.Errorf("forward_path %q: %v", path, err)
+		}
+	}
+	iss := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", ForwardPath: "/orders/9"})
+	if _, err := s.Annotate(ctx, iss.Record.ID, Annotation{}); err == nil {
+		t.Error("empty annotation accepted")
+	}
+	if _, err := s.Annotate(ctx, iss.Record.ID, Annotation{CheckoutRequestID: "ws_CO bad"}); err == nil {
+		t.Error("a CheckoutRequestID with a space accepted")
+	}
+	rec, err := s.Annotate(ctx, iss.Record.ID, Annotation{CheckoutRequestID: "ws_CO_191220191020363925"})
+	if err != nil || rec.CheckoutRequestID != "ws_CO_191220191020363925" || rec.ForwardPath != "/orders/9" {
+		t.Fatalf("annotate: %+v %v", rec, err)
+	}
+	if _, err := s.Annotate(ctx, "tok_aaaaaaaaaaaaaaaa", Annotation{CheckoutRequestID: "x"}); !errors.Is(err, ErrNotFound) {
+		t.Errorf("annotate unknown: %v", err)
+	}
+}

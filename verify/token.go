@@ -48,6 +48,14 @@ type Record struct {
 	// read from the stream, where the callback itself is.
 	State     string     `json:"state"`
 	RevokedAt *time.Time `json:"revoked_at,omitempty"`
+	// ForwardPath is the relative path and query the forwarder appends
+	// for this token's callbacks (forward:), if the business gave one.
+	ForwardPath string `json:"forward_path,omitempty"`
+	// CheckoutRequestID and OriginatorConversationID are what Daraja
+	// answered the business's request, recorded (PATCH) so a missing
+	// callback can be recovered by a query.
+	CheckoutRequestID        string `json:"checkout_request_id,omitempty"`
+	OriginatorConversationID string `json:"originator_conversation_id,omitempty"`
 	// RotatedTo names the token that replaced this one.
 	RotatedTo string `json:"rotated_to,omitempty"`
 }
