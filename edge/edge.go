@@ -168,11 +168,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		return nil, err
 	}
 	s.pub = publish.New(s.broker.Conn, s.broker.JetStream, s.stream, publishTimeout)
-	if cfg.NATS.URL == "" {
-		if err := s.checkWatermark(ctx, cfg); err != nil {
-			return nil, err
-		}
-	}
+
 	s.durable = publish.NewDurable(s.pub, s.spool, subjects, s.metrics, log)
 	s.missing, err = publish.OpenMissing(ctx, s.broker.JetStream, s.pub, MissingBucket(cfg.NATS.SubjectPrefix),
 		cfg.NATS.Stream.Replicas, retain, subjects, name)
@@ -222,6 +218,17 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	}
 	if err := s.setupTLS(ctx, cfg); err != nil {
 		return nil, err
+	}
+	if cfg.NATS.URL == "" {
+		// The stream and buckets (certificates too) exist now: make their
+		// directories durable (nats-server fsyncs files, not the
+		// directories it creates).
+		if err := s.broker.SyncStore(cfg.NATS.Embedded.StoreDir); err != nil {
+			return nil, err
+		}
+		if err := s.checkWatermark(ctx, cfg); err != nil {
+			return nil, err
+		}
 	}
 	switch {
 	case cfg.ClientIP.ProxyProtocol:
