@@ -201,7 +201,10 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		Subjects:      subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
 		ValidationTimeout: cfg.Validation.Timeout,
 		RejectOnTimeout:   cfg.Validation.OnTimeout == config.OnTimeoutReject,
-		Log:               log,
+		RejectFor: func(shortcode string) bool {
+			return cfg.ValidationFallback(shortcode) == config.OnTimeoutReject
+		},
+		Log: log,
 	}, policy)
 
 	var lc net.ListenConfig

@@ -266,7 +266,11 @@ func TestAdminAuth(t *testing.T) {
 
 // TestC2BValidation: a validator that accepts, one that rejects, none.
 func TestC2BValidation(t *testing.T) {
-	h := start(t, func(c *config.Config) { c.Validation.OnTimeout = config.OnTimeoutReject })
+	h := start(t, func(c *config.Config) {
+		c.Validation.OnTimeout = config.OnTimeoutReject
+		// Registered with ResponseType Completed: Daraja itself would accept.
+		c.C2B.Shortcodes = map[string]config.C2BShortcode{"600639": {ResponseType: config.ResponseCompleted}}
+	})
 	body := fixture(t, "c2b_validation.json")
 	tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.C2BValidation}, Shortcode: "600638", Reusable: true}).Token
 	withTx := func(tx string) []byte {
@@ -332,6 +336,14 @@ func TestC2BValidation(t *testing.T) {
 		}
 		if d, by := decisionOf("VAL0003"); d != "rejected" || by != "timeout" {
 			t.Errorf("decision %s by %s", d, by)
+		}
+	})
+	t.Run("no validator, shortcode registered Completed", func(t *testing.T) {
+		tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.C2BValidation}, Shortcode: "600639", Reusable: true}).Token
+		b := bytes.Replace(withTx("VAL0005"), []byte("600638"), []byte("600639"), 1)
+		r := h.callback(allowedSrc, daraja.C2BValidation, tok, b)
+		if r.status != 200 || r.body != `{"ResultCode":"0","ResultDesc":"Accepted"}` {
+			t.Fatalf("%d %s, want the registered Completed answer", r.status, r.body)
 		}
 	})
 	t.Run("validator too slow", func(t *testing.T) {

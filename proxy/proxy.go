@@ -44,6 +44,13 @@ type Requester interface {
 	Request(ctx context.Context, msg *nats.Msg, timeout time.Duration) ([]byte, error)
 }
 
+// Validator answers a C2B validation request itself, or says it does not
+// serve the shortcode (ok false). decision is accepted or rejected, by who
+// decided (e.g. "app", "fallback").
+type Validator interface {
+	Validate(ctx context.Context, msg *nats.Msg) (answer []byte, decision, by string, ok bool)
+}
+
 // Limiter says whether a source may be refused (and logged) once more.
 type Limiter interface {
 	Allow(src netip.Addr, now time.Time) bool
@@ -101,9 +108,15 @@ type Options struct {
 	// ValidationTimeout bounds the wait for a C2B validator.
 	ValidationTimeout time.Duration
 	// RejectOnTimeout answers C2B validation with a rejection when no
-	// validator replies; otherwise it accepts.
+	// validator replies; otherwise it accepts. RejectFor, when set, decides
+	// per shortcode instead (the ResponseType registered with Daraja).
 	RejectOnTimeout bool
-	Log             *zap.Logger
+	RejectFor       func(shortcode string) bool
+	// Validator, when set, may answer C2B validation for a shortcode (an
+	// app's validation route through the forwarder); ok false means it
+	// does not serve that shortcode and the NATS validator is asked.
+	Validator Validator
+	Log       *zap.Logger
 }
 
 // Handler serves the callback endpoints.
@@ -373,7 +386,14 @@ var outcomeWords = [...]string{publish.Stored: "accepted", publish.Duplicate: "d
 
 // validate asks the shortcode's validator and returns Daraja's answer.
 func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []byte, decision, by string) {
-	reply, err := h.o.Requester.Request(ctx, cb.Msg(h.o.Subjects.Validate(cb.Shortcode)), h.o.ValidationTimeout)
+	msg := cb.Msg(h.o.Subjects.Validate(cb.Shortcode))
+	if h.o.Validator != nil {
+		if answer, decision, by, ok := h.o.Validator.Validate(ctx, msg); ok {
+			h.o.Metrics.Validation(decision, by)
+			return answer, decision, by
+		}
+	}
+	reply, err := h.o.Requester.Request(ctx, msg, h.o.ValidationTimeout)
 	by = "validator"
 	if err == nil {
 		if accepted, ok := validatorDecision(reply); ok {
@@ -390,7 +410,7 @@ func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []
 		by = "timeout"
 	}
 	answer, decision = validationAccept, "accepted"
-	if h.o.RejectOnTimeout {
+	if reject := h.o.RejectOnTimeout; h.o.RejectFor != nil && h.o.RejectFor(cb.Shortcode) || h.o.RejectFor == nil && reject {
 		answer, decision = validationReject, "rejected"
 	}
 	h.o.Metrics.Validation(decision, by)
