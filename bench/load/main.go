@@ -1,18 +1,23 @@
 // Command load measures daraja-edge against a baseline in one run, so the
 // figures are ratios that hold on a noisy machine.
 //
-// It starts, in this process, an embedded NATS server with JetStream, a
-// daraja-edge with every check on, and a baseline: a bare handler that
-// reads the body, publishes it to JetStream, waits for the ack and answers,
-// behind the same TLS settings. Then it sends realistic callbacks of every
-// kind, each with a fresh single-use token (reusable ones for C2B), from
-// chosen loopback source addresses, over keep-alive or new TLS connections,
-// flat out or at a fixed rate, and checks that every accepted callback is on
-// the stream exactly once.
+// It starts, in this process, an embedded NATS server with JetStream (the
+// edge's own, synced as -sync says), a daraja-edge with every check on,
+// logging as in production (JSON at info, to a file), and a baseline: a
+// bare handler that reads the body, publishes it to one subject of a
+// stream configured like the edge's, without conditions, waits for the ack
+// and answers, behind the same TLS. Both sides are warmed, then loaded
+// baseline, edge, baseline, -runs times; the ratio of each run uses the
+// better of its two baselines, and the report gives the median and spread.
+// Every side of every run is verified by transaction id on its stream.
 //
-//	go run ./bench/load -duration 10s -conns 32
-//	go run ./bench/load -scenario newconn
-//	go run ./bench/load -scenario rejected
+//	go run ./bench/load -scenario keepalive -runs 3
+//	go run ./bench/load -scenario rate -rate 2000 -runs 3
+//	go run ./bench/load -scenario newconn -runs 3
+//	go run ./bench/load -scenario durable -runs 3
+//	go run ./bench/load -scenario refused     (edge in its own process: CPU per request)
+//	go run ./bench/load -scenario memory -stored 1000000
+//	go run ./bench/load -scenario soak -rate 20 -duration 30m
 //	go run ./bench/load -scenario idle -idle 10000
 package main
 
@@ -46,6 +51,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/edge"
+	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
@@ -58,19 +64,27 @@ type options struct {
 	rate     float64
 	sources  int
 	idle     int
+	runs     int
+	sync     string
+	ttl      time.Duration
+	stored   int
 	profile  string
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.scenario, "scenario", "keepalive", "keepalive | newconn | rejected | idle")
-	flag.DurationVar(&o.duration, "duration", 10*time.Second, "how long each side is loaded")
-	flag.IntVar(&o.conns, "conns", 32, "concurrent senders")
-	flag.Float64Var(&o.rate, "rate", 0, "requests per second in total (0: flat out)")
+	flag.StringVar(&o.scenario, "scenario", "keepalive", "keepalive | rate | newconn | durable | refused | memory | soak | idle")
+	flag.DurationVar(&o.duration, "duration", 6*time.Second, "how long each side is loaded (soak: the whole soak)")
+	flag.IntVar(&o.conns, "conns", 16, "concurrent senders")
+	flag.Float64Var(&o.rate, "rate", 0, "requests per second in total, both sides held to it (scenario rate; soak: tokens per second)")
 	flag.IntVar(&o.sources, "sources", 4, "loopback source addresses to send from (127.0.0.2, .3, …)")
 	flag.IntVar(&o.idle, "idle", 10000, "idle keep-alive connections (scenario idle)")
-	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the edge run here")
-	child := flag.String("child", "", "internal: run an edge from this JSON config (scenarios idle and soak)")
+	flag.IntVar(&o.runs, "runs", 3, "baseline/edge/baseline rounds (throughput scenarios)")
+	flag.StringVar(&o.sync, "sync", "", `nats.embedded.sync for the run: "always" or an interval (default: always for durable, soak, refused; 2m, NATS's own default, otherwise)`)
+	flag.DurationVar(&o.ttl, "ttl", 2*time.Minute, "token lifetime (soak)")
+	flag.IntVar(&o.stored, "stored", 1_000_000, "stored callbacks (scenario memory)")
+	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the last run's edge load here (load generator labelled side=client)")
+	child := flag.String("child", "", "internal: run an edge from this JSON config (child-process scenarios)")
 	flag.Parse()
 	if *child != "" {
 		if err := runChild(*child); err != nil {
@@ -78,10 +92,19 @@ func main() {
 		}
 		return
 	}
+	if o.sync == "" {
+		o.sync = "2m"
+		switch o.scenario {
+		case "durable", "soak", "refused", "idle":
+			o.sync = config.SyncEveryAck
+		}
+	}
 	var err error
 	switch o.scenario {
-	case "idle", "soak":
+	case "idle", "soak", "refused":
 		err = runSeparate(o)
+	case "memory":
+		err = runMemory(o)
 	default:
 		err = run(o)
 	}
@@ -90,10 +113,11 @@ func main() {
 	}
 }
 
-// world is what both sides share: NATS, the stream, TLS.
+// world is what both sides share: NATS, the streams, TLS.
 type world struct {
 	dir   string
 	edge  *edge.Server
+	cfg   config.Config
 	base  string // baseline host:port
 	nc    *nats.Conn
 	js    jetstream.JetStream
@@ -101,7 +125,18 @@ type world struct {
 	srcs  []string
 }
 
-func setup(o options) (*world, func(), error) {
+// baselineStream and baselineSubject: the baseline's one subject, on a
+// stream configured like the edge's.
+const (
+	baselineStream  = "BASELINE"
+	baselineSubject = "baseline.cb"
+	// headerBenchTx carries the transaction id to the baseline, which
+	// parses nothing: it copies it to Daraja-Transaction-Id for the
+	// verification.
+	headerBenchTx = "X-Bench-Transaction"
+)
+
+func setup(o options, sync string) (*world, func(), error) {
 	dir, err := os.MkdirTemp("", "daraja-load-")
 	if err != nil {
 		return nil, nil, err
@@ -114,58 +149,64 @@ func setup(o options) (*world, func(), error) {
 	cfg.Listen = "127.0.0.1:0"
 	cfg.TLS.Storage = filepath.Join(dir, "certs")
 	cfg.Allowlist.CIDRs = []string{"127.0.0.2/31", "127.0.0.4/30", "127.0.0.8/29"} // .2–.15: senders; 127.0.0.1 is a stranger
-	cfg.NATS.Embedded = config.Embedded{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats")}
+	cfg.NATS.Embedded = config.Embedded{Listen: "127.0.0.1:0", StoreDir: filepath.Join(dir, "nats"), Sync: sync}
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
-	cfg.Limits.RejectsPerSecond, cfg.Limits.RejectsBurst = 1e9, 1e9 // measure refusals, not the limiter
 	cfg.Admin.Listen, cfg.Admin.APIKeys, cfg.Admin.KeyFile = "127.0.0.1:0", []string{adminKey}, filepath.Join(dir, "admin.key")
-	cfg.Log.Level = "error"
+	cfg.Log.Level = "info"
 	if err := cfg.Validate(); err != nil {
 		return nil, nil, err
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	w.edge, err = edge.New(ctx, cfg, nil)
+	w.cfg = cfg
+	logger, closeLog, err := productionLogger(filepath.Join(dir, "edge.log"))
 	if err != nil {
-		cancel()
 		return nil, nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	fail := func(err error) (*world, func(), error) {
+		cancel()
+		closeLog()
+		return nil, nil, err
+	}
+	w.edge, err = edge.New(ctx, cfg, logger)
+	if err != nil {
+		return fail(err)
 	}
 	done := make(chan error, 1)
 	go func() { done <- w.edge.Run(ctx) }()
 	w.roots = x509.NewCertPool()
 	w.roots.AddCert(w.edge.Certificate())
 	if w.nc, err = nats.Connect(w.edge.NATSURL()); err != nil {
-		cancel()
-		return nil, nil, err
+		return fail(err)
 	}
 	w.js, _ = jetstream.New(w.nc)
-	// The baseline's own stream, configured like the edge's.
-	if _, err := w.js.CreateStream(ctx, jetstream.StreamConfig{Name: "BASELINE", Subjects: []string{"baseline.>"},
-		Storage: jetstream.FileStorage, Duplicates: cfg.NATS.Stream.DuplicateWindow, MaxAge: cfg.NATS.Stream.MaxAge}); err != nil {
-		cancel()
-		return nil, nil, err
+	// The baseline's own stream on the same server (so the same sync
+	// setting), configured like the edge's by the edge's own function.
+	if _, err := publish.EnsureStream(ctx, w.js, publish.StreamOptions{Name: baselineStream, Subjects: []string{"baseline.>"},
+		Replicas: cfg.NATS.Stream.Replicas, DuplicateWindow: cfg.NATS.Stream.DuplicateWindow, MaxAge: cfg.NATS.Stream.MaxAge}); err != nil {
+		return fail(err)
 	}
 
-	// The baseline: same TLS policy, a certificate of the same kind.
+	// The baseline: the edge's TLS policy, a certificate of the same kind.
 	cert, err := certs.SelfSigned([]string{"localhost", "127.0.0.1"}, time.Hour)
 	if err != nil {
-		cancel()
-		return nil, nil, err
+		return fail(err)
 	}
 	w.roots.AddCert(cert.Leaf)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		cancel()
-		return nil, nil, err
+		return fail(err)
 	}
 	w.base = ln.Addr().String()
 	base := &http.Server{Handler: baseline(w.js), TLSConfig: baselineTLS(cert),
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, ReadTimeout: cfg.Limits.ReadTimeout,
-		WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout}
+		WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout, MaxHeaderBytes: 16 << 10}
 	go func() { _ = base.ServeTLS(ln, "", "") }()
 	return w, func() {
 		_ = base.Close()
 		w.nc.Close()
 		cancel()
 		<-done
+		closeLog()
 		os.RemoveAll(dir)
 	}, nil
 }
@@ -182,19 +223,22 @@ func baselineTLS(cert tls.Certificate) *tls.Config {
 	}
 }
 
-// baseline is the least an edge could do: read, publish, wait for the ack,
-// answer. No source check, no token, no parsing.
+// baseline is the least an edge could do: read the body, publish it to one
+// subject without conditions, wait for the ack, answer. No source check, no
+// token, no parsing, no log line. The message id and transaction header
+// come from the request (for de-duplication and the verification).
 func baseline(js jetstream.JetStream) http.Handler {
-	var n atomic.Int64
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 65536))
 		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		kind := strings.Replace(strings.TrimPrefix(r.URL.Path, "/"), "/", ".", 1)
-		msg := &nats.Msg{Subject: "baseline." + kind, Data: body, Header: nats.Header{}}
-		msg.Header.Set(jetstream.MsgIDHeader, "baseline:"+strconv.FormatInt(n.Add(1), 10))
+		tx := r.Header.Get(headerBenchTx)
+		msg := &nats.Msg{Subject: baselineSubject, Data: body, Header: nats.Header{
+			jetstream.MsgIDHeader:       {"baseline:" + tx},
+			publish.HeaderTransactionID: {tx},
+		}}
 		if _, err := js.PublishMsg(r.Context(), msg); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
@@ -204,13 +248,12 @@ func baseline(js jetstream.JetStream) http.Handler {
 	})
 }
 
-// sample is one callback to send: kind, body, and the message id the edge
-// will give it.
+// sample is one callback to send.
 type sample struct {
 	kind  daraja.Kind
 	token string
 	body  []byte
-	msgID string
+	tx    string // transaction id in the body
 }
 
 var kinds = []daraja.Kind{daraja.STKCallback, daraja.C2BConfirmation, daraja.B2CResult, daraja.B2CTimeout,
@@ -227,21 +270,31 @@ func body(k daraja.Kind, id string) []byte {
 	}
 }
 
-// issue prepares n samples with fresh tokens through the NATS token
-// service (many at once).
-func (w *world) issue(n int, tag string) ([]sample, error) {
+// issue prepares n samples of every kind, each with a fresh single-use
+// token through the NATS token service (C2B: one reusable token).
+func (w *world) issue(n int, tag string) ([]sample, error) { return w.issueKinds(n, tag, kinds) }
+
+// issueSingle is issue without C2B: every sample has its own single-use
+// token.
+func (w *world) issueSingle(n int, tag string) ([]sample, error) {
+	return w.issueKinds(n, tag, soakKinds)
+}
+
+func (w *world) issueKinds(n int, tag string, ks []daraja.Kind) ([]sample, error) {
 	out := make([]sample, n)
 	var c2b verify.IssueResponse
-	if err := w.request(verify.IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true}, &c2b); err != nil {
-		return nil, err
+	if slices.ContainsFunc(ks, daraja.Kind.IsC2B) {
+		if err := w.request(verify.IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true}, &c2b); err != nil {
+			return nil, err
+		}
 	}
 	var wg sync.WaitGroup
 	errc := make(chan error, 1)
 	sem := make(chan struct{}, 64)
 	for i := range out {
-		k := kinds[i%len(kinds)]
+		k := ks[i%len(ks)]
 		id := fmt.Sprintf("%s_%08d", tag, i)
-		out[i] = sample{kind: k, body: body(k, id), msgID: string(k) + ":" + id}
+		out[i] = sample{kind: k, body: body(k, id), tx: id}
 		if k.IsC2B() {
 			out[i].token = c2b.Token
 			continue
@@ -275,6 +328,17 @@ func (w *world) issue(n int, tag string) ([]sample, error) {
 	return out, nil
 }
 
+// plain prepares n baseline samples (no token).
+func plain(n int, tag string) []sample {
+	out := make([]sample, n)
+	for i := range out {
+		k := kinds[i%len(kinds)]
+		id := fmt.Sprintf("%s_%08d", tag, i)
+		out[i] = sample{kind: k, body: body(k, id), tx: id}
+	}
+	return out
+}
+
 func (w *world) request(req verify.IssueRequest, out *verify.IssueResponse) error {
 	b, _ := json.Marshal(req)
 	m, err := w.nc.Request("daraja.tokens.issue", b, 10*time.Second)
@@ -289,11 +353,15 @@ func (w *world) request(req verify.IssueRequest, out *verify.IssueResponse) erro
 
 // result is one side's figures.
 type result struct {
-	name      string
-	sent, ok  int
-	errors    map[string]int
-	latencies []time.Duration
-	elapsed   time.Duration
+	name           string
+	sent, ok       int
+	errors         map[string]int
+	latencies      []time.Duration
+	elapsed        time.Duration
+	sentIDs, okIDs []string
+	exhausted      bool
+	rate           float64 // the rate it was held to (0: flat out)
+	behindSchedule int     // requests sent more than 1 ms after they were due
 }
 
 func (r *result) rps() float64 { return float64(r.ok) / r.elapsed.Seconds() }
@@ -311,63 +379,92 @@ func (r *result) String() string {
 		errs = append(errs, fmt.Sprintf("%s=%d", k, v))
 	}
 	slices.Sort(errs)
-	return fmt.Sprintf("%-9s sent=%-7d ok=%-7d %8.0f req/s  p50=%-9s p99=%-9s p999=%-9s errors=[%s]",
+	s := fmt.Sprintf("%-11s sent=%-7d ok=%-7d %8.0f req/s  p50=%-9s p99=%-9s p999=%-9s errors=[%s]",
 		r.name, r.sent, r.ok, r.rps(), r.pct(0.50).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond),
 		r.pct(0.999).Round(time.Microsecond), strings.Join(errs, " "))
+	if r.rate > 0 {
+		s += fmt.Sprintf(" held to %.0f/s: achieved %.0f/s, %d sent >1ms late", r.rate, float64(r.sent)/r.elapsed.Seconds(), r.behindSchedule)
+	}
+	if r.exhausted {
+		s += " (ran out of samples)"
+	}
+	return s
 }
 
-func client(src string, roots *x509.CertPool, keepAlive bool) *http.Client {
+func client(src string, tlsCfg *tls.Config, keepAlive bool) *http.Client {
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, Timeout: 5 * time.Second}
 	return &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
 		DialContext:         d.DialContext,
-		TLSClientConfig:     &tls.Config{RootCAs: roots, ServerName: "localhost", ClientSessionCache: nil},
+		TLSClientConfig:     tlsCfg,
 		DisableKeepAlives:   !keepAlive,
 		MaxIdleConnsPerHost: 1024,
 		ForceAttemptHTTP2:   false, // one TLS connection per sender, as Daraja's clients do
 	}}
 }
 
-// load sends samples to addr for o.duration (or until they run out).
-func load(name, addr string, w *world, o options, samples []sample, keepAlive, stranger bool) *result {
-	res := &result{name: name, errors: map[string]int{}}
+func (w *world) tlsConfig() *tls.Config {
+	return &tls.Config{RootCAs: w.roots, ServerName: "localhost"}
+}
+
+// load sends samples to addr for o.duration (or until they run out), from
+// o.conns senders. With o.rate, request i is due at start + i/rate, so both
+// sides are held to the same schedule (a sender that is late sends at
+// once; late sends are counted).
+func (w *world) load(name, addr string, o options, samples []sample, keepAlive, stranger bool) *result {
+	return w.loadAt(name, addr, w.tlsConfig(), o, samples, keepAlive, stranger)
+}
+
+func (w *world) loadAt(name, addr string, tlsCfg *tls.Config, o options, samples []sample, keepAlive, stranger bool) *result {
+	res := &result{name: name, errors: map[string]int{}, rate: o.rate}
 	var next atomic.Int64
 	var mu sync.Mutex
-	deadline := time.Now().Add(o.duration)
-	var tick <-chan time.Time
-	if o.rate > 0 {
-		t := time.NewTicker(time.Duration(float64(time.Second) / o.rate))
-		defer t.Stop()
-		tick = t.C
-	}
 	start := time.Now()
+	deadline := start.Add(o.duration)
+	limit := len(samples)
+	if o.rate > 0 {
+		limit = min(limit, int(o.duration.Seconds()*o.rate))
+	}
 	var wg sync.WaitGroup
+	var lastDone atomic.Int64
 	for c := range o.conns {
 		src := w.srcs[c%len(w.srcs)]
 		if stranger {
 			src = "127.0.0.1"
 		}
-		cl := client(src, w.roots, keepAlive)
+		cl := client(src, tlsCfg, keepAlive)
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer cl.CloseIdleConnections()
 			var lat []time.Duration
-			sent, ok := 0, 0
+			var sentIDs, okIDs []string
+			late := 0
 			errs := map[string]int{}
 			for time.Now().Before(deadline) {
-				if tick != nil {
-					if _, open := <-tick; !open {
-						break
-					}
-				}
 				i := int(next.Add(1)) - 1
-				if i >= len(samples) {
+				if i >= limit {
+					if i >= len(samples) {
+						mu.Lock()
+						res.exhausted = true
+						mu.Unlock()
+					}
 					break
+				}
+				if o.rate > 0 {
+					due := start.Add(time.Duration(float64(i) * float64(time.Second) / o.rate))
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					} else if d < -time.Millisecond {
+						late++
+					}
 				}
 				s := samples[i]
 				t0 := time.Now()
-				resp, err := cl.Post("https://"+addr+s.kind.Path()+"?t="+s.token, "application/json", bytes.NewReader(s.body))
-				sent++
+				req, _ := http.NewRequest(http.MethodPost, "https://"+addr+s.kind.Path()+"?t="+s.token, bytes.NewReader(s.body))
+				req.Header.Set("Content-Type", "application/json")
+				req.Header.Set(headerBenchTx, s.tx)
+				sentIDs = append(sentIDs, s.tx)
+				resp, err := cl.Do(req)
 				if err != nil {
 					errs["conn"]++
 					continue
@@ -375,16 +472,20 @@ func load(name, addr string, w *world, o options, samples []sample, keepAlive, s
 				_, _ = io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 				lat = append(lat, time.Since(t0))
+				lastDone.Store(time.Now().UnixNano())
 				if resp.StatusCode == http.StatusOK {
-					ok++
+					okIDs = append(okIDs, s.tx)
 				} else {
 					errs[strconv.Itoa(resp.StatusCode)]++
 				}
 			}
 			mu.Lock()
 			defer mu.Unlock()
-			res.sent += sent
-			res.ok += ok
+			res.sent += len(sentIDs)
+			res.ok += len(okIDs)
+			res.sentIDs = append(res.sentIDs, sentIDs...)
+			res.okIDs = append(res.okIDs, okIDs...)
+			res.behindSchedule += late
 			res.latencies = append(res.latencies, lat...)
 			for k, v := range errs {
 				res.errors[k] += v
@@ -393,53 +494,12 @@ func load(name, addr string, w *world, o options, samples []sample, keepAlive, s
 	}
 	wg.Wait()
 	res.elapsed = time.Since(start)
+	if o.rate > 0 {
+		// Held to a schedule: the rate is over the scheduled span.
+		res.elapsed = max(time.Duration(float64(limit)/o.rate*float64(time.Second)), time.Unix(0, lastDone.Load()).Sub(start))
+	}
 	slices.Sort(res.latencies)
 	return res
-}
-
-// verify checks every accepted sample is on the stream exactly once.
-func (w *world) verify(samples []sample, accepted int) (onStream, dup int, err error) {
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-	defer cancel()
-	s, err := w.js.Stream(ctx, "DARAJA")
-	if err != nil {
-		return 0, 0, err
-	}
-	cons, err := s.OrderedConsumer(ctx, jetstream.OrderedConsumerConfig{FilterSubjects: []string{"daraja.cb.>"}})
-	if err != nil {
-		return 0, 0, err
-	}
-	want := map[string]bool{}
-	for _, smp := range samples {
-		want[smp.msgID] = true
-	}
-	seen := map[string]int{}
-	info, _ := s.Info(ctx)
-	for read := uint64(0); read < info.State.Msgs; {
-		batch, err := cons.Fetch(1000, jetstream.FetchMaxWait(5*time.Second))
-		if err != nil {
-			return 0, 0, err
-		}
-		for m := range batch.Messages() {
-			read++
-			if id := m.Headers().Get(jetstream.MsgIDHeader); want[id] {
-				seen[id]++
-			}
-		}
-		if batch.Error() != nil {
-			return 0, 0, batch.Error()
-		}
-	}
-	for _, n := range seen {
-		onStream++
-		if n > 1 {
-			dup += n - 1
-		}
-	}
-	if onStream != accepted {
-		return onStream, dup, fmt.Errorf("%d callbacks accepted but %d on the stream", accepted, onStream)
-	}
-	return onStream, dup, nil
 }
 
 func rssKiB(pid int) int64 {
@@ -456,80 +516,167 @@ func rssKiB(pid int) int64 {
 	return 0
 }
 
-func run(o options) error {
-	w, stop, err := setup(o)
-	if err != nil {
-		return err
+// side loads one side and verifies it on its stream.
+func (w *world) side(ctx context.Context, name string, isEdge bool, o options, samples []sample, keepAlive bool) (*result, error) {
+	stream, filter, addr := baselineStream, baselineSubject, w.base
+	if isEdge {
+		stream, filter, addr = w.cfg.NATS.Stream.Name, w.cfg.NATS.SubjectPrefix+".cb.>", w.edge.PublicAddr().String()
 	}
-	defer stop()
-	fmt.Printf("machine: %s/%s, %d CPUs, %s; scenario %s, %d senders from %d sources, %s per side, rate %v\n",
-		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.scenario, o.conns, len(w.srcs), o.duration, o.rate)
+	after, err := lastSeq(ctx, w.js, stream)
+	if err != nil {
+		return nil, err
+	}
+	r := w.load(name, addr, o, samples, keepAlive, false)
+	v, err := verifyStream(ctx, w.js, stream, filter, after, r.sentIDs, r.okIDs)
+	if err != nil {
+		return nil, err
+	}
+	fmt.Println(r)
+	fmt.Printf("  %-9s %s\n", name, v)
+	return r, v.check(0.98)
+}
 
+// round is one baseline/edge/baseline measurement.
+type round struct {
+	base, edge *result
+	b1, b2     *result
+}
+
+func (r round) ratio() float64 { return r.edge.rps() / r.base.rps() }
+
+func run(o options) error {
 	switch o.scenario {
-	case "keepalive", "newconn":
-		keepAlive := o.scenario == "keepalive"
-		// Enough samples for the whole run at a generous rate: tokens for
-		// the edge, plain bodies for the baseline (twice: two runs).
-		n := int(o.duration.Seconds() * 15000)
-		if o.rate > 0 {
-			n = int(o.duration.Seconds()*o.rate) + 100
-		}
-		samples, err := w.issue(n, "edge")
+	case "keepalive", "rate", "newconn":
+		_, err := rounds(o, o.sync)
+		return err
+	case "durable":
+		always, err := rounds(o, config.SyncEveryAck)
 		if err != nil {
 			return err
 		}
-		baseSamples := make([]sample, 4*n)
-		for i := range baseSamples {
-			k := kinds[i%len(kinds)]
-			baseSamples[i] = sample{kind: k, body: body(k, fmt.Sprintf("base_%08d", i))}
-		}
-		// Warm both sides, then baseline, edge, baseline again: the
-		// ratio uses the better baseline.
-		load("warm", w.base, w, options{duration: time.Second, conns: o.conns}, baseSamples[len(baseSamples)-5000:], keepAlive, false)
-		b1 := load("baseline", w.base, w, o, baseSamples, keepAlive, false)
-		if o.profile != "" {
-			f, err := os.Create(o.profile)
-			if err != nil {
-				return err
-			}
-			_ = pprof.StartCPUProfile(f)
-			defer f.Close()
-		}
-		e := load("edge", w.edge.PublicAddr().String(), w, o, samples, keepAlive, false)
-		if o.profile != "" {
-			pprof.StopCPUProfile()
-		}
-		b2 := load("baseline", w.base, w, o, baseSamples[b1.sent:], keepAlive, false)
-		b := b1
-		if b2.rps() > b1.rps() {
-			b = b2
-		}
-		fmt.Println(b1)
-		fmt.Println(e)
-		fmt.Println(b2)
-		onStream, dup, verr := w.verify(samples[:e.sent], e.ok)
-		fmt.Printf("verified: %d accepted callbacks on the stream, %d duplicated\n", onStream, dup)
-		fmt.Printf("RATIO throughput edge/baseline = %.2f; p99 edge %s vs baseline %s (+%s)\n",
-			e.rps()/b.rps(), e.pct(0.99).Round(time.Microsecond), b.pct(0.99).Round(time.Microsecond),
-			(e.pct(0.99) - b.pct(0.99)).Round(time.Microsecond))
-		return verr
-	case "rejected":
-		samples, err := w.issue(int(o.duration.Seconds()*15000), "rej")
+		interval, err := rounds(o, "1s")
 		if err != nil {
 			return err
 		}
-		acc := load("accepted", w.edge.PublicAddr().String(), w, o, samples, true, false)
-		strangers := make([]sample, 1_000_000)
-		for i := range strangers {
-			strangers[i] = sample{kind: daraja.STKCallback, token: "not-a-token", body: body(daraja.STKCallback, "x")}
+		var costs []float64
+		for i := range always {
+			costs = append(costs, always[i].edge.rps()/interval[i].edge.rps())
 		}
-		rej := load("refused", w.edge.PublicAddr().String(), w, o, strangers, true, true)
-		fmt.Println(acc)
-		fmt.Println(rej)
-		fmt.Printf("RATIO refused/accepted throughput = %.2f (refused before the body is read, on kept-alive connections)\n",
-			float64(rej.errors["403"])/rej.elapsed.Seconds()/acc.rps())
+		m, lo, hi := medianSpread(costs)
+		fmt.Printf("DURABLE edge throughput, sync always / sync 1s: median %.2f (spread %.2f–%.2f; %s)\n", m, lo, hi, fmtList(costs, "%.2f"))
 		return nil
 	default:
 		return fmt.Errorf("unknown scenario %q", o.scenario)
 	}
+}
+
+// rounds runs o.runs baseline/edge/baseline rounds on one world with the
+// embedded NATS synced as sync says, and reports the median and spread.
+func rounds(o options, sync string) ([]round, error) {
+	w, stop, err := setup(o, sync)
+	if err != nil {
+		return nil, err
+	}
+	defer stop()
+	ctx := context.Background()
+	keepAlive := o.scenario != "newconn"
+	fmt.Printf("machine: %s/%s, %d CPUs, %s; scenario %s, nats.embedded.sync %s (both sides: one server), %d senders from %d sources, %s per side, %d rounds, rate %v\n",
+		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.scenario, sync, o.conns, len(w.srcs), o.duration, o.runs, o.rate)
+
+	// Warm both sides (TLS, connection pools, JIT-free but caches, GC
+	// pacing, the stream's first blocks) for two seconds each, flat out.
+	warm := options{duration: 2 * time.Second, conns: o.conns}
+	wb := w.load("warm-base", w.base, warm, plain(100_000, "warmb"), keepAlive, false)
+	est := wb.rps()
+	if o.rate > 0 {
+		est = o.rate
+	}
+	warmEdge, err := w.issue(int(est*2*1.5)+1000, "warme")
+	if err != nil {
+		return nil, err
+	}
+	we := w.load("warm-edge", w.edge.PublicAddr().String(), warm, warmEdge, keepAlive, false)
+	fmt.Printf("warmed: baseline %.0f req/s, edge %.0f req/s\n", wb.rps(), we.rps())
+
+	var out []round
+	for i := range o.runs {
+		// Tokens for this round's edge load: enough for 1.5× the best
+		// rate seen (a side that runs out is reported).
+		n := int(max(est, we.rps())*o.duration.Seconds()*1.5) + 1000
+		if o.rate > 0 {
+			n = int(o.rate*o.duration.Seconds()) + 100
+		}
+		tag := fmt.Sprintf("r%d", i+1)
+		samples, err := w.issue(n, tag+"e")
+		if err != nil {
+			return nil, err
+		}
+		bs := plain(4*n, tag+"b")
+		fmt.Printf("round %d:\n", i+1)
+		b1, err := w.side(ctx, "baseline", false, o, bs, keepAlive)
+		if err != nil {
+			return nil, err
+		}
+		var prof *os.File
+		if o.profile != "" && i == o.runs-1 {
+			if prof, err = os.Create(o.profile); err != nil {
+				return nil, err
+			}
+			_ = pprof.StartCPUProfile(prof)
+		}
+		var e *result
+		var eerr error
+		// The load generator's goroutines (and the HTTP client's, which
+		// they start) carry side=client; the edge and NATS carry none.
+		pprof.Do(ctx, pprof.Labels("side", "client"), func(ctx context.Context) {
+			e, eerr = w.side(ctx, "edge", true, o, samples, keepAlive)
+		})
+		if prof != nil {
+			pprof.StopCPUProfile()
+			prof.Close()
+		}
+		if eerr != nil {
+			return nil, eerr
+		}
+		b2, err := w.side(ctx, "baseline", false, o, bs[b1.sent:], keepAlive)
+		if err != nil {
+			return nil, err
+		}
+		r := round{edge: e, base: b1, b1: b1, b2: b2}
+		if b2.rps() > b1.rps() {
+			r.base = b2
+		}
+		est = r.base.rps()
+		fmt.Printf("  RATIO round %d: throughput edge/baseline = %.2f; p99 edge %s vs baseline %s (%+.2f ms)\n", i+1,
+			r.ratio(), e.pct(0.99).Round(time.Microsecond), r.base.pct(0.99).Round(time.Microsecond),
+			float64(e.pct(0.99)-r.base.pct(0.99))/1e6)
+		out = append(out, r)
+	}
+	var ratios, erps, brps, p99d, ep99, bp99 []float64
+	for _, r := range out {
+		ratios = append(ratios, r.ratio())
+		erps = append(erps, r.edge.rps())
+		brps = append(brps, r.base.rps())
+		// p99 compared with the baseline run right before the edge's.
+		bp := min(r.b1.pct(0.99), r.b2.pct(0.99))
+		p99d = append(p99d, float64(r.edge.pct(0.99)-bp)/1e6)
+		ep99 = append(ep99, float64(r.edge.pct(0.99))/1e6)
+		bp99 = append(bp99, float64(bp)/1e6)
+	}
+	m, lo, hi := medianSpread(ratios)
+	em, elo, ehi := medianSpread(erps)
+	bm, blo, bhi := medianSpread(brps)
+	fmt.Printf("SUMMARY %s sync=%s: edge %.0f req/s (%.0f–%.0f), baseline %.0f req/s (%.0f–%.0f); RATIO median %.2f (spread %.2f–%.2f; %s)\n",
+		o.scenario, sync, em, elo, ehi, bm, blo, bhi, m, lo, hi, fmtList(ratios, "%.2f"))
+	pm, plo, phi := medianSpread(p99d)
+	epm, _, _ := medianSpread(ep99)
+	bpm, _, _ := medianSpread(bp99)
+	fmt.Printf("SUMMARY %s sync=%s: p99 edge %.2f ms, baseline %.2f ms (the better of the round's two); edge − baseline median %+.2f ms (spread %+.2f – %+.2f)\n",
+		o.scenario, sync, epm, bpm, pm, plo, phi)
+	if o.scenario == "keepalive" {
+		if err := brokerOnly(ctx, w, o); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -25,8 +24,9 @@ import (
 	"github.com/daraja-edge/daraja-edge/edge"
 )
 
-// runChild is the edge process of the idle and soak scenarios, so its
-// memory is measured apart from the load generator's.
+// runChild is the edge process of the idle, soak and refused scenarios,
+// so its memory and CPU are measured apart from the load generator's. It
+// logs as in production (JSON, info) to path + ".log".
 func runChild(path string) error {
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -38,7 +38,12 @@ func runChild(path string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	srv, err := edge.New(ctx, cfg, nil)
+	log, closeLog, err := productionLogger(path + ".log")
+	if err != nil {
+		return err
+	}
+	defer closeLog()
+	srv, err := edge.New(ctx, cfg, log)
 	if err != nil {
 		return err
 	}
@@ -92,7 +97,16 @@ func runSeparate(o options) error {
 	cfg.Spool.Dir = filepath.Join(dir, "spool")
 	cfg.Admin.Listen, cfg.Admin.APIKeys, cfg.Admin.KeyFile = freeAddr(), []string{adminKey}, filepath.Join(dir, "admin.key")
 	cfg.Limits.IdleTimeout = 10 * time.Minute // hold idle connections for the measurement
-	cfg.Log.Level = "error"
+	cfg.Log.Level = "info"
+	if o.sync != "" {
+		cfg.NATS.Embedded.Sync = o.sync
+	}
+	if o.scenario == "refused" {
+		cfg.Limits.RejectsPerSecond, cfg.Limits.RejectsBurst = 1e9, 1e9 // measure refusals, not the limiter
+	}
+	if o.scenario == "soak" {
+		cfg.Tokens.DefaultTTL = o.ttl
+	}
 	data, _ := json.Marshal(cfg)
 	cfgPath := filepath.Join(dir, "edge.json")
 	if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
@@ -125,7 +139,7 @@ func runSeparate(o options) error {
 	for i := range o.sources {
 		w.srcs = append(w.srcs, "127.0.0."+strconv.Itoa(2+i))
 	}
-	fmt.Printf("edge pid %d: RSS %d MiB, %d goroutines at rest\n", pid, rssKiB(pid)>>10, goroutines(cfg.Admin.Listen))
+	fmt.Printf("edge pid %d (logging JSON at info to %s.log, nats.embedded.sync %q): RSS %d MiB, %d goroutines at rest\n", pid, cfgPath, cfg.NATS.Embedded.Sync, rssKiB(pid)>>10, goroutines(cfg.Admin.Listen))
 
 	tlsCfg := &tls.Config{InsecureSkipVerify: true} // the child's own self-signed certificate; TLS is not under test here
 	switch o.scenario {
@@ -173,95 +187,9 @@ func runSeparate(o options) error {
 			int64(heapOpen)>>20, int64(heapClosed)>>20, (heapOpen-heapClosed)/1024/float64(len(conns)), int64(heapOpen-heapClosed)>>20, len(conns))
 		return nil
 	case "soak":
-		if o.rate <= 0 {
-			return fmt.Errorf("soak needs -rate")
-		}
-		n := int(o.duration.Seconds()*o.rate) + 1000
-		samples, err := w.issue(n, "soak")
-		if err != nil {
-			return err
-		}
-		stop := make(chan struct{})
-		done := make(chan *result, 1)
-		go func() {
-			done <- loadChild(cfg.Listen, w, o, samples, tlsCfg, stop)
-		}()
-		start := time.Now()
-		t := time.NewTicker(o.duration / 10)
-		defer t.Stop()
-		for i := 0; i < 10; i++ {
-			<-t.C
-			fmt.Printf("SOAK t=%-6s edge RSS %4d MiB, %5d goroutines\n", time.Since(start).Round(time.Second), rssKiB(pid)>>10, goroutines(cfg.Admin.Listen))
-		}
-		close(stop)
-		res := <-done
-		fmt.Println(res)
-		return nil
+		return soak(o, cfg, pid, w, tlsCfg)
+	case "refused":
+		return refusedCPU(o, cfg, pid, w, tlsCfg)
 	}
 	return nil
-}
-
-// loadChild sends samples at o.rate over keep-alive connections until stop.
-func loadChild(addr string, w *world, o options, samples []sample, tlsCfg *tls.Config, stop chan struct{}) *result {
-	res := &result{name: "soak", errors: map[string]int{}}
-	clients := make([]*http.Client, o.conns)
-	for i := range clients {
-		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(w.srcs[i%len(w.srcs)])}}
-		clients[i] = &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{DialContext: d.DialContext, TLSClientConfig: tlsCfg}}
-	}
-	interval := time.Duration(float64(time.Second) / o.rate)
-	start := time.Now()
-	sem := make(chan struct{}, o.conns)
-	results := make(chan int, o.conns)
-	sent := 0
-	for i := 0; i < len(samples); i++ {
-		select {
-		case <-stop:
-			i = len(samples)
-			continue
-		default:
-		}
-		if wait := time.Until(start.Add(time.Duration(i) * interval)); wait > 0 {
-			time.Sleep(wait)
-		}
-		sem <- struct{}{}
-		sent++
-		go func(s sample, c *http.Client) {
-			defer func() { <-sem }()
-			resp, err := c.Post("https://"+addr+s.kind.Path()+"?t="+s.token, "application/json", bytes.NewReader(s.body))
-			if err != nil {
-				results <- 0
-				return
-			}
-			_, _ = io.Copy(io.Discard, resp.Body)
-			resp.Body.Close()
-			results <- resp.StatusCode
-		}(samples[i], clients[i%len(clients)])
-		for drained := false; !drained; {
-			select {
-			case st := <-results:
-				res.record(st)
-			default:
-				drained = true
-			}
-		}
-	}
-	for range o.conns {
-		sem <- struct{}{}
-	}
-	close(results)
-	for st := range results {
-		res.record(st)
-	}
-	res.sent = sent
-	res.elapsed = time.Since(start)
-	return res
-}
-
-func (r *result) record(status int) {
-	if status == http.StatusOK {
-		r.ok++
-	} else {
-		r.errors[strconv.Itoa(status)]++
-	}
 }
