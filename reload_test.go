@@ -35,7 +35,10 @@ func TestReloadUnderLoad(t *testing.T) {
 	).Replace(string(mustRead(t, "config.example.yaml")))
 	cfgPath := filepath.Join(dir, "config.yaml")
 	write := func(cidrs, level string) {
-		c := strings.Replace(base, `cidrs: ["127.0.0.1/32"]`, "cidrs: "+cidrs, 1)
+		c := strings.Replace(base, `cidrs: ["127.0.0.1/32", "::1/128"]`, "cidrs: "+cidrs, 1)
+		if c == base {
+			t.Fatal("config.example.yaml's allowlist.cidrs line changed: update this test")
+		}
 		c = strings.Replace(c, "level: info", "level: "+level, 1)
 		if err := os.WriteFile(cfgPath, []byte(c), 0o600); err != nil {
 			t.Fatal(err)

@@ -30,7 +30,7 @@ func TestExampleLoads(t *testing.T) {
 	// The example shows the defaults; it must not drift from them except
 	// where it says so.
 	want := Default()
-	want.Allowlist.CIDRs = []string{"127.0.0.1/32"}
+	want.Allowlist.CIDRs = []string{"127.0.0.1/32", "::1/128"}
 	want.Admin.APIKeys = []string{""}
 	want.TLS.ACME.Domains = []string{}
 	want.ClientIP.TrustedProxies = []string{}
