@@ -371,6 +371,24 @@ func (a *api) issue(ctx context.Context) (verify.IssueResponse, error) {
 	return out, nil
 }
 
+// errNoTokens ends a load whose tokens ran out.
+var errNoTokens = errors.New("no tokens left")
+
+// pool hands out tokens issued beforehand (for loads while NATS is down).
+func pool(toks []verify.IssueResponse) func(context.Context, *api) (verify.IssueResponse, error) {
+	var mu sync.Mutex
+	return func(context.Context, *api) (verify.IssueResponse, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(toks) == 0 {
+			return verify.IssueResponse{}, errNoTokens
+		}
+		tok := toks[0]
+		toks = toks[1:]
+		return tok, nil
+	}
+}
+
 // status reads a token's state; 404 reads as state "".
 func (a *api) status(t *testing.T, id string) verify.Status {
 	t.Helper()
@@ -465,6 +483,9 @@ type load struct {
 	sent   []delivery
 	issued []verify.IssueResponse // tokens issued (201) that no callback was sent for
 	ok     atomic.Int64
+	// next gives each callback its token; nil issues one through the
+	// target's admin API.
+	next func(ctx context.Context, a *api) (verify.IssueResponse, error)
 }
 
 func (l *load) record(d delivery) {
@@ -496,7 +517,14 @@ func (l *load) run(name string, targets []*api, workers int, stop <-chan struct{
 			defer wg.Done()
 			for ctx.Err() == nil {
 				a := targets[(w+int(seq.Load()))%len(targets)]
-				tok, err := a.issue(ctx)
+				next := l.next
+				if next == nil {
+					next = func(ctx context.Context, a *api) (verify.IssueResponse, error) { return a.issue(ctx) }
+				}
+				tok, err := next(ctx, a)
+				if errors.Is(err, errNoTokens) {
+					return
+				}
 				if err != nil {
 					time.Sleep(20 * time.Millisecond) // the edge is gone or refusing: no spin
 					continue
