@@ -55,8 +55,10 @@ func (h *harness) rawStatus(src, req string) int {
 }
 
 // TestHostileRequests: every hostile case gets its answer, publishes
-// nothing, and leaves the server serving; at the end goroutines and memory
-// are back near where they started.
+// nothing it should not (the HTTP/2 flood of one valid callback stores it
+// once; the controls that show a body is otherwise valid store theirs), and
+// leaves the server serving; at the end goroutines and memory are back
+// near where they started.
 func TestHostileRequests(t *testing.T) {
 	h := start(t, func(c *config.Config) {
 		c.Limits.ReadHeaderTimeout = time.Second
