@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
@@ -43,6 +44,7 @@ type Options struct {
 
 // Broker is a live NATS connection, with the embedded server if it runs one.
 type Broker struct {
+	closing   atomic.Bool
 	Conn      *nats.Conn
 	JetStream jetstream.JetStream
 	server    *server.Server
@@ -62,6 +64,9 @@ func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
 		nats.ReconnectWait(250 * time.Millisecond),
 		nats.ReconnectBufSize(-1), // never buffer publishes while disconnected: callers need the truth
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if b.closing.Load() {
+				return // our own stop: not an incident
+			}
 			log.Warn("disconnected from NATS", zap.Error(err))
 		}),
 		nats.ReconnectHandler(func(nc *nats.Conn) {
@@ -173,6 +178,7 @@ func (b *Broker) ClientURL() string {
 // Close drains the connection and stops the embedded server. It is safe to
 // call more than once.
 func (b *Broker) Close() {
+	b.closing.Store(true)
 	if b.Conn != nil && !b.Conn.IsClosed() {
 		if err := b.Conn.Drain(); err != nil {
 			b.Conn.Close()

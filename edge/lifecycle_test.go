@@ -13,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/verify"
@@ -176,4 +177,16 @@ func (h *harness) metric(name string) string {
 		}
 	}
 	return ""
+}
+
+// TestCleanStopIsQuiet: a clean stop logs no warning-level NATS
+// disconnection (an on-call person would chase it).
+func TestCleanStopIsQuiet(t *testing.T) {
+	h := start(t, nil)
+	h.stop()
+	for _, e := range h.logs.FilterMessageSnippet("disconnected").All() {
+		if e.Level >= zap.WarnLevel {
+			t.Errorf("clean stop logged %s %q", e.Level, e.Message)
+		}
+	}
 }
