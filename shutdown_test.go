@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -75,6 +76,9 @@ func TestStopDeadlines(t *testing.T) {
 	})
 }
 
+// allowlistLine is allowlist.cidrs in config.example.yaml.
+var allowlistLine = regexp.MustCompile(`(?m)^(\s+)cidrs: \[.*\]`)
+
 // binaryEdge is a daraja-edge serve process.
 type binaryEdge struct {
 	cmd            *exec.Cmd
@@ -97,13 +101,13 @@ func startBinary(t *testing.T, bin, shutdownTimeout string) *binaryEdge {
 		`listen: ":8443"`, `listen: "`+public+`"`,
 		`listen: 127.0.0.1:9090`, `listen: "`+adm+`"`,
 		`listen: "127.0.0.1:4222"`, `listen: "`+natsAddr+`"`,
-		`cidrs: ["127.0.0.1/32"]`, `cidrs: ["127.0.0.2/32"]`,
 		"read_timeout: 10s", "read_timeout: 10m", // a request held open stays in flight
 		"write_timeout: 10s", "write_timeout: 10m",
 		"shutdown_timeout: 30s", "shutdown_timeout: "+shutdownTimeout,
 		"./data", filepath.Join(dir, "data"),
 	).Replace(string(mustRead(t, "config.example.yaml")))
-	for _, want := range []string{"read_timeout: 10m", "shutdown_timeout: " + shutdownTimeout} {
+	cfg = allowlistLine.ReplaceAllString(cfg, `${1}cidrs: ["127.0.0.2/32"]`)
+	for _, want := range []string{`cidrs: ["127.0.0.2/32"]`, "read_timeout: 10m", "shutdown_timeout: " + shutdownTimeout} {
 		if !strings.Contains(cfg, want) {
 			t.Fatalf("config.example.yaml changed: could not set %q", want)
 		}
