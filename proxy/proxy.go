@@ -283,8 +283,15 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	}
 	rl.peer = peer
 	client := peer
-	if !p.ProxyProtocol {
-		if client, err = p.ClientIP.Resolve(peer, r.Header.Values("X-Forwarded-For")); err != nil {
+	xff := r.Header.Values("X-Forwarded-For")
+	switch {
+	case len(xff) == 0:
+	case p.ProxyProtocol:
+		rl.xffIgnored = "PROXY protocol connection"
+	case !p.ClientIP.Trusts(peer):
+		rl.xffIgnored = "peer not in client_ip.trusted_proxies"
+	default:
+		if client, err = p.ClientIP.Resolve(peer, xff); err != nil {
 			return nil, refuse(http.StatusForbidden, "bad_forwarded_for", err)
 		}
 	}
@@ -316,10 +323,10 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	}
 	ctx := r.Context()
 	grant, err := h.o.Tokens.Authorize(ctx, token, kind)
+	rl.tokenID, rl.reference = grant.ID, grant.Reference
 	if err != nil {
 		return nil, tokenError(err)
 	}
-	rl.tokenID, rl.reference = grant.ID, grant.Reference
 
 	// 4. Body: bounded, then parsed for its kind.
 	if r.ContentLength > p.MaxBodyBytes {
@@ -533,7 +540,8 @@ type requestLog struct {
 	decision      string
 	allowlistMiss bool
 	allowlisted   bool
-	quiet         bool // rate limited: not logged, not published
+	xffIgnored    string // why X-Forwarded-For was not believed
+	quiet         bool   // rate limited: not logged, not published
 	bodyRead      bool
 	status        int
 	outcome       string
@@ -550,6 +558,9 @@ func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
 	}
 	if l.peer.IsValid() && l.peer != l.source {
 		e.AddString("peer_ip", l.peer.String())
+	}
+	if l.xffIgnored != "" && l.status >= 400 {
+		e.AddString("x_forwarded_for_ignored", l.xffIgnored)
 	}
 	if l.kind != "" {
 		e.AddString("kind", string(l.kind))

@@ -639,7 +639,8 @@ type Grant struct {
 }
 
 // Authorize checks that token is known, matches its stored hash, is neither
-// expired nor revoked, and was issued for kind. Whether this (token, kind)
+// expired nor revoked, and was issued for kind. A refusal of a proven token
+// (revoked, expired, wrong kind) still returns its Grant, for the log. Whether this (token, kind)
 // was used already is decided by the stream when the callback is stored.
 //
 // A token missing from the local copy (issued a moment ago elsewhere, or
@@ -667,16 +668,19 @@ func (s *Store) Authorize(ctx context.Context, token string, kind daraja.Kind) (
 			return Grant{}, ErrUnknown
 		}
 	}
+	// From here the token is proven: its id and reference go with a
+	// refusal too, for the log.
+	g := Grant{ID: idFromBytes(key[:]), Shortcode: shortcodeName(en.shortcode), Reference: en.reference,
+		Reusable: en.has(flagReusable)}
 	switch {
 	case en.has(flagRevoked):
-		return Grant{}, ErrRevoked
+		return g, ErrRevoked
 	case en.expiresMs() != 0 && s.now().UnixMilli() >= en.expiresMs():
-		return Grant{}, ErrExpired
+		return g, ErrExpired
 	case en.kinds()&kindBit(kind) == 0:
-		return Grant{}, ErrWrongKind
+		return g, ErrWrongKind
 	}
-	return Grant{ID: idFromBytes(key[:]), Shortcode: shortcodeName(en.shortcode), Reference: en.reference,
-		Reusable: en.has(flagReusable)}, nil
+	return g, nil
 }
 
 func kindBit(k daraja.Kind) uint16 {
