@@ -309,7 +309,11 @@ type api struct {
 // network namespace.
 type dialer func(ctx context.Context, network, laddr, raddr string) (net.Conn, error)
 
+// hostDial dials from this process's namespace: loopback only.
 func hostDial(ctx context.Context, network, laddr, raddr string) (net.Conn, error) {
+	if host, _, err := net.SplitHostPort(raddr); err != nil || !net.ParseIP(host).IsLoopback() {
+		return nil, fmt.Errorf("powercut: refusing to dial %s outside loopback", raddr)
+	}
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if laddr != "" {
 		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(laddr)}
