@@ -18,6 +18,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -42,9 +43,21 @@ import (
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
-// Version is reported by the NATS token service (SemVer); main sets it
-// from the build version.
+// Version is reported by the NATS token service (SemVer), the start-up log
+// and daraja_edge_build_info; main sets it from the build version.
 var Version = "0.0.0-dev"
+
+// Commit is the VCS revision the binary was built from.
+var Commit = func() string {
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		for _, s := range bi.Settings {
+			if s.Key == "vcs.revision" {
+				return s.Value
+			}
+		}
+	}
+	return "unknown"
+}()
 
 // publishTimeout bounds the wait for a JetStream ack on the hot path.
 const publishTimeout = 3 * time.Second
@@ -151,6 +164,8 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 			return time.Time{}
 		},
 		NATSConnected: func() bool { return s.broker.Conn.IsConnected() },
+		Version:       Version,
+		Commit:        Commit,
 	})
 	retain := cfg.Tokens.MaxTTL + 7*24*time.Hour
 	store, err := verify.NewStore(ctx, s.broker.JetStream, verify.StoreOptions{
@@ -528,7 +543,8 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("daraja-edge serving",
 		zap.String("public", scheme+"://"+s.publicLn.Addr().String()),
 		zap.String("admin", "http://"+s.adminLn.Addr().String()),
-		zap.String("nats", s.NATSURL()), zap.String("edge", s.name))
+		zap.String("nats", s.NATSURL()), zap.String("edge", s.name),
+		zap.String("version", Version), zap.String("commit", Commit))
 
 	var runErr error
 	select {

@@ -1,8 +1,13 @@
 package edge
 
 import (
+	"net/http"
+	"runtime"
+	"strings"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/verify"
@@ -50,5 +55,31 @@ func TestRefusalLogsActionable(t *testing.T) {
 	}
 	if !found {
 		t.Error("no refusal line for the stranger")
+	}
+}
+
+// TestBuildAndReloadMetrics: the version is a metric and in the start-up
+// log; a refused reload shows in config_last_reload_successful.
+func TestBuildAndReloadMetrics(t *testing.T) {
+	h := start(t, nil)
+	_, body := h.admin(http.MethodGet, "/metrics", "", nil)
+	if !strings.Contains(string(body), `daraja_edge_build_info{commit="`+Commit+`",goversion="`+runtime.Version()+`",version="`+Version+`"} 1`) {
+		t.Errorf("no build_info sample for %s %s", Version, Commit)
+	}
+	if h.logs.FilterMessage("daraja-edge serving").FilterField(zap.String("version", Version)).Len() != 1 {
+		t.Error("the start-up line does not name the version")
+	}
+	if v := h.metric("daraja_edge_config_last_reload_successful"); v != "1" {
+		t.Errorf("before any reload: %q", v)
+	}
+	h.srv.ReloadRefused()
+	if v := h.metric("daraja_edge_config_last_reload_successful"); v != "0" {
+		t.Errorf("after a refused reload: %q", v)
+	}
+	if err := h.srv.Reload(h.cfg); err != nil {
+		t.Fatal(err)
+	}
+	if v := h.metric("daraja_edge_config_last_reload_successful"); v != "1" {
+		t.Errorf("after an applied reload: %q", v)
 	}
 }

@@ -4,6 +4,7 @@ package metrics
 
 import (
 	"net/http"
+	"runtime"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -32,6 +33,8 @@ type Metrics struct {
 	tokenCacheFull  prometheus.Gauge
 	reusableExpiry  prometheus.Gauge
 	ackedLost       prometheus.Gauge
+	reloadOK        prometheus.Gauge
+	reloadOKAt      prometheus.Gauge
 }
 
 // Gauges are read when /metrics is scraped.
@@ -48,6 +51,8 @@ type Gauges struct {
 	CertificateExpiry func() time.Time
 	// NATSConnected reports the NATS connection state.
 	NATSConnected func() bool
+	// Version and Commit label daraja_edge_build_info.
+	Version, Commit string
 }
 
 // New registers every metric, plus Go and process collectors.
@@ -86,7 +91,16 @@ func New(g Gauges) *Metrics {
 		Help: "Reusable (C2B registered URL) tokens that expire within 14 days: rotate them and re-register the URLs."})
 	m.ackedLost = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "stream_acknowledged_lost",
 		Help: "Stream sequences this edge saw acknowledged before its start that the embedded store no longer has (0: none): acknowledged callbacks were lost, e.g. a power cut with nats.embedded.sync set to an interval."})
-	for _, c := range []prometheus.Collector{m.ackedLost, m.requests, m.requestSeconds, m.rejections, m.publishSeconds, m.spooled,
+	m.reloadOK = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "config_last_reload_successful",
+		Help: "1 when the last SIGHUP reload was applied (or none was tried), 0 when it was refused."})
+	m.reloadOK.Set(1)
+	m.reloadOKAt = prometheus.NewGauge(prometheus.GaugeOpts{Namespace: ns, Name: "config_last_reload_success_timestamp_seconds",
+		Help: "When the configuration was last loaded or reloaded successfully, as a Unix time."})
+	m.reloadOKAt.SetToCurrentTime()
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Name: "build_info",
+		Help: "Always 1; labelled with the running version, commit and Go version."}, []string{"version", "commit", "goversion"})
+	build.WithLabelValues(g.Version, g.Commit, runtime.Version()).Set(1)
+	for _, c := range []prometheus.Collector{build, m.reloadOK, m.reloadOKAt, m.ackedLost, m.requests, m.requestSeconds, m.rejections, m.publishSeconds, m.spooled,
 		m.allowlistMisses, m.validations, m.tokens, m.reloads, m.replayed, m.tokenWatchUp, m.tokenCache,
 		m.tokenCacheFull, m.reusableExpiry} {
 		f(c)
@@ -196,8 +210,10 @@ func (m *Metrics) AckedLost(n uint64) { m.ackedLost.Set(float64(n)) }
 // Reload counts a configuration reload.
 func (m *Metrics) Reload(applied bool) {
 	result := "refused"
+	m.reloadOK.Set(b2f(applied))
 	if applied {
 		result = "applied"
+		m.reloadOKAt.SetToCurrentTime()
 	}
 	m.reloads.WithLabelValues(result).Inc()
 }
