@@ -718,3 +718,7 @@ func (s *Server) Certificate() *x509.Certificate { return s.certs.Leaf() }
 
 // Pending reports callbacks spooled but not yet on NATS.
 func (s *Server) Pending() (spooled int64) { return s.durable.Pending() }
+
+// MetricNames lists every daraja_edge_* metric this edge exports (for
+// checking alert rules and dashboards against it).
+func (s *Server) MetricNames() []string { return s.metrics.Names() }

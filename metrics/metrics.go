@@ -5,6 +5,7 @@ package metrics
 import (
 	"net/http"
 	"runtime"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -18,6 +19,7 @@ const ns = "daraja_edge"
 // and cheap enough for the request path.
 type Metrics struct {
 	reg             *prometheus.Registry
+	collectors      []prometheus.Collector // the edge's own, for Names
 	requests        *prometheus.CounterVec
 	requestSeconds  *prometheus.HistogramVec
 	rejections      *prometheus.CounterVec
@@ -59,8 +61,8 @@ type Gauges struct {
 func New(g Gauges) *Metrics {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	f := func(c prometheus.Collector) { reg.MustRegister(c) }
 	m := &Metrics{reg: reg}
+	f := func(c prometheus.Collector) { reg.MustRegister(c); m.collectors = append(m.collectors, c) }
 	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Name: "requests_total",
 		Help: "Callback requests by kind and outcome (accepted, duplicate, spooled, rejected, failed)."}, []string{"kind", "outcome"})
 	m.requestSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{Namespace: ns, Name: "request_duration_seconds",
@@ -148,6 +150,29 @@ func New(g Gauges) *Metrics {
 }
 
 var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10}
+
+// Names lists the name of every metric the registry can export, whether or
+// not it has a sample yet (a labelled counter has none until counted):
+// alert rules and dashboards are checked against it.
+func (m *Metrics) Names() []string {
+	var out []string
+	for _, c := range m.collectors {
+		ch := make(chan *prometheus.Desc, 64)
+		go func() { c.Describe(ch); close(ch) }()
+		for d := range ch {
+			// Desc has no accessor for its name; its String form is
+			// Desc{fqName: "…", …}.
+			s := d.String()
+			if i := strings.Index(s, `fqName: "`); i >= 0 {
+				s = s[i+len(`fqName: "`):]
+				if j := strings.IndexByte(s, '"'); j >= 0 {
+					out = append(out, s[:j])
+				}
+			}
+		}
+	}
+	return out
+}
 
 // Handler serves the registry in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {

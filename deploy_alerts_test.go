@@ -1,0 +1,84 @@
+package main
+
+import (
+	"encoding/json"
+	"log/slog"
+	"os"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/common/model"
+	"github.com/prometheus/prometheus/model/rulefmt"
+	"github.com/prometheus/prometheus/promql/parser"
+
+	"github.com/daraja-edge/daraja-edge/internal/edgetest"
+)
+
+// TestAlertRulesAndDashboard: deploy/prometheus/alerts.yaml parses with
+// Prometheus's own rule parser, and every daraja_edge_* metric that the
+// rules and the Grafana dashboard name is one the running edge exports.
+func TestAlertRulesAndDashboard(t *testing.T) {
+	e := edgetest.Start(t, edgetest.Config(t, ""))
+	exported := e.Srv.MetricNames()
+	if !slices.Contains(exported, "daraja_edge_requests_total") {
+		t.Fatalf("the edge's metric names look wrong: %v", exported)
+	}
+	p := parser.NewParser(parser.Options{})
+	groups, errs := rulefmt.ParseFile("deploy/prometheus/alerts.yaml", false, model.UTF8Validation, p, slog.New(slog.DiscardHandler))
+	for _, err := range errs {
+		t.Error(err)
+	}
+	var exprs []string
+	if groups != nil {
+		for _, g := range groups.Groups {
+			for _, r := range g.Rules {
+				exprs = append(exprs, r.Expr)
+			}
+		}
+	}
+	if len(exprs) < 10 {
+		t.Fatalf("only %d alert rules", len(exprs))
+	}
+	var dash struct {
+		Panels []struct {
+			Title   string
+			Targets []struct{ Expr string }
+		}
+	}
+	data, err := os.ReadFile("deploy/grafana/daraja-edge.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := json.Unmarshal(data, &dash); err != nil {
+		t.Fatal(err)
+	}
+	for _, pn := range dash.Panels {
+		for _, tg := range pn.Targets {
+			exprs = append(exprs, tg.Expr)
+		}
+	}
+	for _, expr := range exprs {
+		ast, err := p.ParseExpr(expr)
+		if err != nil {
+			t.Errorf("%q: %v", expr, err)
+			continue
+		}
+		parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
+			vs, ok := n.(*parser.VectorSelector)
+			if !ok || !strings.HasPrefix(vs.Name, "daraja_edge_") {
+				return nil
+			}
+			name := vs.Name
+			for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+				if base, ok := strings.CutSuffix(name, suffix); ok && slices.Contains(exported, base) {
+					name = base
+				}
+			}
+			if !slices.Contains(exported, name) {
+				t.Errorf("%q names %s, which the edge does not export", expr, vs.Name)
+			}
+			return nil
+		})
+	}
+}
