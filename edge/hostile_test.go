@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"go.uber.org/zap"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -659,4 +660,33 @@ func TestAdminHardening(t *testing.T) {
 func sha256Hex(s string) string {
 	sum := sha256.Sum256([]byte(s))
 	return hex.EncodeToString(sum[:])
+}
+
+// TestHTTPServerErrorLogAtWarn: what net/http reports on its error log (a
+// failed TLS handshake here; recovered handler panics go the same way)
+// reaches the edge's log at Warn or above, which a production logger keeps.
+func TestHTTPServerErrorLogAtWarn(t *testing.T) {
+	h := start(t, nil)
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}, Timeout: 5 * time.Second}
+	c, err := d.Dial("tcp", h.srv.PublicAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	_, _ = io.WriteString(c, "GET / HTTP/1.1\r\nHost: not-tls\r\n\r\n")
+	_, _ = io.Copy(io.Discard, c) // until the server closes
+	c.Close()
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		for _, e := range h.logs.All() {
+			if strings.Contains(e.Message, "TLS handshake error") {
+				if e.Level < zap.WarnLevel {
+					t.Fatalf("the HTTP server's error log is at %s: %q", e.Level, e.Message)
+				}
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the HTTP server's error log reached no log line")
+		}
+	}
 }
