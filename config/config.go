@@ -225,6 +225,9 @@ type Admin struct {
 	// ignored; with none left, serve generates a key and writes it to
 	// KeyFile.
 	APIKeys []string `yaml:"api_keys"`
+	// ReadKeys are bearer keys that may read everything (token status,
+	// the console) and change nothing. Same forms as APIKeys.
+	ReadKeys []string `yaml:"read_keys"`
 	// KeyFile receives a generated key when api_keys holds none, and is
 	// where `token issue` looks for a key. Default ./data/admin.key.
 	KeyFile string `yaml:"key_file"`
@@ -294,6 +297,17 @@ func Default() Config {
 
 // Keys returns the usable admin API keys: the configured ones that are not
 // empty after ${ENV} expansion.
+// ReadOnlyKeys returns the configured read-only keys that are not empty.
+func (a Admin) ReadOnlyKeys() []string {
+	var keys []string
+	for _, k := range a.ReadKeys {
+		if k != "" {
+			keys = append(keys, k)
+		}
+	}
+	return keys
+}
+
 func (a Admin) Keys() []string {
 	var keys []string
 	for _, k := range a.APIKeys {

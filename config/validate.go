@@ -210,13 +210,21 @@ func (c Config) Validate() error {
 		v.add("limits.rejects_per_second", "%v per second with a burst of %d: both must be above zero", c.Limits.RejectsPerSecond, c.Limits.RejectsBurst)
 	}
 	v.listeners(c)
-	for i, k := range c.Admin.APIKeys {
-		if hash, ok := strings.CutPrefix(k, "sha256:"); ok {
-			if !sha256HexRE.MatchString(hash) {
-				v.add(fmt.Sprintf("admin.api_keys[%d]", i), "a sha256: key must be 64 lowercase hex digits")
+	for _, keys := range []struct {
+		name string
+		list []string
+	}{{"admin.api_keys", c.Admin.APIKeys}, {"admin.read_keys", c.Admin.ReadKeys}} {
+		for i, k := range keys.list {
+			if hash, ok := strings.CutPrefix(k, "sha256:"); ok {
+				if !sha256HexRE.MatchString(hash) {
+					v.add(fmt.Sprintf("%s[%d]", keys.name, i), "a sha256: key must be 64 lowercase hex digits")
+				}
+			} else if k != "" && len(k) < 16 {
+				v.add(fmt.Sprintf("%s[%d]", keys.name, i), "is shorter than 16 characters")
 			}
-		} else if k != "" && len(k) < 16 {
-			v.add(fmt.Sprintf("admin.api_keys[%d]", i), "is shorter than 16 characters")
+			if k != "" && keys.name == "admin.read_keys" && slices.Contains(c.Admin.APIKeys, k) {
+				v.add(fmt.Sprintf("%s[%d]", keys.name, i), "is also in admin.api_keys: a key is either read-only or not")
+			}
 		}
 	}
 	if len(c.Admin.Keys()) == 0 && c.Admin.KeyFile == "" {
