@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -681,6 +682,49 @@ func (s *Store) Authorize(ctx context.Context, token string, kind daraja.Kind) (
 		return g, ErrWrongKind
 	}
 	return g, nil
+}
+
+// match returns, sorted, the ids in the local copy whose reference,
+// shortcode and kind match f (state is left to the caller).
+func (s *Store) match(f ListFilter) []string {
+	now := s.now().UnixMilli()
+	var want uint16
+	if f.Kind != "" {
+		want = kindBit(f.Kind)
+	}
+	var ids []string
+	s.mu.RLock()
+	for key, en := range s.cache {
+		switch {
+		case f.Reference != "" && en.reference != f.Reference,
+			f.Shortcode != "" && shortcodeName(en.shortcode) != f.Shortcode,
+			want != 0 && en.kinds()&want == 0:
+			continue
+		}
+		expired := en.expiresMs() != 0 && now >= en.expiresMs()
+		switch f.State {
+		case StateRevoked:
+			if !en.has(flagRevoked) {
+				continue
+			}
+		case StateExpired:
+			if en.has(flagRevoked) || !expired {
+				continue
+			}
+		case StateIssued:
+			if en.has(flagRevoked) || expired {
+				continue
+			}
+		case StateConsumed: // used, then maybe expired
+			if en.has(flagRevoked) {
+				continue
+			}
+		}
+		ids = append(ids, idFromBytes(key[:]))
+	}
+	s.mu.RUnlock()
+	slices.Sort(ids)
+	return ids
 }
 
 func kindBit(k daraja.Kind) uint16 {

@@ -472,3 +472,64 @@ func TestForwardPathAndAnnotate(t *testing.T) {
 		t.Errorf("annotate unknown: %v", err)
 	}
 }
+
+func TestList(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	used := map[string]bool{}
+	iss := &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
+		Uses: func(_ context.Context, rec Record) (map[daraja.Kind]string, error) {
+			if used[rec.ID] {
+				return map[daraja.Kind]string{rec.Kinds[0]: "TX-" + rec.ID}, nil
+			}
+			return nil, nil
+		}}
+	var ids []string
+	for i := range 7 {
+		req := IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", Reference: fmt.Sprintf("ORDER-%d", i%2)}
+		if i == 6 {
+			req = IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000", Reference: "PAYOUT-1"}
+		}
+		ids = append(ids, issue(t, s, req).Record.ID)
+	}
+	used[ids[0]], used[ids[2]] = true, true
+	if err := s.Revoke(ctx, ids[4]); err != nil {
+		t.Fatal(err)
+	}
+	count := func(f ListFilter) int {
+		t.Helper()
+		n := 0
+		for {
+			page, next, err := iss.List(ctx, f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n += len(page)
+			if next == "" {
+				return n
+			}
+			f.After = next
+		}
+	}
+	for _, c := range []struct {
+		f    ListFilter
+		want int
+	}{
+		{ListFilter{}, 7},
+		{ListFilter{Limit: 2}, 7}, // paged
+		{ListFilter{Reference: "ORDER-0"}, 3},
+		{ListFilter{Shortcode: "600000"}, 1},
+		{ListFilter{Kind: daraja.B2CResult}, 1},
+		{ListFilter{State: StateConsumed}, 2},
+		{ListFilter{State: StateRevoked}, 1},
+		{ListFilter{State: StateIssued}, 4},
+		{ListFilter{State: StateIssued, Reference: "ORDER-0"}, 1},
+	} {
+		if got := count(c.f); got != c.want {
+			t.Errorf("%+v: %d tokens, want %d", c.f, got, c.want)
+		}
+	}
+	if _, _, err := iss.List(ctx, ListFilter{State: "gone"}); err == nil {
+		t.Error("a bad state accepted")
+	}
+}
