@@ -523,7 +523,8 @@ func TestList(t *testing.T) {
 		{ListFilter{State: StateConsumed}, 2},
 		{ListFilter{State: StateRevoked}, 1},
 		{ListFilter{State: StateIssued}, 4},
-		{ListFilter{State: StateIssued, Reference: "ORDER-0"}, 1},
+		{ListFilter{State: StateIssued, Reference: "ORDER-0"}, 0},
+		{ListFilter{State: StateIssued, Reference: "ORDER-1"}, 3},
 	} {
 		if got := count(c.f); got != c.want {
 			t.Errorf("%+v: %d tokens, want %d", c.f, got, c.want)
