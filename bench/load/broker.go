@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -107,8 +108,8 @@ func tokenID() string {
 func runMemory(o options) error {
 	fmt.Printf("machine: %s/%s, %d CPUs, %s; scenario memory: %d stored callbacks; nats-server with sync on its default interval (fill speed; memory does not depend on it)\n",
 		runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.Version(), o.stored)
-	for _, distinct := range []bool{true, false} {
-		if err := memoryPass(o.stored, distinct); err != nil {
+	for _, v := range []struct{ distinct, msgID bool }{{true, true}, {true, false}, {false, true}} {
+		if err := memoryPass(o.stored, v.distinct, v.msgID); err != nil {
 			return err
 		}
 	}
@@ -124,7 +125,7 @@ func heapAfterGC() uint64 {
 	return m.HeapAlloc
 }
 
-func memoryPass(n int, distinct bool) error {
+func memoryPass(n int, distinct, msgID bool) error {
 	dir, err := os.MkdirTemp("", "daraja-mem-")
 	if err != nil {
 		return err
@@ -176,8 +177,18 @@ func memoryPass(n int, distinct bool) error {
 		if distinct {
 			msg.Header[publish.HeaderExpectFirst] = []string{"0"}
 		}
-		if _, err := js.PublishMsgAsync(msg); err != nil {
-			return err
+		if !msgID {
+			delete(msg.Header, publish.HeaderMsgID)
+		}
+		for {
+			_, err := js.PublishMsgAsync(msg)
+			if err == nil {
+				break
+			}
+			if !errors.Is(err, jetstream.ErrTooManyStalledMsgs) {
+				return err
+			}
+			<-js.PublishAsyncComplete()
 		}
 	}
 	select {
@@ -225,6 +236,11 @@ func memoryPass(n int, distinct bool) error {
 	what := "distinct per-token subjects"
 	if !distinct {
 		what = "one shared subject (control)"
+	}
+	if msgID {
+		what += ", with Nats-Msg-Id (24h duplicate window)"
+	} else {
+		what += ", without Nats-Msg-Id"
 	}
 	if info.State.Msgs != uint64(n) || again.State.Msgs != uint64(n) {
 		return fmt.Errorf("stream holds %d (after restart %d) of %d", info.State.Msgs, again.State.Msgs, n)

@@ -42,6 +42,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -360,8 +361,9 @@ type result struct {
 	elapsed        time.Duration
 	sentIDs, okIDs []string
 	exhausted      bool
-	rate           float64 // the rate it was held to (0: flat out)
-	behindSchedule int     // requests sent more than 1 ms after they were due
+	rate           float64       // the rate it was held to (0: flat out)
+	behindSchedule int           // requests sent more than 1 ms after they were due
+	cpuPerReq      time.Duration // this process's CPU (load generator included) per request answered 200
 }
 
 func (r *result) rps() float64 { return float64(r.ok) / r.elapsed.Seconds() }
@@ -382,6 +384,9 @@ func (r *result) String() string {
 	s := fmt.Sprintf("%-11s sent=%-7d ok=%-7d %8.0f req/s  p50=%-9s p99=%-9s p999=%-9s errors=[%s]",
 		r.name, r.sent, r.ok, r.rps(), r.pct(0.50).Round(time.Microsecond), r.pct(0.99).Round(time.Microsecond),
 		r.pct(0.999).Round(time.Microsecond), strings.Join(errs, " "))
+	if r.cpuPerReq > 0 {
+		s += fmt.Sprintf(" cpu/req=%s", r.cpuPerReq.Round(time.Microsecond))
+	}
 	if r.rate > 0 {
 		s += fmt.Sprintf(" held to %.0f/s: achieved %.0f/s, %d sent >1ms late", r.rate, float64(r.sent)/r.elapsed.Seconds(), r.behindSchedule)
 	}
@@ -502,6 +507,15 @@ func (w *world) loadAt(name, addr string, tlsCfg *tls.Config, o options, samples
 	return res
 }
 
+// processCPU is this process's user + system CPU time (getrusage).
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func rssKiB(pid int) int64 {
 	data, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
 	if err != nil {
@@ -526,7 +540,9 @@ func (w *world) side(ctx context.Context, name string, isEdge bool, o options, s
 	if err != nil {
 		return nil, err
 	}
+	c0 := processCPU()
 	r := w.load(name, addr, o, samples, keepAlive, false)
+	r.cpuPerReq = (processCPU() - c0) / time.Duration(max(1, r.ok))
 	v, err := verifyStream(ctx, w.js, stream, filter, after, r.sentIDs, r.okIDs)
 	if err != nil {
 		return nil, err
@@ -638,7 +654,21 @@ func rounds(o options, sync string) ([]round, error) {
 		if eerr != nil {
 			return nil, eerr
 		}
-		b2, err := w.side(ctx, "baseline", false, o, bs[b1.sent:], keepAlive)
+		var b2 *result
+		if o.profile != "" && i == o.runs-1 {
+			// The baseline's profile, for comparison (pprof -diff_base).
+			if prof, err = os.Create(o.profile + ".baseline"); err != nil {
+				return nil, err
+			}
+			_ = pprof.StartCPUProfile(prof)
+		}
+		pprof.Do(ctx, pprof.Labels("side", "client"), func(ctx context.Context) {
+			b2, err = w.side(ctx, "baseline", false, o, bs[b1.sent:], keepAlive)
+		})
+		if o.profile != "" && i == o.runs-1 {
+			pprof.StopCPUProfile()
+			prof.Close()
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -652,8 +682,9 @@ func rounds(o options, sync string) ([]round, error) {
 			float64(e.pct(0.99)-r.base.pct(0.99))/1e6)
 		out = append(out, r)
 	}
-	var ratios, erps, brps, p99d, ep99, bp99 []float64
+	var ratios, erps, brps, p99d, ep99, bp99, cpuR []float64
 	for _, r := range out {
+		cpuR = append(cpuR, float64(r.edge.cpuPerReq)/float64(min(r.b1.cpuPerReq, r.b2.cpuPerReq)))
 		ratios = append(ratios, r.ratio())
 		erps = append(erps, r.edge.rps())
 		brps = append(brps, r.base.rps())
@@ -668,6 +699,9 @@ func rounds(o options, sync string) ([]round, error) {
 	bm, blo, bhi := medianSpread(brps)
 	fmt.Printf("SUMMARY %s sync=%s: edge %.0f req/s (%.0f–%.0f), baseline %.0f req/s (%.0f–%.0f); RATIO median %.2f (spread %.2f–%.2f; %s)\n",
 		o.scenario, sync, em, elo, ehi, bm, blo, bhi, m, lo, hi, fmtList(ratios, "%.2f"))
+	cm, clo, chi := medianSpread(cpuR)
+	fmt.Printf("SUMMARY %s sync=%s: CPU per request (whole process, load generator included) edge/baseline median %.2f (spread %.2f–%.2f)\n",
+		o.scenario, sync, cm, clo, chi)
 	pm, plo, phi := medianSpread(p99d)
 	epm, _, _ := medianSpread(ep99)
 	bpm, _, _ := medianSpread(bp99)

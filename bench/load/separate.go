@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"syscall"
@@ -38,6 +39,14 @@ func runChild(path string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
+	if prof := os.Getenv("DARAJA_BENCH_CHILD_PROFILE"); prof != "" {
+		f, err := os.Create(prof)
+		if err != nil {
+			return err
+		}
+		_ = pprof.StartCPUProfile(f)
+		defer func() { pprof.StopCPUProfile(); _ = f.Close() }()
+	}
 	log, closeLog, err := productionLogger(path + ".log")
 	if err != nil {
 		return err
@@ -114,6 +123,10 @@ func runSeparate(o options) error {
 	}
 	cmd := exec.Command(os.Args[0], "-child", cfgPath)
 	cmd.Stderr = os.Stderr
+	if o.profile != "" {
+		// The edge process's whole-run CPU profile.
+		cmd.Env = append(os.Environ(), "DARAJA_BENCH_CHILD_PROFILE="+o.profile)
+	}
 	if err := cmd.Start(); err != nil {
 		return err
 	}
