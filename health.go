@@ -14,7 +14,7 @@ import (
 // Distroless images have no curl: this is the container HEALTHCHECK.
 func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("health", stderr)
-	path := fs.String("config", "config.yaml", "configuration file (admin address)")
+	path := configFlag(fs, "configuration file (admin address)")
 	adminURL := fs.String("admin", "", "admin base URL (default from admin.listen)")
 	if err := parseFlags(fs, args); err != nil {
 		return err

@@ -24,8 +24,9 @@ var (
 const usage = `daraja-edge: a vetting, durable edge for Safaricom Daraja callbacks
 
 Usage:
-  daraja-edge serve   [--config FILE]   run the edge (default FILE: config.yaml)
-  daraja-edge check   [--config FILE]   validate FILE; exit 2 with one line per problem
+  daraja-edge serve   [--config FILE]   run the edge
+  daraja-edge check   [--config FILE]   validate FILE and the directories it names;
+                                        exit 2 with one line per problem
   daraja-edge token issue --kinds K[,K] --shortcode S [--reference R] [--ttl D] [--reusable]
                       [--config FILE] [--admin URL] [--api-key-file F]
                                         ask the admin API for a token, print its JSON
@@ -35,6 +36,11 @@ Usage:
   daraja-edge health  [--config FILE] [--admin URL]
                                         exit 0 if the running edge is ready (container HEALTHCHECK)
   daraja-edge version                   print version and commit
+
+Without --config, every command reads $DARAJA_EDGE_CONFIG, else ./config.yaml,
+else /etc/daraja-edge/config.yaml; serve and check need one of them, the
+others use defaults when there is none. A file named by --config or
+DARAJA_EDGE_CONFIG must exist.
 
 The admin API key for 'token issue' comes from DARAJA_EDGE_ADMIN_KEY, else
 from admin.api_keys in the config, else from admin.key_file.
@@ -111,11 +117,29 @@ func loadConfig(path string, stderr io.Writer) (config.Config, error) {
 	return cfg, nil
 }
 
+// checkEnvironment checks the directories cfg names as serve will use
+// them (config.CheckEnvironment); a problem is exit 2, one line each.
+func checkEnvironment(path string, cfg config.Config, stderr io.Writer) error {
+	if err := config.CheckEnvironment(cfg); err != nil {
+		for _, p := range config.Problems(err) {
+			fmt.Fprintf(stderr, "%s: %v\n", path, p)
+		}
+		return &exitError{code: 2}
+	}
+	return nil
+}
+
 // clientConfig is the configuration for the client commands (token issue,
-// tail, health): the file when it exists, else the defaults (flags and the
-// environment can say the rest). found reports whether the file was read.
-func clientConfig(path string, stderr io.Writer) (cfg config.Config, found bool, err error) {
-	if _, statErr := os.Stat(path); statErr != nil {
+// tail, health): the file findConfig finds, else the defaults (flags and
+// the environment can say the rest). A file named by --config or
+// DARAJA_EDGE_CONFIG that does not exist is an error. found reports
+// whether a file was read.
+func clientConfig(explicit string, stderr io.Writer) (cfg config.Config, found bool, err error) {
+	path, err := findConfig(explicit, false)
+	if err != nil {
+		return config.Config{}, false, err
+	}
+	if path == "" {
 		return config.Default(), false, nil
 	}
 	cfg, err = loadConfig(path, stderr)
@@ -124,13 +148,24 @@ func clientConfig(path string, stderr io.Writer) (cfg config.Config, found bool,
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("check", stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
+	explicit := configFlag(fs, "configuration file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	if _, err := loadConfig(*path, stderr); err != nil {
+	path, err := findConfig(*explicit, true)
+	if err != nil {
 		return err
 	}
-	fmt.Fprintf(stdout, "%s: ok\n", *path)
+	cfg, err := loadConfig(path, stderr)
+	if err != nil {
+		return err
+	}
+	if err := checkEnvironment(path, cfg, stderr); err != nil {
+		return err
+	}
+	for _, w := range cfg.Warnings() {
+		fmt.Fprintf(stderr, "%s: warning: %s\n", path, w)
+	}
+	fmt.Fprintf(stdout, "%s: ok\n", path)
 	return nil
 }

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -42,7 +43,7 @@ func TestCheck(t *testing.T) {
 	lines := strings.Split(strings.TrimSpace(errs), "\n")
 	want := []string{
 		bad + `: allowlist.cidrs[2]: "10.0.0.0/33" is not a CIDR`,
-		bad + `: tls.mod: unknown key (line 4)`,
+		bad + `: tls.mod: unknown key (line 4); did you mean mode?`,
 	}
 	for _, w := range want {
 		found := false
@@ -55,6 +56,60 @@ func TestCheck(t *testing.T) {
 	}
 	if _, _, code := runCLI(t, "check", "--config", "/nonexistent.yaml"); code != 2 {
 		t.Errorf("missing file: code %d", code)
+	}
+	// What serve would refuse at start, check refuses: an unset variable,
+	// a spool directory that cannot be created.
+	t.Setenv("NATS_URL_UNSET_FOR_TEST", "")
+	os.Unsetenv("NATS_URL_UNSET_FOR_TEST")
+	unset := filepath.Join(t.TempDir(), "unset.yaml")
+	os.WriteFile(unset, []byte("nats:\n  url: ${NATS_URL_UNSET_FOR_TEST}\n"), 0o600)
+	if _, errs, code := runCLI(t, "check", "--config", unset); code != 2 || !strings.Contains(errs, "nats.url: ${NATS_URL_UNSET_FOR_TEST} is not set") {
+		t.Errorf("unset variable: code %d, %s", code, errs)
+	}
+	warn := filepath.Join(t.TempDir(), "warn.yaml")
+	os.WriteFile(warn, []byte("validation: {on_timeout: reject}\nc2b: {shortcodes: {\"600999\": {response_type: Completed}}}\n"), 0o600)
+	if out, errs, code := runCLI(t, "check", "--config", warn); code != 0 || !strings.Contains(out, "ok") || !strings.Contains(errs, warn+": warning: c2b.shortcodes.600999.response_type") {
+		t.Errorf("warning: code %d, %s %s", code, out, errs)
+	}
+	spool := filepath.Join(t.TempDir(), "spool.yaml")
+	os.WriteFile(spool, []byte("spool:\n  dir: "+filepath.Join(bad, "spool")+"\n"), 0o600)
+	if _, errs, code := runCLI(t, "check", "--config", spool); code != 2 || !strings.Contains(errs, "spool.dir: ") {
+		t.Errorf("check with the spool under a file: code %d, %s", code, errs)
+	}
+	// serve refuses it too, before it listens. The deadline only turns a
+	// serve that wrongly starts into a failure instead of a hang.
+	data := t.TempDir()
+	os.WriteFile(spool, []byte("listen: 127.0.0.1:0\nadmin: {listen: 127.0.0.1:0, key_file: "+filepath.Join(data, "admin.key")+"}\n"+
+		"tls: {storage: "+filepath.Join(data, "certs")+"}\nnats: {embedded: {listen: 127.0.0.1:0, store_dir: "+filepath.Join(data, "nats")+"}}\n"+
+		"spool:\n  dir: "+filepath.Join(bad, "spool")+"\n"), 0o600)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	var serveErr bytes.Buffer
+	err := run(ctx, []string{"serve", "--config", spool}, io.Discard, &serveErr)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(serveErr.String(), "spool.dir: ") {
+		t.Errorf("serve with the spool under a file: %v, %s", err, serveErr.String())
+	}
+}
+
+// TestMissingConfigFile: a --config that does not exist is an error for
+// every command, never a silent fall back to defaults (issue 13).
+func TestMissingConfigFile(t *testing.T) {
+	missing := filepath.Join(t.TempDir(), "typo.yaml")
+	for _, args := range [][]string{
+		{"serve", "--config", missing},
+		{"check", "--config", missing},
+		{"token", "issue", "--config", missing, "--kinds", "stk.callback", "--shortcode", "174379"},
+		{"tail", "--config", missing},
+		{"health", "--config", missing},
+	} {
+		if _, errs, code := runCLI(t, args...); code != 2 || !strings.Contains(errs, "--config "+missing+": no such file or directory") {
+			t.Errorf("%q: code %d, %s", args, code, errs)
+		}
+	}
+	t.Setenv("DARAJA_EDGE_CONFIG", missing)
+	if _, errs, code := runCLI(t, "health"); code != 2 || !strings.Contains(errs, "DARAJA_EDGE_CONFIG="+missing) {
+		t.Errorf("health with DARAJA_EDGE_CONFIG missing: code %d, %s", code, errs)
 	}
 }
 

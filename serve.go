@@ -24,12 +24,20 @@ var semver = regexp.MustCompile(`^\d+\.\d+\.\d+(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-
 
 func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("serve", stderr)
-	path := fs.String("config", "config.yaml", "configuration file")
+	path := configFlag(fs, "configuration file")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	found, err := findConfig(*path, true)
+	if err != nil {
+		return err
+	}
+	*path = found // SIGHUP re-reads the same file
 	cfg, err := loadConfig(*path, stderr)
 	if err != nil {
+		return err
+	}
+	if err := checkEnvironment(*path, cfg, stderr); err != nil {
 		return err
 	}
 	level := zap.NewAtomicLevel()
@@ -38,6 +46,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer func() { _ = log.Sync() }()
+	for _, w := range cfg.Warnings() {
+		log.Warn("configuration: " + w)
+	}
 
 	if v := strings.TrimPrefix(version, "v"); semver.MatchString(v) {
 		edge.Version = v

@@ -21,7 +21,7 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs := newFlagSet("tail", stderr)
 	subject := fs.String("subject", "", "subject to follow (default <prefix>.cb.>, .missing.> and .rejected.>)")
 	asJSON := fs.Bool("json", false, "one JSON object per line")
-	path := fs.String("config", "config.yaml", "configuration file (NATS address and prefix)")
+	path := configFlag(fs, "configuration file (NATS address and prefix)")
 	natsURL := fs.String("nats", "", "NATS URL (default from the config)")
 	if err := parseFlags(fs, args); err != nil {
 		return err

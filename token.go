@@ -24,7 +24,7 @@ func cmdTokenIssue(ctx context.Context, args []string, stdout, stderr io.Writer)
 	reference := fs.String("reference", "", "your reference, carried in the Daraja-Reference header")
 	ttl := fs.String("ttl", "", "lifetime, e.g. 1h (default tokens.default_ttl)")
 	reusable := fs.Bool("reusable", false, "not consumed by its first callback (C2B registered URLs)")
-	path := fs.String("config", "config.yaml", "configuration file (admin address and key)")
+	path := configFlag(fs, "configuration file (admin address and key)")
 	adminURL := fs.String("admin", "", "admin API base URL (default from admin.listen)")
 	keyFile := fs.String("api-key-file", "", "file holding the admin API key")
 	if err := parseFlags(fs, args); err != nil {
