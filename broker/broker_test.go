@@ -84,10 +84,6 @@ func TestCredentialsFile(t *testing.T) {
 	okp, _ := nkeys.CreateOperator()
 	opub, _ := okp.PublicKey()
 	oc := jwt.NewOperatorClaims(opub)
-	ojwt, err := oc.Encode(okp)
-	if err != nil {
-		t.Fatal(err)
-	}
 	akp, _ := nkeys.CreateAccount()
 	apub, _ := akp.PublicKey()
 	ac := jwt.NewAccountClaims(apub)
@@ -120,7 +116,8 @@ func TestCredentialsFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	oc.SystemAccount = spub
-	if ojwt, err = oc.Encode(okp); err != nil {
+	ojwt, err := oc.Encode(okp)
+	if err != nil {
 		t.Fatal(err)
 	}
 	opc, err := jwt.DecodeOperatorClaims(ojwt)
