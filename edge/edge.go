@@ -65,8 +65,15 @@ const publishTimeout = 3 * time.Second
 // filesCheckInterval is how often certificate files are checked for change.
 const filesCheckInterval = 2 * time.Second
 
-// shutdownGrace is how long in-flight requests get to finish on stop.
-const shutdownGrace = 15 * time.Second
+// stopBudget splits limits.shutdown_timeout: half for in-flight requests,
+// a third for the last spool replay, the rest for closing NATS, so a
+// graceful stop ends before the hard deadline in serve.
+func stopBudget(total time.Duration) (requests, drain time.Duration) {
+	if total <= 0 {
+		total = 30 * time.Second
+	}
+	return total / 2, total / 3
+}
 
 // Server is a running daraja-edge.
 type Server struct {
@@ -553,7 +560,8 @@ func (s *Server) Run(ctx context.Context) error {
 		runErr = err
 	}
 	s.log.Info("stopping: finishing in-flight requests")
-	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), shutdownGrace)
+	requestsBudget, drainBudget := stopBudget(s.cfg.Limits.ShutdownTimeout)
+	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestsBudget)
 	defer cancel()
 	if err := s.public.Shutdown(shutCtx); err != nil {
 		runErr = errors.Join(runErr, fmt.Errorf("edge: public shutdown: %w", err))
@@ -568,7 +576,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.bgDone.Wait()
 	// Last chance to hand the spool to NATS; what is left is replayed on
 	// the next start.
-	drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	drainCtx, cancelDrain := context.WithTimeout(context.WithoutCancel(ctx), drainBudget)
 	s.drain(drainCtx)
 	cancelDrain()
 	if _, left := s.spool.Stats(); left > 0 {
