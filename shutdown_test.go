@@ -70,8 +70,11 @@ func TestStopDeadlines(t *testing.T) {
 		if code := e.wait(t, 10*time.Second); code != 1 {
 			t.Errorf("exit code %d, want 1\n%s", code, e.logs())
 		}
-		if !strings.Contains(e.logs(), "the stop did not finish within limits.shutdown_timeout") {
-			t.Errorf("no error log line for the deadline:\n%s", e.logs())
+		// Either the graceful stop gave up on the held request within its
+		// share of the budget, or the hard deadline cut the stop: both say so.
+		if l := e.logs(); !strings.Contains(l, "the stop did not finish within limits.shutdown_timeout") &&
+			!strings.Contains(l, "in-flight callbacks did not finish within half of limits.shutdown_timeout") {
+			t.Errorf("no error log line for the deadline:\n%s", l)
 		}
 	})
 }

@@ -564,6 +564,9 @@ func (s *Server) Run(ctx context.Context) error {
 	shutCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), requestsBudget)
 	defer cancel()
 	if err := s.public.Shutdown(shutCtx); err != nil {
+		s.log.Error("in-flight callbacks did not finish within half of limits.shutdown_timeout: their connections are closed "+
+			"(a callback not yet stored used nothing up, so Daraja's retry lands)", zap.Duration("waited", requestsBudget))
+		_ = s.public.Close()
 		runErr = errors.Join(runErr, fmt.Errorf("edge: public shutdown: %w", err))
 	}
 	if err := s.admin.Shutdown(shutCtx); err != nil {
