@@ -14,6 +14,10 @@ import (
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), commandHelp(name))
+		fs.PrintDefaults()
+	}
 	return fs
 }
 

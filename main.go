@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 
 	"github.com/daraja-edge/daraja-edge/config"
@@ -20,31 +21,6 @@ var (
 	version = "dev"
 	commit  = ""
 )
-
-const usage = `daraja-edge: a vetting, durable edge for Safaricom Daraja callbacks
-
-Usage:
-  daraja-edge serve   [--config FILE]   run the edge
-  daraja-edge check   [--config FILE]   validate FILE and the directories it names;
-                                        exit 2 with one line per problem
-  daraja-edge token issue --kinds K[,K] --shortcode S [--reference R] [--ttl D] [--reusable]
-                      [--config FILE] [--admin URL] [--api-key-file F]
-                                        ask the admin API for a token, print its JSON
-  daraja-edge tail    [--subject S] [--json] [--config FILE] [--nats URL]
-                                        print vetted callbacks, rejections and missing
-                                        events live, one line each, phone numbers masked
-  daraja-edge health  [--config FILE] [--admin URL]
-                                        exit 0 if the running edge is ready (container HEALTHCHECK)
-  daraja-edge version                   print version and commit
-
-Without --config, every command reads $DARAJA_EDGE_CONFIG, else ./config.yaml,
-else /etc/daraja-edge/config.yaml; serve and check need one of them, the
-others use defaults when there is none. A file named by --config or
-DARAJA_EDGE_CONFIG must exist.
-
-The admin API key for 'token issue' comes from DARAJA_EDGE_ADMIN_KEY, else
-from admin.api_keys in the config, else from admin.key_file.
-`
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
@@ -72,7 +48,7 @@ type exitError struct {
 func (e *exitError) Error() string { return e.msg }
 
 func usageError(format string, args ...any) error {
-	return &exitError{code: 2, msg: fmt.Sprintf(format, args...) + "\n\n" + usage}
+	return &exitError{code: 2, msg: fmt.Sprintf(format, args...) + "\n\n" + usage()}
 }
 
 // run is the whole program; main only maps its error to an exit code.
@@ -81,28 +57,20 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		return usageError("no command")
 	}
 	switch args[0] {
-	case "serve":
-		return cmdServe(ctx, args[1:], stderr)
-	case "check":
-		return cmdCheck(args[1:], stdout, stderr)
-	case "token":
-		if len(args) < 2 || args[1] != "issue" {
-			return usageError("token: the only subcommand is 'issue'")
-		}
-		return cmdTokenIssue(ctx, args[2:], stdout, stderr)
-	case "tail":
-		return cmdTail(ctx, args[1:], stdout, stderr)
-	case "health":
-		return cmdHealth(ctx, args[1:], stdout, stderr)
-	case "version", "--version", "-version":
-		fmt.Fprintf(stdout, "daraja-edge %s (commit %s)\n", version, buildCommit())
-		return nil
 	case "help", "-h", "--help", "-help":
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		return nil
-	default:
+	case "--version", "-version":
+		args = []string{"version"}
+	}
+	c, rest := find(args)
+	if c == nil {
+		if args[0] == "token" {
+			return usageError("token: name a subcommand: %s", strings.Join(subcommands("token"), ", "))
+		}
 		return usageError("unknown command %q", args[0])
 	}
+	return c.run(ctx, rest, stdout, stderr)
 }
 
 // loadConfig loads path; an invalid file is exit 2 with one line per problem.

@@ -5,9 +5,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"os"
 	"strings"
 	"time"
@@ -17,67 +19,212 @@ import (
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
+// adminFlags are the flags every admin API client command takes.
+type adminFlags struct {
+	config, admin, keyFile *string
+}
+
+func addAdminFlags(fs *flag.FlagSet) adminFlags {
+	return adminFlags{
+		config:  configFlag(fs, "configuration file (admin address and key)"),
+		admin:   fs.String("admin", "", "admin API base URL (default from admin.listen)"),
+		keyFile: fs.String("api-key-file", "", "file holding the admin API key"),
+	}
+}
+
+// call sends one admin API request and returns the answer's body when its
+// status is want; any other status is an error quoting the answer.
+func (a adminFlags) call(ctx context.Context, what, method, path string, body any, want int, stderr io.Writer) ([]byte, error) {
+	cfg, haveCfg, err := clientConfig(*a.config, stderr)
+	if err != nil {
+		return nil, err
+	}
+	base := *a.admin
+	if base == "" {
+		base = "http://" + loopbackAddr(cfg.Admin.Listen)
+	}
+	key, err := adminKey(cfg, haveCfg, *a.keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	var rd io.Reader
+	if body != nil {
+		b, _ := json.Marshal(body)
+		rd = bytes.NewReader(b)
+	}
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, method, strings.TrimRight(base, "/")+path, rd)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", what, err)
+	}
+	req.Header.Set("Authorization", "Bearer "+key)
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("%s: admin API at %s: %w", what, base, err)
+	}
+	defer resp.Body.Close()
+	out, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return nil, fmt.Errorf("%s: read answer: %w", what, err)
+	}
+	if resp.StatusCode != want {
+		return nil, fmt.Errorf("%s: admin API answered %s: %s", what, resp.Status, bytes.TrimSpace(out))
+	}
+	return out, nil
+}
+
+// printJSON writes an answer indented.
+func printJSON(stdout io.Writer, out []byte) error {
+	if len(bytes.TrimSpace(out)) == 0 {
+		return nil
+	}
+	var pretty bytes.Buffer
+	if json.Indent(&pretty, out, "", "  ") == nil {
+		out = append(pretty.Bytes(), '\n')
+	}
+	_, err := stdout.Write(out)
+	return err
+}
+
 func cmdTokenIssue(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := newFlagSet("token issue", stderr)
 	kinds := fs.String("kinds", "", "comma-separated callback kinds, e.g. b2c.result,b2c.timeout")
 	shortcode := fs.String("shortcode", "", "business shortcode the callbacks are for")
 	reference := fs.String("reference", "", "your reference, carried in the Daraja-Reference header")
-	ttl := fs.String("ttl", "", "lifetime, e.g. 1h (default tokens.default_ttl)")
-	reusable := fs.Bool("reusable", false, "not consumed by its first callback (C2B registered URLs)")
-	path := configFlag(fs, "configuration file (admin address and key)")
-	adminURL := fs.String("admin", "", "admin API base URL (default from admin.listen)")
-	keyFile := fs.String("api-key-file", "", "file holding the admin API key")
+	ttl := fs.String("ttl", "", "lifetime, e.g. 1h (default tokens.default_ttl; a reusable token: none)")
+	reusable := fs.Bool("reusable", false, "takes any number of callbacks (C2B registered URLs)")
+	forwardPath := fs.String("forward-path", "", "path and query the forwarder appends for this token's callbacks")
+	a := addAdminFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *kinds == "" || *shortcode == "" {
 		return usageError("token issue: --kinds and --shortcode are required")
 	}
-	req := verify.IssueRequest{Shortcode: *shortcode, Reference: *reference, TTL: *ttl, Reusable: *reusable}
+	req := verify.IssueRequest{Shortcode: *shortcode, Reference: *reference, TTL: *ttl, Reusable: *reusable, ForwardPath: *forwardPath}
 	for _, k := range strings.Split(*kinds, ",") {
 		req.Kinds = append(req.Kinds, daraja.Kind(strings.TrimSpace(k)))
 	}
-
-	cfg, haveCfg, err := clientConfig(*path, stderr)
+	out, err := a.call(ctx, "token issue", http.MethodPost, "/v1/tokens", req, http.StatusCreated, stderr)
 	if err != nil {
 		return err
 	}
-	base := *adminURL
-	if base == "" {
-		base = "http://" + loopbackAddr(cfg.Admin.Listen)
+	return printJSON(stdout, out)
+}
+
+// tokenID reads the one positional argument of token status/revoke/…
+func tokenID(fs *flag.FlagSet, args []string) (string, error) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return "", &exitError{code: 0}
+		}
+		return "", &exitError{code: 2, msg: fs.Name() + ": " + err.Error()}
 	}
-	key, err := adminKey(cfg, haveCfg, *keyFile)
+	if fs.NArg() != 1 || !verify.ValidID(fs.Arg(0)) {
+		return "", usageError("%s: name one token id (tok_…)", fs.Name())
+	}
+	return fs.Arg(0), nil
+}
+
+func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token status", stderr)
+	a := addAdminFlags(fs)
+	id, err := tokenID(fs, reorder(args))
 	if err != nil {
 		return err
 	}
+	out, err := a.call(ctx, "token status", http.MethodGet, "/v1/tokens/"+id, nil, http.StatusOK, stderr)
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, out)
+}
 
-	body, _ := json.Marshal(req)
-	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
-	defer cancel()
-	hreq, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimRight(base, "/")+"/v1/tokens", bytes.NewReader(body))
+func cmdTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token revoke", stderr)
+	a := addAdminFlags(fs)
+	id, err := tokenID(fs, reorder(args))
 	if err != nil {
-		return fmt.Errorf("token issue: %w", err)
+		return err
 	}
-	hreq.Header.Set("Authorization", "Bearer "+key)
-	hreq.Header.Set("Content-Type", "application/json")
-	resp, err := http.DefaultClient.Do(hreq)
-	if err != nil {
-		return fmt.Errorf("token issue: admin API at %s: %w", base, err)
+	if _, err := a.call(ctx, "token revoke", http.MethodDelete, "/v1/tokens/"+id, nil, http.StatusNoContent, stderr); err != nil {
+		return err
 	}
-	defer resp.Body.Close()
-	out, err := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	if err != nil {
-		return fmt.Errorf("token issue: read answer: %w", err)
-	}
-	if resp.StatusCode != http.StatusCreated {
-		return fmt.Errorf("token issue: admin API answered %s: %s", resp.Status, bytes.TrimSpace(out))
-	}
-	var pretty bytes.Buffer
-	if json.Indent(&pretty, out, "", "  ") == nil {
-		out = append(pretty.Bytes(), '\n')
-	}
-	_, err = stdout.Write(out)
+	_, err = fmt.Fprintf(stdout, "%s revoked\n", id)
 	return err
+}
+
+func cmdTokenRotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token rotate", stderr)
+	overlap := fs.String("overlap", "", "how long the old token stays valid (default 24h)")
+	ttl := fs.String("ttl", "", "lifetime of the successor (default the old token's)")
+	a := addAdminFlags(fs)
+	id, err := tokenID(fs, reorder(args))
+	if err != nil {
+		return err
+	}
+	out, err := a.call(ctx, "token rotate", http.MethodPost, "/v1/tokens/"+id+"/rotate",
+		verify.RotateRequest{Overlap: *overlap, TTL: *ttl}, http.StatusCreated, stderr)
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, out)
+}
+
+func cmdTokenAnnotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token annotate", stderr)
+	checkout := fs.String("checkout-request-id", "", "the CheckoutRequestID Daraja answered an STK push with")
+	originator := fs.String("originator-conversation-id", "", "the OriginatorConversationID Daraja answered a B2C/B2B/reversal request with")
+	a := addAdminFlags(fs)
+	id, err := tokenID(fs, reorder(args))
+	if err != nil {
+		return err
+	}
+	out, err := a.call(ctx, "token annotate", http.MethodPatch, "/v1/tokens/"+id,
+		verify.Annotation{CheckoutRequestID: *checkout, OriginatorConversationID: *originator}, http.StatusOK, stderr)
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, out)
+}
+
+func cmdTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("token list", stderr)
+	reference := fs.String("reference", "", "only tokens with this reference")
+	shortcode := fs.String("shortcode", "", "only tokens for this shortcode")
+	kind := fs.String("kind", "", "only tokens for this kind")
+	state := fs.String("state", "", "only tokens in this state: issued, consumed, expired, revoked")
+	after := fs.String("after", "", "continue after this token id (the previous page's next)")
+	limit := fs.Int("limit", 50, "tokens per page (at most 500)")
+	a := addAdminFlags(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	q := url.Values{}
+	for k, v := range map[string]string{"reference": *reference, "shortcode": *shortcode, "kind": *kind, "state": *state, "after": *after} {
+		if v != "" {
+			q.Set(k, v)
+		}
+	}
+	q.Set("limit", fmt.Sprint(*limit))
+	out, err := a.call(ctx, "token list", http.MethodGet, "/v1/tokens?"+q.Encode(), nil, http.StatusOK, stderr)
+	if err != nil {
+		return err
+	}
+	return printJSON(stdout, out)
+}
+
+// reorder puts a leading positional argument after the flags, so both
+// "token status tok_x --config f" and "token status --config f tok_x" work.
+func reorder(args []string) []string {
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		return append(append([]string{}, args[1:]...), args[0])
+	}
+	return args
 }
 
 func adminKey(cfg config.Config, haveCfg bool, keyFile string) (string, error) {
@@ -92,7 +239,7 @@ func adminKey(cfg config.Config, haveCfg bool, keyFile string) (string, error) {
 	}
 	data, err := os.ReadFile(keyFile)
 	if err != nil {
-		return "", errors.New("token issue: no admin API key: set DARAJA_EDGE_ADMIN_KEY, admin.api_keys, or --api-key-file (" + err.Error() + ")")
+		return "", errors.New("no admin API key: set DARAJA_EDGE_ADMIN_KEY, admin.api_keys, or --api-key-file (" + err.Error() + ")")
 	}
 	return strings.TrimSpace(string(data)), nil
 }
