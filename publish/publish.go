@@ -56,25 +56,25 @@ type Callback struct {
 // MsgID is the de-duplication id: <kind>:<transaction id>.
 func (c *Callback) MsgID() string { return c.Kind + ":" + c.TransactionID }
 
-// Msg builds the NATS message for subject.
+// Msg builds the NATS message for subject. The header values share one
+// backing array (and the map is sized once): this runs for every callback.
 func (c *Callback) Msg(subject string) *nats.Msg {
-	h := make(nats.Header, 12)
-	set := func(k, v string) {
-		if v != "" {
-			h[k] = []string{v}
+	var at [len(time.RFC3339Nano) + 8]byte
+	vals := [...]struct{ k, v string }{
+		{HeaderMsgID, c.MsgID()}, {HeaderKind, c.Kind}, {HeaderShortcode, c.Shortcode},
+		{HeaderTransactionID, c.TransactionID}, {HeaderReceipt, c.Receipt}, {HeaderResultCode, c.ResultCode},
+		{HeaderReference, c.Reference}, {HeaderTokenID, c.TokenID}, {HeaderSourceIP, c.SourceIP},
+		{HeaderReceivedAt, string(c.ReceivedAt.UTC().AppendFormat(at[:0], time.RFC3339Nano))}, {HeaderEdge, c.Edge},
+	}
+	// Room for the headers a caller adds (decision, single-use condition).
+	h := make(nats.Header, len(vals)+3)
+	backing := make([]string, len(vals))
+	for i, kv := range vals {
+		if kv.v != "" {
+			backing[i] = kv.v
+			h[kv.k] = backing[i : i+1 : i+1]
 		}
 	}
-	set(HeaderMsgID, c.MsgID())
-	set(HeaderKind, c.Kind)
-	set(HeaderShortcode, c.Shortcode)
-	set(HeaderTransactionID, c.TransactionID)
-	set(HeaderReceipt, c.Receipt)
-	set(HeaderResultCode, c.ResultCode)
-	set(HeaderReference, c.Reference)
-	set(HeaderTokenID, c.TokenID)
-	set(HeaderSourceIP, c.SourceIP)
-	set(HeaderReceivedAt, c.ReceivedAt.UTC().Format(time.RFC3339Nano))
-	set(HeaderEdge, c.Edge)
 	return &nats.Msg{Subject: subject, Header: h, Data: c.Body}
 }
 
