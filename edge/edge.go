@@ -230,7 +230,15 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	}, policy)
 
 	var lc net.ListenConfig
-	if s.publicLn, err = lc.Listen(ctx, "tcp", cfg.Listen); err != nil {
+	// The public listener refuses strangers at accept (below) unless a
+	// proxy stands in front: then keep-alive is set only on connections let
+	// through, so a refusal costs no keep-alive system calls.
+	refuseAtAccept := !cfg.ClientIP.ProxyProtocol && (cfg.TLS.Mode != config.TLSACME || cfg.TLS.Storage != "nats")
+	publicLC := lc
+	if refuseAtAccept {
+		publicLC.KeepAlive = -1
+	}
+	if s.publicLn, err = publicLC.Listen(ctx, "tcp", cfg.Listen); err != nil {
 		return nil, fmt.Errorf("edge: listen %s: %w", cfg.Listen, err)
 	}
 	if s.adminLn, err = lc.Listen(ctx, "tcp", cfg.Admin.Listen); err != nil {
@@ -262,7 +270,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 			ConnPolicy:        s.proxyPolicy,
 			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
 		}
-	case cfg.TLS.Mode != config.TLSACME || cfg.TLS.Storage != "nats":
+	case refuseAtAccept:
 		// The TCP peer is the client: a source outside the allowlist is
 		// closed at accept, before the TLS handshake. The policy in force
 		// decides per connection (report mode and trusted proxies let
@@ -272,10 +280,11 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		// shared certificate storage: another replica's challenge can be
 		// validated here, and this process does not see it pending.
 		s.publicLn = proxy.RefuseAtAccept(s.publicLn, proxy.AcceptOptions{
-			Policy:  s.handler.Policy,
-			Refused: func(netip.Addr) { s.metrics.Rejected("source_not_allowed_at_accept") },
-			Exempt:  s.certs.ChallengePending,
-			Log:     log,
+			Policy:    s.handler.Policy,
+			Refused:   func(netip.Addr) { s.metrics.Rejected("source_not_allowed_at_accept") },
+			Exempt:    s.certs.ChallengePending,
+			Log:       log,
+			KeepAlive: 15 * time.Second, // net's default
 		})
 	}
 

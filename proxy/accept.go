@@ -28,6 +28,11 @@ type AcceptOptions struct {
 	Exempt func() bool
 	// Log receives the refusal lines (nil: none).
 	Log *zap.Logger
+	// KeepAlive, when positive, turns TCP keep-alive on (with this period)
+	// for the connections let through. Listen with keep-alive off
+	// (net.ListenConfig{KeepAlive: -1}) and set this: a refused connection
+	// then costs no keep-alive system calls.
+	KeepAlive time.Duration
 }
 
 // Bounds of the refusal log: a source gets at most one line a second; at
@@ -78,6 +83,9 @@ func (l *refusingListener) Accept() (net.Conn, error) {
 		}
 		src, refuse := l.refuses(c)
 		if !refuse {
+			if tc, ok := c.(*net.TCPConn); ok && l.o.KeepAlive > 0 {
+				_ = tc.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true, Idle: l.o.KeepAlive, Interval: l.o.KeepAlive, Count: 9})
+			}
 			return c, nil
 		}
 		if l.o.Refused != nil {

@@ -458,3 +458,37 @@ func refusedOnce(addr string) error {
 	}
 	return nil
 }
+
+// TestAcceptKeepAliveOnlyForAdmitted: with the listener's keep-alive off,
+// a connection let through gets TCP keep-alive from the wrapper.
+func TestAcceptKeepAliveOnlyForAdmitted(t *testing.T) {
+	lc := net.ListenConfig{KeepAlive: -1}
+	inner, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln := RefuseAtAccept(inner, AcceptOptions{KeepAlive: 15 * time.Second})
+	defer ln.Close()
+	go func() {
+		c, err := net.Dial("tcp", ln.Addr().String())
+		if err == nil {
+			time.Sleep(100 * time.Millisecond)
+			c.Close()
+		}
+	}()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	raw, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var on int
+	var serr error
+	_ = raw.Control(func(fd uintptr) { on, serr = syscall.GetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_KEEPALIVE) })
+	if serr != nil || on != 1 {
+		t.Fatalf("SO_KEEPALIVE on an admitted connection = %d (%v), want 1", on, serr)
+	}
+}
