@@ -90,6 +90,7 @@ func TestLoadProblems(t *testing.T) {
 		{"ttl order", "tokens:\n  default_ttl: 800h\n", []string{"tokens.default_ttl: 800h0m0s is longer than tokens.max_ttl 720h0m0s"}},
 		{"nats url hides secrets", "nats:\n  url: \"http://u:secretpw@h:4222\"\n", []string{"nats.url: is not a nats://, tls://, ws:// or wss:// URL"}},
 		{"short key", "admin:\n  api_keys: [short]\n", []string{"admin.api_keys[0]: is shorter than 16 characters"}},
+		{"token outlives its stream copy", "tokens:\n  max_ttl: 800h\n", []string{"tokens.max_ttl: 800h0m0s must not be longer than nats.stream.max_age 720h0m0s"}},
 		{"short read key", "admin:\n  read_keys: [short]\n", []string{"admin.read_keys[0]: is shorter than 16 characters"}},
 		{"read key also a full key", "admin:\n  api_keys: [full-key-0123456789]\n  read_keys: [full-key-0123456789]\n",
 			[]string{"admin.read_keys[0]: is also in admin.api_keys"}},

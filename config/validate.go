@@ -172,6 +172,12 @@ func (c Config) Validate() error {
 	}
 	v.positive("nats.stream.duplicate_window", c.NATS.Stream.DuplicateWindow)
 	v.positive("nats.stream.max_age", c.NATS.Stream.MaxAge)
+	if c.Tokens.MaxTTL > c.NATS.Stream.MaxAge && c.NATS.Stream.MaxAge > 0 {
+		// The stream's copy of a callback is what makes its token single
+		// use: it must outlive every single-use token.
+		v.add("tokens.max_ttl", "%s must not be longer than nats.stream.max_age %s: a callback leaving the stream while its token still lives would let the token be used again",
+			c.Tokens.MaxTTL, c.NATS.Stream.MaxAge)
+	}
 	if c.NATS.Stream.DuplicateWindow > c.NATS.Stream.MaxAge {
 		v.add("nats.stream.duplicate_window", "%s is longer than nats.stream.max_age %s", c.NATS.Stream.DuplicateWindow, c.NATS.Stream.MaxAge)
 	}
