@@ -10,9 +10,11 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
@@ -532,5 +534,49 @@ func TestList(t *testing.T) {
 	}
 	if _, _, err := iss.List(ctx, ListFilter{State: "gone"}); err == nil {
 		t.Error("a bad state accepted")
+	}
+}
+
+// countingKV counts reads of a real bucket.
+type countingKV struct {
+	jetstream.KeyValue
+	gets atomic.Int32
+}
+
+func (c *countingKV) Get(ctx context.Context, key string) (jetstream.KeyValueEntry, error) {
+	c.gets.Add(1)
+	return c.KeyValue.Get(ctx, key)
+}
+
+// TestUnknownAndWrongSecretCostTheSame: an unknown token id and a known id
+// with a wrong secret take the same path (one bucket read each), so the
+// answer's timing does not tell an attacker which ids exist; a right token
+// known to the local copy reads nothing.
+func TestUnknownAndWrongSecretCostTheSame(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	kv := &countingKV{KeyValue: s.kv}
+	s.kv = kv
+	iss := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
+	forged := []byte(iss.Token)
+	forged[5] ^= 1
+	unknown, _ := newToken()
+	for name, c := range map[string]struct {
+		token string
+		gets  int32
+		err   error
+	}{
+		"right":        {iss.Token, 0, nil},
+		"wrong secret": {string(forged), 1, ErrUnknown},
+		"unknown id":   {unknown, 1, ErrUnknown},
+	} {
+		before := kv.gets.Load()
+		_, err := s.Authorize(ctx, c.token, daraja.STKCallback)
+		if !errors.Is(err, c.err) || err == nil && c.err != nil {
+			t.Errorf("%s: %v", name, err)
+		}
+		if got := kv.gets.Load() - before; got != c.gets {
+			t.Errorf("%s: %d bucket reads, want %d", name, got, c.gets)
+		}
 	}
 }
