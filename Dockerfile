@@ -12,6 +12,13 @@ ARG COMMIT=unknown
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/daraja-edge .
 
 FROM gcr.io/distroless/static-debian12:nonroot
+ARG VERSION=dev
+ARG COMMIT=unknown
+LABEL org.opencontainers.image.title="daraja-edge" \
+      org.opencontainers.image.description="A vetting, durable edge in front of Safaricom Daraja (M-Pesa) callback URLs" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${COMMIT}"
 COPY --from=build /out/daraja-edge /usr/local/bin/daraja-edge
 # Relative paths in the config (./data/…) resolve under the data volume.
 WORKDIR /var/lib/daraja-edge

@@ -104,3 +104,30 @@ func TestDeployConfigsLoad(t *testing.T) {
 		t.Errorf("deploy/ holds %d YAML files", len(files))
 	}
 }
+
+// TestImageHygiene: the build context never holds history, data or keys;
+// the image carries OCI labels and exposes the default ports; the compose
+// file's NATS is the version the edge embeds.
+func TestImageHygiene(t *testing.T) {
+	ignore, err := os.ReadFile(".dockerignore")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{".git", "data", "*.key", "*.creds"} {
+		if !strings.Contains("\n"+string(ignore)+"\n", "\n"+want+"\n") {
+			t.Errorf(".dockerignore lacks %s", want)
+		}
+	}
+	df, _ := os.ReadFile("Dockerfile")
+	for _, want := range []string{"org.opencontainers.image.version", "org.opencontainers.image.revision", "org.opencontainers.image.licenses", "EXPOSE 8443 9090"} {
+		if !strings.Contains(string(df), want) {
+			t.Errorf("Dockerfile lacks %s", want)
+		}
+	}
+	mod, _ := os.ReadFile("go.mod")
+	v := regexp.MustCompile(`github.com/nats-io/nats-server/v2 v(\S+)`).FindSubmatch(mod)
+	compose, _ := os.ReadFile("deploy/compose.yaml")
+	if v == nil || !strings.Contains(string(compose), "image: nats:"+string(v[1])+"-alpine") {
+		t.Errorf("deploy/compose.yaml's NATS image is not the embedded server's version %s", v)
+	}
+}
