@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
+	"github.com/daraja-edge/daraja-edge/config"
 	"io"
 	"net"
 	"net/http"
@@ -199,4 +200,30 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	return l.w.Write(p)
+}
+
+// TestConfigChanges: a reload names each key that changed with its old and
+// new values, and masks secrets.
+func TestConfigChanges(t *testing.T) {
+	a := config.Default()
+	b := a
+	b.Allowlist.CIDRs = []string{"127.0.0.9/32"}
+	b.Listen = ":9443"
+	b.Admin.APIKeys = []string{"a-new-admin-key-0123456789"}
+	got := map[string]change{}
+	for _, c := range configChanges(a, b) {
+		got[c.Key] = c
+	}
+	if c := got["allowlist.cidrs"]; c.New != `["127.0.0.9/32"]` {
+		t.Errorf("allowlist.cidrs: %+v", c)
+	}
+	if c := got["listen"]; c.Old != `":8443"` || c.New != `":9443"` {
+		t.Errorf("listen: %+v", c)
+	}
+	if c := got["admin.api_keys"]; strings.Contains(c.New, "a-new-admin-key") || c.New == "" {
+		t.Errorf("admin.api_keys not masked: %+v", c)
+	}
+	if len(got) != 3 {
+		t.Errorf("changes %v, want 3", got)
+	}
 }

@@ -2,11 +2,13 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"reflect"
+	"sort"
+
 	"regexp"
 	"strings"
 	"sync"
@@ -15,6 +17,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/edge"
@@ -151,12 +154,89 @@ func reload(path string, old config.Config, srv *edge.Server, level zap.AtomicLe
 	applied := old
 	applied.Allowlist, applied.ClientIP.TrustedProxies, applied.Limits.MaxBodyBytes, applied.Log.Level =
 		cfg.Allowlist, cfg.ClientIP.TrustedProxies, cfg.Limits.MaxBodyBytes, cfg.Log.Level
-	if !reflect.DeepEqual(applied, cfg) {
-		log.Warn("reloaded allowlist, trusted proxies, body limit and log level; other changes need a restart")
-	} else {
-		log.Info("configuration reloaded")
+	done, pending := configChanges(old, applied), configChanges(applied, cfg)
+	switch {
+	case len(pending) > 0:
+		log.Warn("configuration reloaded in part: some changes need a restart",
+			zap.Any("applied", done), zap.Any("need_restart", pending))
+	case len(done) > 0:
+		log.Info("configuration reloaded", zap.Any("applied", done))
+	default:
+		log.Info("configuration reloaded: nothing changed")
 	}
 	return applied
+}
+
+// change is one configuration key that differs, its values masked when
+// the key holds a secret.
+type change struct {
+	Key string `json:"key"`
+	Old string `json:"old"`
+	New string `json:"new"`
+}
+
+// configChanges lists the keys whose values differ between a and b.
+func configChanges(a, b config.Config) []change {
+	fa, fb := flatten(a), flatten(b)
+	var keys []string
+	for k := range fb {
+		keys = append(keys, k)
+	}
+	for k := range fa {
+		if _, ok := fb[k]; !ok {
+			keys = append(keys, k)
+		}
+	}
+	sort.Strings(keys)
+	var out []change
+	for _, k := range keys {
+		if fa[k] != fb[k] {
+			c := change{Key: k, Old: fa[k], New: fb[k]}
+			if secretKey(k) {
+				c.Old, c.New = maskSecret(c.Old), maskSecret(c.New)
+			}
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+// flatten turns a configuration into key paths (tls.acme.email) and their
+// values as YAML flow text.
+func flatten(c config.Config) map[string]string {
+	data, _ := yaml.Marshal(c)
+	var tree any
+	_ = yaml.Unmarshal(data, &tree)
+	out := map[string]string{}
+	var walk func(prefix string, v any)
+	walk = func(prefix string, v any) {
+		if m, ok := v.(map[string]any); ok && len(m) > 0 {
+			for k, sub := range m {
+				walk(strings.TrimPrefix(prefix+"."+k, "."), sub)
+			}
+			return
+		}
+		b, _ := json.Marshal(v)
+		out[prefix] = string(b)
+	}
+	walk("", tree)
+	return out
+}
+
+func secretKey(k string) bool {
+	for _, w := range []string{"key", "secret", "password", "credential", "headers", "token"} {
+		if strings.Contains(k, w) && !strings.HasSuffix(k, "_file") {
+			return true
+		}
+	}
+	return false
+}
+
+func maskSecret(v string) string {
+	if v == "" || v == `""` || v == "null" || v == "[]" {
+		return v
+	}
+	return "(set, not shown)"
 }
 
 func newLogger(c config.Log, level zap.AtomicLevel, stderr io.Writer) (*zap.Logger, error) {
