@@ -9,6 +9,9 @@ import (
 	"strings"
 	"testing"
 
+	"go.uber.org/zap"
+
+	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/internal/edgetest"
 	"github.com/daraja-edge/daraja-edge/verify"
@@ -89,5 +92,18 @@ func TestHelpAndCompletion(t *testing.T) {
 	got, err := exec.Command("bash", "-c", `source `+f+`; COMP_WORDS=(daraja-edge token ""); COMP_CWORD=2; _daraja_edge; echo "${COMPREPLY[@]}"`).Output()
 	if err != nil || strings.TrimSpace(string(got)) != strings.Join(subcommands("token"), " ") {
 		t.Errorf("completion after 'token': %q %v", got, err)
+	}
+}
+
+// TestLogFormatAuto: auto writes JSON when stderr is not a terminal.
+func TestLogFormatAuto(t *testing.T) {
+	var buf bytes.Buffer
+	l, err := newLogger(config.Log{Level: "info", Format: "auto"}, zap.NewAtomicLevel(), &buf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.Info("hello")
+	if !strings.HasPrefix(buf.String(), "{") {
+		t.Errorf("auto on a non-terminal wrote %q, want JSON", buf.String())
 	}
 }

@@ -248,7 +248,16 @@ func newLogger(c config.Log, level zap.AtomicLevel, stderr io.Writer) (*zap.Logg
 	encCfg := zap.NewProductionEncoderConfig()
 	encCfg.EncodeTime = zapcore.RFC3339NanoTimeEncoder
 	var enc zapcore.Encoder
-	if c.Format == "console" {
+	format := c.Format
+	if format == "auto" {
+		format = "json"
+		if f, ok := stderr.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				format = "console"
+			}
+		}
+	}
+	if format == "console" {
 		encCfg.EncodeLevel = zapcore.CapitalLevelEncoder
 		enc = zapcore.NewConsoleEncoder(encCfg)
 	} else {

@@ -249,7 +249,8 @@ type Admin struct {
 type Log struct {
 	// Level is debug | info | warn | error. Default info.
 	Level string `yaml:"level"`
-	// Format is json | console. Default json.
+	// Format is json | console | auto (console when stderr is a terminal,
+	// json otherwise). Default json, as the contract says.
 	Format string `yaml:"format"`
 }
 

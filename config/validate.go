@@ -240,8 +240,8 @@ func (c Config) Validate() error {
 	if !slices.Contains([]string{"debug", "info", "warn", "error"}, c.Log.Level) {
 		v.add("log.level", "%q is not one of debug, info, warn, error", c.Log.Level)
 	}
-	if c.Log.Format != "json" && c.Log.Format != "console" {
-		v.add("log.format", "%q is not one of json, console", c.Log.Format)
+	if c.Log.Format != "json" && c.Log.Format != "console" && c.Log.Format != "auto" {
+		v.add("log.format", "%q is not one of json, console, auto", c.Log.Format)
 	}
 	v.forward(c)
 	v.c2b(c)
