@@ -227,3 +227,12 @@ func TestConfigChanges(t *testing.T) {
 		t.Errorf("changes %v, want 3", got)
 	}
 }
+
+func (l *lockedWriter) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if s, ok := l.w.(interface{ String() string }); ok {
+		return s.String()
+	}
+	return ""
+}

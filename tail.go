@@ -37,7 +37,14 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	if url == "" {
 		url = "nats://" + loopbackAddr(cfg.NATS.Embedded.Listen)
 	}
-	opts := []nats.Option{nats.Name("daraja-edge tail")}
+	opts := []nats.Option{nats.Name("daraja-edge tail"), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				fmt.Fprintf(stderr, "tail: lost NATS (%v); reconnecting…\n", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { fmt.Fprintln(stderr, "tail: NATS is back") }),
+	}
 	if cfg.NATS.CredentialsFile != "" && *natsURL == "" {
 		opts = append(opts, nats.UserCredentials(cfg.NATS.CredentialsFile))
 	}

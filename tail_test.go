@@ -2,12 +2,18 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"io"
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
 )
 
 func TestTailLineMasksAndNeverPrintsBodies(t *testing.T) {
@@ -48,4 +54,27 @@ func TestTailLineMasksAndNeverPrintsBodies(t *testing.T) {
 			}
 		}
 	}
+}
+
+// TestTailSaysWhenNATSGoes: tail tells its user when it loses NATS.
+func TestTailSaysWhenNATSGoes(t *testing.T) {
+	ns := natstest.Server(t)
+	_, js := natstest.Connect(t, ns)
+	if _, err := js.CreateStream(context.Background(), jetstream.StreamConfig{Name: "DARAJA", Subjects: []string{"daraja.cb.>", "daraja.missing.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errb := &lockedWriter{w: &bytes.Buffer{}}
+	done := make(chan error, 1)
+	go func() { done <- run(ctx, []string{"tail", "--nats", ns.ClientURL()}, io.Discard, errb) }()
+	time.Sleep(300 * time.Millisecond) // let tail subscribe
+	ns.Shutdown()
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(errb.String(), "lost NATS"); time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("tail said nothing when NATS went away: %q", errb.String())
+		}
+	}
+	cancel()
+	<-done
 }

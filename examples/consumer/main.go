@@ -193,7 +193,13 @@ func validate(data []byte) []byte {
 }
 
 func run(ctx context.Context, o Options, out io.Writer) error {
-	nc, err := nats.Connect(o.NATSURL, nats.Name("daraja consumer "+o.Durable), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(o.NATSURL, nats.Name("daraja consumer "+o.Durable), nats.MaxReconnects(-1),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Printf("lost NATS (%v); reconnecting…", err)
+			}
+		}),
+		nats.ReconnectHandler(func(*nats.Conn) { log.Print("NATS is back") }))
 	if err != nil {
 		return err
 	}
