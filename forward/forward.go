@@ -80,7 +80,8 @@ type Forwarder struct {
 
 	mu     sync.Mutex
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // consumers and their attempts
+	lag    sync.WaitGroup // lag watchers
 	stops  []func()
 }
 
@@ -199,8 +200,10 @@ func (f *Forwarder) Start(ctx context.Context) error {
 		return fmt.Errorf("forward: replay stream: %w", err)
 	}
 	ctx, cancel := context.WithCancel(ctx)
+	lagCtx, lagCancel := context.WithCancel(ctx)
 	f.mu.Lock()
 	f.cancel = cancel
+	f.stops = append(f.stops, lagCancel)
 	f.mu.Unlock()
 	for _, d := range f.dests {
 		cc := jetstream.ConsumerConfig{Durable: ConsumerName(d.cfg.Name), Description: "daraja-edge forwarder: " + d.cfg.Name,
@@ -228,12 +231,14 @@ func (f *Forwarder) Start(ctx context.Context) error {
 				cancel()
 				return fmt.Errorf("forward: consume for %s: %w", d.cfg.Name, err)
 			}
+			f.mu.Lock()
 			f.stops = append(f.stops, it.Stop)
+			f.mu.Unlock()
 			f.wg.Add(1)
 			go func() { defer f.wg.Done(); d.run(ctx, it, c.replay) }()
 		}
-		f.wg.Add(1)
-		go func() { defer f.wg.Done(); d.watchLag(ctx) }()
+		f.lag.Add(1)
+		go func() { defer f.lag.Done(); d.watchLag(lagCtx) }()
 	}
 	return nil
 }
@@ -259,6 +264,7 @@ func (f *Forwarder) Stop(ctx context.Context) {
 		cancel()
 	}
 	<-done
+	f.lag.Wait()
 }
 
 // run hands each message to a worker, at most concurrency at once.

@@ -97,7 +97,7 @@ func (f *Forwarder) Replay(ctx context.Context, r ReplayRequest) (ReplayResult, 
 			seqs = append(seqs, x.Sequence)
 		}
 	case r.DLQ:
-		seqs, err = f.scan(ctx, r, []string{DeadLetterSubject(f.o.Prefix, r.Destination, "*", "*")}, true)
+		seqs, err = f.scan(ctx, r, []string{f.o.Prefix + ".dlq." + r.Destination + ".>"}, true)
 	case !r.Since.IsZero() && !r.Until.IsZero() && r.Until.After(r.Since):
 		seqs, err = f.scan(ctx, r, d.filters(), false)
 	default:
