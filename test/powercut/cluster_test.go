@@ -11,6 +11,7 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/daraja-edge/daraja-edge/internal/lazyfs"
+	"github.com/daraja-edge/daraja-edge/verify"
 )
 
 // nodeSpec is what a child NATS node runs with.
@@ -242,9 +244,29 @@ func TestCluster(t *testing.T) {
 	waitFor(t, "stream replicas current", 60*time.Second, func() error { return healthy(t, topo, 1) })
 	t.Logf("cluster and edges ready in %s", time.Since(started).Round(time.Millisecond))
 
-	ld := &load{}
+	// While the stream leader is partitioned away, an edge whose NATS
+	// connection is on that node cannot issue tokens (the token bucket
+	// write waits on the lost node until the client's ping timeout), so
+	// callbacks during the partition use tokens issued before it, from the
+	// edge they are sent to. Their callbacks still get 200: stored, or
+	// spooled once the stream's ack times out.
+	var partitioned atomic.Bool
+	preissued := map[*api]func(context.Context, *api) (verify.IssueResponse, error){}
+	for _, a := range apis {
+		preissued[a] = pool(issueN(t, a, 60))
+	}
+	ld := &load{next: func(ctx context.Context, a *api) (verify.IssueResponse, error) {
+		if !partitioned.Load() {
+			return a.issue(ctx)
+		}
+		tok, err := preissued[a](ctx, a)
+		if errors.Is(err, errNoTokens) {
+			return tok, errors.New("pre-issued tokens used up") // the worker waits
+		}
+		return tok, err
+	}}
 	stop, done := make(chan struct{}), make(chan struct{})
-	go func() { ld.run("cluster", apis, workers, stop); close(done) }()
+	go func() { ld.run("cluster", apis, workers/2, stop); close(done) }()
 	defer func() {
 		select {
 		case <-done:
@@ -277,19 +299,28 @@ func TestCluster(t *testing.T) {
 		t.Helper()
 		ld.waitOK(t, ld.ok.Load()+n, 90*time.Second)
 	}
+	mark := time.Now()
+	phase := func(what string) {
+		t.Logf("phase %s: %s (%d answered 200)", what, time.Since(mark).Round(time.Millisecond), ld.ok.Load())
+		mark = time.Now()
+	}
 
 	// 1. Power cut under one node, the stream leader, mid-load.
 	more(150)
 	first := leader()
 	st := nodes[first-1].cut(t)
 	t.Logf("power cut under n%d (stream leader) after %d answered 200; lazyfs %+v", first, ld.ok.Load(), st)
+	phase("load until the first cut")
 	more(100) // the other two carry on
+	phase("load on two nodes")
 	nodes[first-1].powerOn(t)
 	waitFor(t, fmt.Sprintf("n%d caught up", first), 90*time.Second, func() error { return healthy(t, topo, first) })
+	phase("node back and caught up")
 	more(50)
 
 	// 2. Partition the stream leader away, then heal.
 	cutOff := leader()
+	partitioned.Store(true)
 	topo.partition(t, cutOff)
 	t.Logf("n%d (stream leader) partitioned away after %d answered 200", cutOff, ld.ok.Load())
 	other := cutOff%3 + 1
@@ -303,9 +334,13 @@ func TestCluster(t *testing.T) {
 		}
 		return nil
 	})
-	more(100)
+	phase("new leader elected")
+	more(40)
+	phase("load during the partition")
 	topo.heal(t, cutOff)
+	partitioned.Store(false)
 	waitFor(t, fmt.Sprintf("n%d caught up after the heal", cutOff), 90*time.Second, func() error { return healthy(t, topo, cutOff) })
+	phase("healed and caught up")
 	more(50)
 
 	// 3. Power cut under all three at once.
@@ -329,6 +364,7 @@ func TestCluster(t *testing.T) {
 		n.powerOn(t)
 	}
 	waitFor(t, "the cluster back with every replica current", 120*time.Second, func() error { return healthy(t, topo, 1) })
+	phase("all three back")
 	more(50)
 	close(stop)
 	<-done
@@ -346,7 +382,9 @@ func TestCluster(t *testing.T) {
 			return nil
 		})
 	}
+	phase("spools replayed")
 	res := checkRecovered(t, apis[0], js, ld)
+	phase("verified")
 	res.extra = fmt.Sprintf("nodes=3 replicas=3 netns=%s first_cut=n%d partitioned=n%d spooled_edge1=%g spooled_edge2=%g",
 		topo.hub, first, cutOff, apis[0].metric(`daraja_edge_spool_replayed_total{outcome="stored"}`)+apis[0].metric(`daraja_edge_spool_replayed_total{outcome="duplicate"}`),
 		apis[1].metric(`daraja_edge_spool_replayed_total{outcome="stored"}`)+apis[1].metric(`daraja_edge_spool_replayed_total{outcome="duplicate"}`))
