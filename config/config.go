@@ -33,6 +33,9 @@ type Config struct {
 	Forward Forward `yaml:"forward"`
 	// C2B describes the C2B URL registrations made with Daraja.
 	C2B C2B `yaml:"c2b"`
+	// Recovery asks Daraja about missing callbacks. Optional, off by
+	// default; see Recovery.
+	Recovery Recovery `yaml:"recovery"`
 }
 
 // TLS modes.
@@ -293,6 +296,8 @@ func Default() Config {
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090", KeyFile: "./data/admin.key", AuthFailuresPerSecond: 0.5},
 		Log:   Log{Level: "info", Format: "json"},
+
+		Recovery: DefaultRecovery(),
 	}
 }
 

@@ -245,6 +245,7 @@ func (c Config) Validate() error {
 	}
 	v.forward(c)
 	v.c2b(c)
+	v.recovery(c)
 	return errors.Join(v.problems...)
 }
 
