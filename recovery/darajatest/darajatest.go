@@ -1,0 +1,220 @@
+// Package darajatest is a local stand-in for Daraja's OAuth, STK Push
+// Query, Transaction Status and Pull Transactions endpoints, with
+// Safaricom's published request and response shapes and error answers,
+// for tests (no test touches the internet).
+package darajatest
+
+import (
+	"crypto/rand"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"sync"
+)
+
+// Failure is an error answer the stand-in gives instead of the next
+// answer on a path.
+type Failure int
+
+// The error answers Daraja gives.
+const (
+	InvalidToken Failure = iota + 1 // 404 {"errorCode":"404.001.03","errorMessage":"Invalid Access Token"}
+	Unauthorized                    // 401
+	RateLimited                     // 429 spike arrest fault
+	ServerError                     // 500 {"errorCode":"500.003.02"}
+	Processing                      // 500 {"errorCode":"500.001.1001","errorMessage":"The transaction is being processed"}
+)
+
+// Server is the stand-in.
+type Server struct {
+	*httptest.Server
+	Key, Secret string
+	// Passkeys maps a shortcode to its Lipa Na M-Pesa passkey: an STK
+	// query with another password is refused.
+	Passkeys map[string]string
+
+	mu      sync.Mutex
+	tokens  map[string]bool
+	fails   map[string][]Failure
+	calls   map[string]int
+	Bodies  map[string][]map[string]any // requests received, per path
+	results map[string]string           // CheckoutRequestID -> ResultCode
+}
+
+// New starts a stand-in on 127.0.0.1 for the app (key, secret).
+func New(key, secret string) *Server {
+	s := &Server{Key: key, Secret: secret, Passkeys: map[string]string{}, tokens: map[string]bool{},
+		fails: map[string][]Failure{}, calls: map[string]int{}, Bodies: map[string][]map[string]any{}, results: map[string]string{}}
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /oauth/v1/generate", s.oauth)
+	mux.HandleFunc("POST /mpesa/stkpushquery/v1/query", s.api(s.stk))
+	mux.HandleFunc("POST /mpesa/transactionstatus/v1/query", s.api(s.status))
+	mux.HandleFunc("POST /pulltransactions/v1/query", s.api(s.pull))
+	s.Server = httptest.NewServer(mux)
+	return s
+}
+
+// Fail queues failures for the next calls on path ("/oauth/v1/generate"
+// or an API path).
+func (s *Server) Fail(path string, f ...Failure) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.fails[path] = append(s.fails[path], f...)
+}
+
+// Calls counts the requests on path.
+func (s *Server) Calls(path string) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.calls[path]
+}
+
+// Revoke forgets every access token issued (as an expiry would).
+func (s *Server) Revoke() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.tokens = map[string]bool{}
+}
+
+// SetResult sets the ResultCode an STK query answers for a checkout id
+// (default "0"; "1032" is cancelled by the user).
+func (s *Server) SetResult(checkout, code string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.results[checkout] = code
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v)
+}
+
+func requestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+func (s *Server) next(path string) Failure {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.calls[path]++
+	if q := s.fails[path]; len(q) > 0 {
+		s.fails[path] = q[1:]
+		return q[0]
+	}
+	return 0
+}
+
+func (s *Server) fail(w http.ResponseWriter, f Failure) {
+	switch f {
+	case InvalidToken:
+		writeJSON(w, http.StatusNotFound, map[string]string{"requestId": requestID(), "errorCode": "404.001.03", "errorMessage": "Invalid Access Token"})
+	case Unauthorized:
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"requestId": requestID(), "errorCode": "401.002.01", "errorMessage": "Error Occurred - Invalid Access Token - BJGFGOXv5aZnw90KkA4TDtu4Xdyf"})
+	case RateLimited:
+		writeJSON(w, http.StatusTooManyRequests, map[string]any{"fault": map[string]any{
+			"faultstring": "Spike arrest violation. Allowed rate : MessageRate{messagesPerPeriod=5, periodInMicroseconds=1000000, maxBurstMessageCount=1.0}",
+			"detail":      map[string]string{"errorcode": "policies.ratelimit.SpikeArrestViolation"}}})
+	case ServerError:
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"requestId": requestID(), "errorCode": "500.003.02", "errorMessage": "System is busy. Please try again in few minutes."})
+	case Processing:
+		writeJSON(w, http.StatusInternalServerError, map[string]string{"requestId": requestID(), "errorCode": "500.001.1001", "errorMessage": "The transaction is being processed"})
+	}
+}
+
+func (s *Server) oauth(w http.ResponseWriter, r *http.Request) {
+	if f := s.next(r.URL.Path); f != 0 {
+		s.fail(w, f)
+		return
+	}
+	k, sec, ok := r.BasicAuth()
+	if !ok || k != s.Key || sec != s.Secret || r.URL.Query().Get("grant_type") != "client_credentials" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"requestId": requestID(), "errorCode": "400.008.01", "errorMessage": "Invalid Authentication passed"})
+		return
+	}
+	var b [20]byte
+	_, _ = rand.Read(b[:])
+	tok := base64.RawURLEncoding.EncodeToString(b[:])
+	s.mu.Lock()
+	s.tokens[tok] = true
+	s.mu.Unlock()
+	writeJSON(w, http.StatusOK, map[string]string{"access_token": tok, "expires_in": "3599"})
+}
+
+func (s *Server) api(h func(http.ResponseWriter, map[string]any)) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if f := s.next(r.URL.Path); f != 0 {
+			s.fail(w, f)
+			return
+		}
+		const bearer = "Bearer "
+		auth := r.Header.Get("Authorization")
+		s.mu.Lock()
+		valid := len(auth) > len(bearer) && auth[:len(bearer)] == bearer && s.tokens[auth[len(bearer):]]
+		s.mu.Unlock()
+		if !valid {
+			s.fail(w, InvalidToken)
+			return
+		}
+		var body map[string]any
+		if err := json.NewDecoder(r.Body).Decode(&body); err != nil {
+			writeJSON(w, http.StatusBadRequest, map[string]string{"requestId": requestID(), "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid Body"})
+			return
+		}
+		s.mu.Lock()
+		s.Bodies[r.URL.Path] = append(s.Bodies[r.URL.Path], body)
+		s.mu.Unlock()
+		h(w, body)
+	}
+}
+
+// Requests returns the request bodies received on path.
+func (s *Server) Requests(path string) []map[string]any {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]map[string]any(nil), s.Bodies[path]...)
+}
+
+func str(m map[string]any, k string) string { v, _ := m[k].(string); return v }
+
+func (s *Server) stk(w http.ResponseWriter, b map[string]any) {
+	sc, ts := str(b, "BusinessShortCode"), str(b, "Timestamp")
+	want := base64.StdEncoding.EncodeToString([]byte(sc + s.Passkeys[sc] + ts))
+	if str(b, "Password") != want || len(ts) != 14 {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"requestId": requestID(), "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid Password"})
+		return
+	}
+	id := str(b, "CheckoutRequestID")
+	s.mu.Lock()
+	code, ok := s.results[id]
+	s.mu.Unlock()
+	if !ok {
+		code = "0"
+	}
+	desc := "The service request is processed successfully."
+	if code == "1032" {
+		desc = "Request cancelled by user"
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"ResponseCode": "0", "ResponseDescription": "The service request has been accepted successsfully",
+		"MerchantRequestID": "22205-34066-1", "CheckoutRequestID": id, "ResultCode": code, "ResultDesc": desc})
+}
+
+func (s *Server) status(w http.ResponseWriter, b map[string]any) {
+	if str(b, "CommandID") != "TransactionStatusQuery" || str(b, "Initiator") == "" || str(b, "SecurityCredential") == "" ||
+		str(b, "ResultURL") == "" || str(b, "QueueTimeOutURL") == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"requestId": requestID(), "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid Request"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"OriginatorConversationID": str(b, "OriginalConversationID"),
+		"ConversationID": "AG_20260101_" + requestID(), "ResponseCode": "0", "ResponseDescription": "Accept the service request successfully."})
+}
+
+func (s *Server) pull(w http.ResponseWriter, b map[string]any) {
+	writeJSON(w, http.StatusOK, map[string]any{"ResponseRefID": requestID(), "ResponseCode": "1000", "ResponseMessage": "Success",
+		"Response": [][]map[string]string{{{"transactionId": "RKL51ZDR4F", "trxDate": "2026-12-01T12:00:00.000Z", "msisdn": "2547******26",
+			"sender": "", "transactiontype": "c2b-pay-bill-debit", "billreference": "INV-1", "amount": "1.0", "organizationname": "Test"}}}})
+}
