@@ -214,6 +214,7 @@ func healthy(t *testing.T, topo *topology, i int) error {
 // spooled by an edge while the stream was out of reach) is on the stream
 // exactly once afterwards.
 func TestCluster(t *testing.T) {
+	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
 	lazyfs.Require(t)
 	topo := newTopology(t, 3)
 	started := time.Now()

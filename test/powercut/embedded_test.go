@@ -106,6 +106,7 @@ func (e *embeddedEdge) restart(t *testing.T) *inProcess {
 // say so when its acknowledged-sequence record survived ahead of the
 // stream.
 func TestEmbeddedMidLoad(t *testing.T) {
+	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
 	for _, c := range []struct {
 		name    string
 		mode    lazyfs.NamespaceMode
@@ -189,6 +190,7 @@ func TestEmbeddedMidLoad(t *testing.T) {
 // passes the strict case because it fsyncs the store's directories after
 // creating its stream and buckets (broker.SyncStore).
 func TestFirstStart(t *testing.T) {
+	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
 	for _, c := range []struct {
 		name string
 		mode lazyfs.NamespaceMode

@@ -173,6 +173,7 @@ func (e *spoolEdge) natsDown(t *testing.T) {
 // and a new edge on what survived replays the spool. Every 200 is on the
 // stream once, its token consumed.
 func TestSpoolMidLoad(t *testing.T) {
+	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
 	e := newSpoolEdge(t)
 	ch := e.start(t)
 	toks := issueN(t, e.api, 400)
@@ -203,6 +204,7 @@ func TestSpoolMidLoad(t *testing.T) {
 // replayed before the cut but not yet marked done in the spool is dropped
 // as a duplicate, not stored twice.
 func TestSpoolReplayCut(t *testing.T) {
+	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
 	const spooled = 300
 	e := newSpoolEdge(t)
 	ch := e.start(t)
@@ -264,6 +266,7 @@ func (e *inProcess) replayed(outcome string) float64 {
 // for) while NATS is down do not survive a power cut, whether it comes
 // while spooling or during the replay.
 func TestSpoolControlNoFsync(t *testing.T) {
+	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
 	for _, duringReplay := range []bool{false, true} {
 		name := "spool-mid-load/control-no-fsync"
 		if duringReplay {
