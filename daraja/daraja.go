@@ -165,22 +165,35 @@ var ErrMalformed = errors.New("malformed callback")
 // ErrMalformed. Informational fields that are absent, odd or unsafe are
 // left empty.
 func Parse(k Kind, body []byte) (Callback, error) {
-	var parse func([]byte) (Callback, error)
+	x := extract{kind: k}
 	switch k {
 	case C2BValidation, C2BConfirmation:
-		parse = parseC2B
+		x.root = roleC2B
 	case STKCallback:
-		parse = parseSTK
+		x.root = roleSTKRoot
 	case B2CResult, B2CTimeout, B2BResult, B2BTimeout, ReversalResult, ReversalTimeout,
 		StatusResult, StatusTimeout, BalanceResult, BalanceTimeout:
-		parse = func(b []byte) (Callback, error) { return parseResult(k, b) }
+		x.root = roleResultRoot
 	default:
 		return Callback{}, fmt.Errorf("%w: unknown kind %q", ErrMalformed, k)
 	}
-	if err := checkDocument(body); err != nil {
+	s := scanner{b: body}
+	s.spans = s.spanBuf[:0]
+	if err := s.document(&x); err != nil {
 		return Callback{}, err
 	}
-	cb, err := parse(body)
+	var (
+		cb  Callback
+		err error
+	)
+	switch x.root {
+	case roleC2B:
+		cb, err = x.c2b()
+	case roleSTKRoot:
+		cb, err = x.stkCallback()
+	default:
+		cb, err = x.result()
+	}
 	if err != nil {
 		return Callback{}, err
 	}
@@ -188,35 +201,324 @@ func Parse(k Kind, body []byte) (Callback, error) {
 	return cb, nil
 }
 
-// checkDocument refuses a body that is not exactly one JSON object, with
-// nothing but JSON whitespace around it, read alike by every parser.
-func checkDocument(body []byte) error {
-	if !utf8.Valid(body) {
-		return fmt.Errorf("%w: body is not UTF-8", ErrMalformed)
+// Parse reads a body in one pass (scanner) that validates all of it, as
+// json.Valid and utf8.Valid would, with the rules of the package
+// documentation on top, and keeps the raw bytes of only the members that
+// Callback is made of (extract). Those are then read as encoding/json would
+// have decoded the body into structs whose leaves are json.RawMessage:
+// object keys match field names without regard to ASCII case (a body
+// cannot name one twice), a member of another type than expected is left
+// empty, and a list (CallbackMetadata.Item, ResultParameters.ResultParameter)
+// is an array of entries or one object. FuzzParseDifferential compares Parse
+// with that decoder-based implementation, kept in reference_test.go.
+
+// role says what the value being scanned is to Callback.
+type role uint8
+
+const (
+	roleSkip         role = iota // validated only
+	roleLeaf                     // a member whose raw bytes extract keeps
+	roleC2B                      // the C2B body object
+	roleSTKRoot                  // {"Body": …}
+	roleSTKBody                  // {"stkCallback": …}
+	roleSTKCallback              // {"CheckoutRequestID", "ResultCode", "CallbackMetadata"}
+	roleSTKMeta                  // {"Item": …}
+	roleResultRoot               // {"Result": …}
+	roleResult                   // {"ConversationID", …, "ResultParameters"}
+	roleResultParams             // {"ResultParameter": …}
+	roleList                     // an array of entries, or one entry
+	roleEntry                    // {"Name" or "Key", "Value"}
+)
+
+// The leaves extract keeps, by index in extract.f.
+const (
+	fTransID = iota
+	fTransAmount
+	fBusinessShortCode
+	fMSISDN
+	fCheckoutRequestID
+	fResultCode
+	fResultType
+	fOriginatorConversationID
+	fConversationID
+	fTransactionID
+	fName
+	fKey
+	fValue
+	nFields
+)
+
+// child is the role, and for a leaf the field, of the member named key of
+// an object of role r.
+func child(r role, key []byte) (role, int) {
+	is := func(name string) bool { return equalFoldASCII(key, name) }
+	switch r {
+	case roleC2B:
+		switch {
+		case is("TransID"):
+			return roleLeaf, fTransID
+		case is("TransAmount"):
+			return roleLeaf, fTransAmount
+		case is("BusinessShortCode"):
+			return roleLeaf, fBusinessShortCode
+		case is("MSISDN"):
+			return roleLeaf, fMSISDN
+		}
+	case roleSTKRoot:
+		if is("Body") {
+			return roleSTKBody, 0
+		}
+	case roleSTKBody:
+		if is("stkCallback") {
+			return roleSTKCallback, 0
+		}
+	case roleSTKCallback:
+		switch {
+		case is("CheckoutRequestID"):
+			return roleLeaf, fCheckoutRequestID
+		case is("ResultCode"):
+			return roleLeaf, fResultCode
+		case is("CallbackMetadata"):
+			return roleSTKMeta, 0
+		}
+	case roleSTKMeta:
+		if is("Item") {
+			return roleList, 0
+		}
+	case roleResultRoot:
+		if is("Result") {
+			return roleResult, 0
+		}
+	case roleResult:
+		switch {
+		case is("ResultType"):
+			return roleLeaf, fResultType
+		case is("ResultCode"):
+			return roleLeaf, fResultCode
+		case is("OriginatorConversationID"):
+			return roleLeaf, fOriginatorConversationID
+		case is("ConversationID"):
+			return roleLeaf, fConversationID
+		case is("TransactionID"):
+			return roleLeaf, fTransactionID
+		case is("ResultParameters"):
+			return roleResultParams, 0
+		}
+	case roleResultParams:
+		if is("ResultParameter") {
+			return roleList, 0
+		}
+	case roleEntry:
+		switch {
+		case is("Name"):
+			return roleLeaf, fName
+		case is("Key"):
+			return roleLeaf, fKey
+		case is("Value"):
+			return roleLeaf, fValue
+		}
 	}
-	if bytes.HasPrefix(body, []byte("\xef\xbb\xbf")) {
-		return fmt.Errorf("%w: body starts with a byte order mark", ErrMalformed)
+	return roleSkip, 0
+}
+
+// equalFoldASCII reports whether key and name are equal without regard to
+// ASCII case, as encoding/json matches keys to field names.
+func equalFoldASCII(key []byte, name string) bool {
+	if len(key) != len(name) {
+		return false
 	}
-	// json.Valid takes one value and JSON whitespace only around it: a
-	// trailing "}", "]" or second document makes it false.
-	if !json.Valid(body) {
-		return fmt.Errorf("%w: body is not a single JSON document", ErrMalformed)
+	for i := 0; i < len(key); i++ {
+		a, b := key[i], name[i]
+		if 'A' <= a && a <= 'Z' {
+			a += 'a' - 'A'
+		}
+		if 'A' <= b && b <= 'Z' {
+			b += 'a' - 'A'
+		}
+		if a != b {
+			return false
+		}
 	}
-	if i := skipSpace(body, 0); i == len(body) || body[i] != '{' {
-		return fmt.Errorf("%w: body is not a JSON object", ErrMalformed)
+	return true
+}
+
+// extract gathers what a body says of its callback while scanner reads it.
+type extract struct {
+	kind Kind
+	root role
+	// f holds the raw bytes of each leaf found (a JSON value without
+	// whitespace around it), nil when absent.
+	f [nFields][]byte
+	// stk and result report that Body.stkCallback, or Result, is an object.
+	stkSeen, resultSeen bool
+	// list is what the entries of the list read so far gave (Amount,
+	// Receipt, MSISDN, MSISDNHash); receiptParam is a result's
+	// TransactionReceipt or ReceiptNo.
+	list         Callback
+	receiptParam string
+}
+
+// entry reads the list entry whose members are in f[fName], f[fKey] and
+// f[fValue]. With a name or key repeated, the first usable value wins.
+func (x *extract) entry() {
+	if x.root == roleSTKRoot {
+		name, _ := scalarBytes(x.f[fName])
+		switch string(name) {
+		case "Amount":
+			if x.list.Amount == "" {
+				x.list.Amount = info(x.f[fValue])
+			}
+		case "MpesaReceiptNumber":
+			if x.list.Receipt == "" {
+				x.list.Receipt = info(x.f[fValue])
+			}
+		case "PhoneNumber":
+			if x.list.MSISDN == "" && x.list.MSISDNHash == "" {
+				x.list.setMSISDN(info(x.f[fValue]))
+			}
+		}
+		return
 	}
-	return checkJSON(body)
+	key, _ := scalarBytes(x.f[fKey])
+	switch string(key) {
+	case "TransactionAmount", "Amount":
+		if x.list.Amount == "" {
+			x.list.Amount = info(x.f[fValue])
+		}
+	case "TransactionReceipt", "ReceiptNo":
+		if x.receiptParam == "" {
+			x.receiptParam = info(x.f[fValue])
+		}
+	case "ReceiverPartyPublicName":
+		// B2C: "254722000000 - Jane Doe" or "0722000000 - Jane Doe".
+		// B2B names an organisation there: not a phone number.
+		if (x.kind == B2CResult || x.kind == B2CTimeout) && x.list.MSISDN == "" {
+			s, _ := scalarBytes(x.f[fValue])
+			if n := leadingNumber(string(s)); phoneLike(n) {
+				x.list.MSISDN = n
+			}
+		}
+	}
+}
+
+func (x *extract) c2b() (Callback, error) {
+	id, err := identifier(x.f[fTransID], "TransID")
+	if err != nil {
+		return Callback{}, err
+	}
+	shortcode, err := identifier(x.f[fBusinessShortCode], "BusinessShortCode")
+	if err != nil {
+		return Callback{}, err
+	}
+	if id == "" || shortcode == "" {
+		return Callback{}, fmt.Errorf("%w: C2B body needs TransID and BusinessShortCode", ErrMalformed)
+	}
+	cb := Callback{TransactionID: id, Receipt: id, Shortcode: shortcode, Amount: info(x.f[fTransAmount])}
+	cb.setMSISDN(info(x.f[fMSISDN]))
+	return cb, nil
+}
+
+func (x *extract) stkCallback() (Callback, error) {
+	if !x.stkSeen {
+		return Callback{}, fmt.Errorf("%w: STK body needs Body.stkCallback", ErrMalformed)
+	}
+	id, err := identifier(x.f[fCheckoutRequestID], "CheckoutRequestID")
+	if err != nil {
+		return Callback{}, err
+	}
+	if id == "" {
+		return Callback{}, fmt.Errorf("%w: stkCallback needs CheckoutRequestID", ErrMalformed)
+	}
+	cb := x.list
+	cb.TransactionID, cb.ResultCode = id, info(x.f[fResultCode])
+	return cb, nil
+}
+
+func (x *extract) result() (Callback, error) {
+	if !x.resultSeen {
+		return Callback{}, fmt.Errorf("%w: result body needs Result", ErrMalformed)
+	}
+	id, err := identifier(x.f[fConversationID], "ConversationID")
+	if err != nil {
+		return Callback{}, err
+	}
+	originator := info(x.f[fOriginatorConversationID])
+	if id == "" {
+		if id, err = identifier(x.f[fOriginatorConversationID], "OriginatorConversationID"); err != nil {
+			return Callback{}, err
+		}
+	}
+	if id == "" {
+		return Callback{}, fmt.Errorf("%w: Result needs ConversationID or OriginatorConversationID", ErrMalformed)
+	}
+	cb := Callback{
+		TransactionID: id, Receipt: x.receiptParam, ResultCode: info(x.f[fResultCode]),
+		ResultType: info(x.f[fResultType]), OriginatorConversationID: originator,
+		Amount: x.list.Amount, MSISDN: x.list.MSISDN,
+	}
+	if cb.Receipt == "" {
+		cb.Receipt = info(x.f[fTransactionID])
+	}
+	return cb, nil
+}
+
+// scalarBytes reads a JSON string or number as text, as encoding/json
+// would: strings unescaped and trimmed (strings.TrimSpace), numbers as
+// written. Anything else (absent, null, boolean, object, array) is not
+// text. A string of printable ASCII without escapes, the common case, is
+// returned as a slice of raw, without allocating.
+func scalarBytes(raw []byte) ([]byte, bool) {
+	if len(raw) == 0 {
+		return nil, false
+	}
+	switch c := raw[0]; {
+	case c == '"':
+		in := raw[1 : len(raw)-1]
+		for _, ch := range in {
+			if ch < 0x20 || ch > 0x7e || ch == '\\' {
+				var s string
+				if err := json.Unmarshal(raw, &s); err != nil {
+					return nil, false
+				}
+				return []byte(strings.TrimSpace(s)), true
+			}
+		}
+		// Printable ASCII holds no white space but ' '.
+		return bytes.Trim(in, " "), true
+	case c == '-' || (c >= '0' && c <= '9'):
+		return raw, true
+	}
+	return nil, false
+}
+
+// info is an informational field: its text if it has some and is safe in a
+// header, else "".
+func info(raw []byte) string {
+	s, _ := scalarBytes(raw)
+	if !safeIdentifier(string(s)) {
+		return ""
+	}
+	return string(s)
+}
+
+// identifier is an identifying field: "" when absent, null or empty; an
+// error when it is there but of another type or not safe in a header.
+func identifier(raw []byte, name string) (string, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return "", nil
+	}
+	s, ok := scalarBytes(raw)
+	if !ok {
+		return "", fmt.Errorf("%w: %s is neither a string nor a number", ErrMalformed, name)
+	}
+	if !safeIdentifier(string(s)) {
+		return "", fmt.Errorf("%w: %s has characters or a length it cannot have", ErrMalformed, name)
+	}
+	return string(s), nil
 }
 
 // isSpace reports JSON whitespace (RFC 8259 §2): not form feed, not NBSP.
 func isSpace(c byte) bool { return c == ' ' || c == '\t' || c == '\n' || c == '\r' }
-
-func skipSpace(b []byte, i int) int {
-	for i < len(b) && isSpace(b[i]) {
-		i++
-	}
-	return i
-}
 
 // safeIdentifier admits what can travel in a NATS header and a subject-free
 // message id: printable ASCII without control characters, bounded length.
@@ -232,96 +534,6 @@ func safeIdentifier(s string) bool {
 	return true
 }
 
-// scalar reads a JSON string or number as text: strings unescaped and
-// trimmed, numbers as written. Anything else (absent, null, boolean, object,
-// array) is not text.
-func scalar(raw json.RawMessage) (string, bool) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 {
-		return "", false
-	}
-	switch c := raw[0]; {
-	case c == '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return "", false
-		}
-		return strings.TrimSpace(s), true
-	case c == '-' || (c >= '0' && c <= '9'):
-		return string(raw), true
-	}
-	return "", false
-}
-
-// info is an informational field: its text if it has some and is safe in a
-// header, else "".
-func info(raw json.RawMessage) string {
-	s, _ := scalar(raw)
-	if !safeIdentifier(s) {
-		return ""
-	}
-	return s
-}
-
-// identifier is an identifying field: "" when absent, null or empty; an
-// error when it is there but of another type or not safe in a header.
-func identifier(raw json.RawMessage, name string) (string, error) {
-	raw = bytes.TrimSpace(raw)
-	if len(raw) == 0 || string(raw) == "null" {
-		return "", nil
-	}
-	s, ok := scalar(raw)
-	if !ok {
-		return "", fmt.Errorf("%w: %s is neither a string nor a number", ErrMalformed, name)
-	}
-	if !safeIdentifier(s) {
-		return "", fmt.Errorf("%w: %s has characters or a length it cannot have", ErrMalformed, name)
-	}
-	return s, nil
-}
-
-// decode unmarshals body, which checkDocument accepted, into v: a struct
-// whose containers are pointers (nil when the body has something else
-// there), structs or lists, and whose leaves are json.RawMessage. A member of
-// another type than v expects is left zero, never an error: encoding/json
-// records the mismatch and goes on with the rest of the body.
-func decode(body []byte, v any) error {
-	err := json.Unmarshal(body, v)
-	var mismatch *json.UnmarshalTypeError
-	if err != nil && !errors.As(err, &mismatch) {
-		return fmt.Errorf("%w: %v", ErrMalformed, err)
-	}
-	return nil
-}
-
-type c2bBody struct {
-	TransID           json.RawMessage
-	TransAmount       json.RawMessage
-	BusinessShortCode json.RawMessage
-	MSISDN            json.RawMessage
-}
-
-func parseC2B(body []byte) (Callback, error) {
-	var b c2bBody
-	if err := decode(body, &b); err != nil {
-		return Callback{}, err
-	}
-	id, err := identifier(b.TransID, "TransID")
-	if err != nil {
-		return Callback{}, err
-	}
-	shortcode, err := identifier(b.BusinessShortCode, "BusinessShortCode")
-	if err != nil {
-		return Callback{}, err
-	}
-	if id == "" || shortcode == "" {
-		return Callback{}, fmt.Errorf("%w: C2B body needs TransID and BusinessShortCode", ErrMalformed)
-	}
-	cb := Callback{TransactionID: id, Receipt: id, Shortcode: shortcode, Amount: info(b.TransAmount)}
-	cb.setMSISDN(info(b.MSISDN))
-	return cb, nil
-}
-
 // setMSISDN files s as MSISDN if it is shaped like a phone number, as
 // MSISDNHash if it is a hex SHA-256, and nowhere otherwise.
 func (cb *Callback) setMSISDN(s string) {
@@ -331,145 +543,6 @@ func (cb *Callback) setMSISDN(s string) {
 	case phoneLike(s):
 		cb.MSISDN = s
 	}
-}
-
-// item is an entry of CallbackMetadata.Item (Name) or of ResultParameter and
-// ReferenceItem (Key). Its fields are read leniently: an entry lacking
-// Value, or naming itself with a number, is simply not used.
-type item struct {
-	Name  json.RawMessage
-	Key   json.RawMessage
-	Value json.RawMessage
-}
-
-// list is a list Daraja sends as an array, or as a single object when it
-// has one entry. Entries that are not objects are left empty; a value that
-// is neither an array nor an object is an empty list. It never fails.
-type list []item
-
-func (l *list) UnmarshalJSON(b []byte) error {
-	switch b = bytes.TrimSpace(b); {
-	case len(b) > 0 && b[0] == '{':
-		var one item
-		_ = json.Unmarshal(b, &one) // item's fields take any value
-		*l = list{one}
-	case len(b) > 0 && b[0] == '[':
-		var many []item
-		_ = json.Unmarshal(b, &many) // entries of another type stay empty
-		*l = many
-	}
-	return nil
-}
-
-type stkBody struct {
-	Body *struct {
-		StkCallback *struct {
-			CheckoutRequestID json.RawMessage
-			ResultCode        json.RawMessage
-			CallbackMetadata  struct{ Item list }
-		} `json:"stkCallback"`
-	}
-}
-
-func parseSTK(body []byte) (Callback, error) {
-	var b stkBody
-	if err := decode(body, &b); err != nil {
-		return Callback{}, err
-	}
-	if b.Body == nil || b.Body.StkCallback == nil {
-		return Callback{}, fmt.Errorf("%w: STK body needs Body.stkCallback", ErrMalformed)
-	}
-	s := b.Body.StkCallback
-	id, err := identifier(s.CheckoutRequestID, "CheckoutRequestID")
-	if err != nil {
-		return Callback{}, err
-	}
-	if id == "" {
-		return Callback{}, fmt.Errorf("%w: stkCallback needs CheckoutRequestID", ErrMalformed)
-	}
-	cb := Callback{TransactionID: id, ResultCode: info(s.ResultCode)}
-	// With a name repeated, the first usable value wins.
-	for _, it := range s.CallbackMetadata.Item {
-		name, _ := scalar(it.Name)
-		v := info(it.Value)
-		switch {
-		case v == "":
-		case name == "Amount" && cb.Amount == "":
-			cb.Amount = v
-		case name == "MpesaReceiptNumber" && cb.Receipt == "":
-			cb.Receipt = v
-		case name == "PhoneNumber" && cb.MSISDN == "" && cb.MSISDNHash == "":
-			cb.setMSISDN(v)
-		}
-	}
-	return cb, nil
-}
-
-type resultBody struct {
-	Result *struct {
-		ResultType               json.RawMessage
-		ResultCode               json.RawMessage
-		OriginatorConversationID json.RawMessage
-		ConversationID           json.RawMessage
-		TransactionID            json.RawMessage
-		ResultParameters         struct{ ResultParameter list }
-	}
-}
-
-func parseResult(k Kind, body []byte) (Callback, error) {
-	var b resultBody
-	if err := decode(body, &b); err != nil {
-		return Callback{}, err
-	}
-	r := b.Result
-	if r == nil {
-		return Callback{}, fmt.Errorf("%w: result body needs Result", ErrMalformed)
-	}
-	id, err := identifier(r.ConversationID, "ConversationID")
-	if err != nil {
-		return Callback{}, err
-	}
-	originator := info(r.OriginatorConversationID)
-	if id == "" {
-		if id, err = identifier(r.OriginatorConversationID, "OriginatorConversationID"); err != nil {
-			return Callback{}, err
-		}
-	}
-	if id == "" {
-		return Callback{}, fmt.Errorf("%w: Result needs ConversationID or OriginatorConversationID", ErrMalformed)
-	}
-	cb := Callback{
-		TransactionID: id, Receipt: info(r.TransactionID), ResultCode: info(r.ResultCode),
-		ResultType: info(r.ResultType), OriginatorConversationID: originator,
-	}
-	receiptParam := ""
-	// With a key repeated, the first usable value wins.
-	for _, p := range r.ResultParameters.ResultParameter {
-		key, _ := scalar(p.Key)
-		switch key {
-		case "TransactionAmount", "Amount":
-			if cb.Amount == "" {
-				cb.Amount = info(p.Value)
-			}
-		case "TransactionReceipt", "ReceiptNo":
-			if receiptParam == "" {
-				receiptParam = info(p.Value)
-			}
-		case "ReceiverPartyPublicName":
-			// B2C: "254722000000 - Jane Doe" or "0722000000 - Jane Doe".
-			// B2B names an organisation there: not a phone number.
-			if (k == B2CResult || k == B2CTimeout) && cb.MSISDN == "" {
-				s, _ := scalar(p.Value)
-				if n := leadingNumber(s); phoneLike(n) {
-					cb.MSISDN = n
-				}
-			}
-		}
-	}
-	if receiptParam != "" {
-		cb.Receipt = receiptParam
-	}
-	return cb, nil
 }
 
 // leadingNumber is the part of "254722000000 - Jane Doe" before the name.
@@ -527,116 +600,318 @@ const maxDepth = 32
 // moves from comparing with each earlier key to a set: linear either way.
 const smallObject = 16
 
-// checkJSON guards against bodies that different JSON parsers would read
-// differently: nesting deeper than maxDepth, an object naming a key twice
-// (Go's decoder keeps the last, others the first; Go also matches keys
-// without regard to case, so "TransID" and "transid" are the same key), keys
-// that are not plain printable ASCII (escapes and non-ASCII letters fold in
-// parser-specific ways), and numbers a float64 cannot hold (Go's decoder
-// refuses them). It runs on a body json.Valid accepted, in one pass, in time
-// linear in the body: an object compares each key with its earlier ones
-// while it has fewer than smallObject of them, and keeps a set of key hashes
-// beyond (a hash seen before is confirmed by comparing the keys).
-func checkJSON(b []byte) error {
-	type frame struct {
-		object, expectKey bool
-		keys              int                 // index of this object's first key in spans
-		set               map[uint64]struct{} // hashes of the lower-cased keys, past smallObject
+// scanner reads a body once, front to back, refusing what the package
+// documentation lists: anything but one JSON object (RFC 8259) with only
+// JSON whitespace around it, invalid UTF-8 (checked inside strings: outside
+// them any byte above 0x7f is not JSON anyway, a byte order mark included),
+// nesting deeper than maxDepth, keys with escapes or outside printable
+// ASCII, a key repeated in an object without regard to ASCII case, and
+// numbers a float64 cannot hold. The duplicate check is linear in the body:
+// an object compares each key with its earlier ones while it has fewer than
+// smallObject of them, and keeps a set of key hashes beyond (a hash seen
+// before is confirmed by comparing the keys, so that a collision never
+// refuses a body).
+type scanner struct {
+	b     []byte
+	i     int    // next byte to read
+	spans []span // keys of the open objects, innermost last
+	lower []byte
+	// spanBuf backs spans for bodies of ordinary size.
+	spanBuf [64]span
+}
+
+type span struct{ from, to int }
+
+func (s *scanner) ws() {
+	for s.i < len(s.b) && isSpace(s.b[s.i]) {
+		s.i++
 	}
-	type span struct{ from, to int }
-	var (
-		stack [maxDepth]frame
-		depth int
-		spans []span // keys of the open objects, innermost last
-		lower []byte
-	)
-	for i := 0; i < len(b); i++ {
-		switch c := b[i]; {
-		case c == '{' || c == '[':
-			if depth == maxDepth {
-				return fmt.Errorf("%w: JSON nested deeper than %d", ErrMalformed, maxDepth)
+}
+
+func (s *scanner) notJSON() error {
+	return fmt.Errorf("%w: body is not a single JSON document (at byte %d)", ErrMalformed, s.i)
+}
+
+// document scans the whole body, filling x.
+func (s *scanner) document(x *extract) error {
+	s.ws()
+	if s.i == len(s.b) || s.b[s.i] != '{' {
+		if bytes.HasPrefix(s.b, []byte("\xef\xbb\xbf")) {
+			return fmt.Errorf("%w: body starts with a byte order mark", ErrMalformed)
+		}
+		return fmt.Errorf("%w: body is not a JSON object", ErrMalformed)
+	}
+	if err := s.value(0, x.root, 0, x); err != nil {
+		return err
+	}
+	s.ws()
+	if s.i != len(s.b) {
+		return s.notJSON()
+	}
+	return nil
+}
+
+// value scans the value at s.i, inside depth open containers, which is of
+// role r to the callback (for a leaf, field f of x).
+func (s *scanner) value(depth int, r role, f int, x *extract) error {
+	b := s.b
+	if s.i >= len(b) {
+		return s.notJSON()
+	}
+	start := s.i
+	switch c := b[s.i]; {
+	case c == '{' || c == '[':
+		if depth == maxDepth {
+			return fmt.Errorf("%w: JSON nested deeper than %d", ErrMalformed, maxDepth)
+		}
+		var err error
+		switch {
+		case c == '[' && r == roleList:
+			err = s.array(depth+1, roleEntry, x)
+		case c == '[':
+			err = s.array(depth+1, roleSkip, x)
+		case r == roleList || r == roleEntry:
+			x.f[fName], x.f[fKey], x.f[fValue] = nil, nil, nil
+			if err = s.object(depth+1, roleEntry, x); err == nil {
+				x.entry()
 			}
-			stack[depth] = frame{object: c == '{', expectKey: c == '{', keys: len(spans)}
-			depth++
-		case c == '}' || c == ']':
-			if depth > 0 {
-				depth--
-				spans = spans[:stack[depth].keys]
-				stack[depth] = frame{}
-			}
-		case c == ',':
-			if depth > 0 && stack[depth-1].object {
-				stack[depth-1].expectKey = true
-			}
-		case c == ':':
-			if depth > 0 {
-				stack[depth-1].expectKey = false
-			}
-		case c == '"':
-			j, escaped := i+1, false
-			for ; j < len(b) && b[j] != '"'; j++ {
-				if b[j] == '\\' {
-					escaped = true
-					j++
+		case r == roleSkip || r == roleLeaf:
+			err = s.object(depth+1, roleSkip, x)
+		default:
+			err = s.object(depth+1, r, x)
+			x.stkSeen = x.stkSeen || r == roleSTKCallback
+			x.resultSeen = x.resultSeen || r == roleResult
+		}
+		if err != nil {
+			return err
+		}
+	case c == '"':
+		if err := s.str(); err != nil {
+			return err
+		}
+	case c == '-' || (c >= '0' && c <= '9'):
+		if err := s.number(); err != nil {
+			return err
+		}
+	case c == 't' && bytes.HasPrefix(b[s.i:], []byte("true")):
+		s.i += 4
+	case c == 'f' && bytes.HasPrefix(b[s.i:], []byte("false")):
+		s.i += 5
+	case c == 'n' && bytes.HasPrefix(b[s.i:], []byte("null")):
+		s.i += 4
+	default:
+		return s.notJSON()
+	}
+	if r == roleLeaf {
+		x.f[f] = b[start:s.i]
+	}
+	return nil
+}
+
+// array scans the array at s.i, whose elements are of role elem.
+func (s *scanner) array(depth int, elem role, x *extract) error {
+	b := s.b
+	s.i++ // '['
+	s.ws()
+	if s.i < len(b) && b[s.i] == ']' {
+		s.i++
+		return nil
+	}
+	for {
+		if err := s.value(depth, elem, 0, x); err != nil {
+			return err
+		}
+		s.ws()
+		if s.i >= len(b) {
+			return s.notJSON()
+		}
+		switch b[s.i] {
+		case ',':
+			s.i++
+			s.ws()
+		case ']':
+			s.i++
+			return nil
+		default:
+			return s.notJSON()
+		}
+	}
+}
+
+// object scans the object at s.i, of role r.
+func (s *scanner) object(depth int, r role, x *extract) error {
+	b := s.b
+	s.i++ // '{'
+	base := len(s.spans)
+	var set map[uint64]struct{} // hashes of the lower-cased keys, past smallObject
+	s.ws()
+	if s.i < len(b) && b[s.i] == '}' {
+		s.i++
+		return nil
+	}
+	for {
+		if s.i >= len(b) || b[s.i] != '"' {
+			return s.notJSON()
+		}
+		from := s.i + 1
+		if err := s.key(); err != nil {
+			return err
+		}
+		key := b[from : s.i-1]
+		if n := len(s.spans) - base; n < smallObject {
+			for _, sp := range s.spans[base:] {
+				if bytes.EqualFold(b[sp.from:sp.to], key) {
+					return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
 				}
 			}
-			from, to := i+1, min(j, len(b))
-			i = j
-			if depth == 0 || !stack[depth-1].expectKey {
-				continue
-			}
-			f := &stack[depth-1]
-			if escaped {
-				return fmt.Errorf("%w: object key with an escape sequence", ErrMalformed)
-			}
-			key := b[from:to]
-			for _, ch := range key {
-				if ch < 0x20 || ch > 0x7e {
-					return fmt.Errorf("%w: object key that is not printable ASCII", ErrMalformed)
+		} else {
+			if set == nil {
+				set = make(map[uint64]struct{}, 4*smallObject)
+				for _, sp := range s.spans[base:] {
+					s.lower = appendLower(s.lower[:0], b[sp.from:sp.to])
+					set[maphash.Bytes(keySeed, s.lower)] = struct{}{}
 				}
 			}
-			if n := len(spans) - f.keys; n < smallObject {
-				for _, s := range spans[f.keys:] {
-					if bytes.EqualFold(b[s.from:s.to], key) {
+			s.lower = appendLower(s.lower[:0], key)
+			h := maphash.Bytes(keySeed, s.lower)
+			if _, seen := set[h]; seen {
+				for _, sp := range s.spans[base:] {
+					if bytes.EqualFold(b[sp.from:sp.to], key) {
 						return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
 					}
 				}
-			} else {
-				if f.set == nil {
-					f.set = make(map[uint64]struct{}, 4*smallObject)
-					for _, s := range spans[f.keys:] {
-						lower = appendLower(lower[:0], b[s.from:s.to])
-						f.set[maphash.Bytes(keySeed, lower)] = struct{}{}
-					}
-				}
-				lower = appendLower(lower[:0], key)
-				h := maphash.Bytes(keySeed, lower)
-				if _, seen := f.set[h]; seen {
-					// Most likely the same key; compare to be sure, so
-					// that a collision never refuses a body.
-					for _, s := range spans[f.keys:] {
-						if bytes.EqualFold(b[s.from:s.to], key) {
-							return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
-						}
-					}
-				}
-				f.set[h] = struct{}{}
 			}
-			spans = append(spans, span{from, to})
-		case c == '-' || (c >= '0' && c <= '9'):
-			j, exp := i, false
-			for ; j < len(b) && (b[j] >= '0' && b[j] <= '9' || b[j] == '.' || b[j] == 'e' || b[j] == 'E' || b[j] == '+' || b[j] == '-'); j++ {
-				exp = exp || b[j] == 'e' || b[j] == 'E'
-			}
-			// Only an exponent or more than 308 digits can leave float64's range.
-			if exp || j-i > 308 {
-				if _, err := strconv.ParseFloat(string(b[i:j]), 64); err != nil {
-					return fmt.Errorf("%w: number %.20s… out of range", ErrMalformed, b[i:j])
-				}
-			}
-			i = j - 1
+			set[h] = struct{}{}
+		}
+		s.spans = append(s.spans, span{from, s.i - 1})
+		s.ws()
+		if s.i >= len(b) || b[s.i] != ':' {
+			return s.notJSON()
+		}
+		s.i++
+		s.ws()
+		cr, f := child(r, key)
+		if err := s.value(depth, cr, f, x); err != nil {
+			return err
+		}
+		s.ws()
+		if s.i >= len(b) {
+			return s.notJSON()
+		}
+		switch b[s.i] {
+		case ',':
+			s.i++
+			s.ws()
+		case '}':
+			s.i++
+			s.spans = s.spans[:base]
+			return nil
+		default:
+			return s.notJSON()
 		}
 	}
+}
+
+// key scans an object key at s.i: printable ASCII without escapes (escapes
+// and other letters fold in parser-specific ways).
+func (s *scanner) key() error {
+	b := s.b
+	for i := s.i + 1; i < len(b); i++ {
+		switch c := b[i]; {
+		case c == '"':
+			s.i = i + 1
+			return nil
+		case c == '\\':
+			return fmt.Errorf("%w: object key with an escape sequence", ErrMalformed)
+		case c < 0x20 || c > 0x7e:
+			return fmt.Errorf("%w: object key that is not printable ASCII", ErrMalformed)
+		}
+	}
+	return s.notJSON()
+}
+
+// str scans a string value at s.i (RFC 8259 §7), refusing invalid UTF-8.
+func (s *scanner) str() error {
+	b := s.b
+	for i := s.i + 1; i < len(b); {
+		switch c := b[i]; {
+		case c == '"':
+			s.i = i + 1
+			return nil
+		case c == '\\':
+			if i+1 >= len(b) {
+				return s.notJSON()
+			}
+			switch b[i+1] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				i += 2
+			case 'u':
+				if i+6 > len(b) || !isHex(b[i+2]) || !isHex(b[i+3]) || !isHex(b[i+4]) || !isHex(b[i+5]) {
+					return s.notJSON()
+				}
+				i += 6
+			default:
+				return s.notJSON()
+			}
+		case c < 0x20:
+			return s.notJSON()
+		case c < utf8.RuneSelf:
+			i++
+		default:
+			r, n := utf8.DecodeRune(b[i:])
+			if r == utf8.RuneError && n == 1 {
+				return fmt.Errorf("%w: body is not UTF-8", ErrMalformed)
+			}
+			i += n
+		}
+	}
+	return s.notJSON()
+}
+
+// number scans a number at s.i (RFC 8259 §6), refusing one beyond the
+// range of a float64 (Go's decoder refuses them).
+func (s *scanner) number() error {
+	b, i := s.b, s.i
+	digits := func() bool {
+		j := i
+		for i < len(b) && b[i] >= '0' && b[i] <= '9' {
+			i++
+		}
+		return i > j
+	}
+	if b[i] == '-' {
+		i++
+	}
+	switch {
+	case i < len(b) && b[i] == '0':
+		i++
+	case !digits():
+		return s.notJSON()
+	}
+	if i < len(b) && b[i] == '.' {
+		i++
+		if !digits() {
+			return s.notJSON()
+		}
+	}
+	exp := false
+	if i < len(b) && (b[i] == 'e' || b[i] == 'E') {
+		exp = true
+		i++
+		if i < len(b) && (b[i] == '+' || b[i] == '-') {
+			i++
+		}
+		if !digits() {
+			return s.notJSON()
+		}
+	}
+	// Only an exponent or more than 308 digits can leave float64's range.
+	if exp || i-s.i > 308 {
+		if _, err := strconv.ParseFloat(string(b[s.i:i]), 64); err != nil {
+			return fmt.Errorf("%w: number %.20s… out of range", ErrMalformed, b[s.i:i])
+		}
+	}
+	s.i = i
 	return nil
 }
 
