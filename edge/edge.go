@@ -39,6 +39,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/ratelimit"
+	"github.com/daraja-edge/daraja-edge/recovery"
 	"github.com/daraja-edge/daraja-edge/spool"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -91,6 +92,7 @@ type Server struct {
 	durable   *publish.Durable
 	missing   *publish.Missing
 	watermark *publish.Watermark // embedded NATS only
+	recovery  *recovery.Service  // recovery: (optional)
 	spool     *spool.Spool
 	service   micro.Service
 
@@ -211,6 +213,20 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 			}
 			return out, nil
 		},
+	}
+	if cfg.Recovery.Enabled {
+		shortcodes, err := recovery.FromConfig(cfg.Recovery)
+		if err != nil {
+			return nil, fmt.Errorf("edge: %w", err)
+		}
+		s.recovery, err = recovery.New(ctx, recovery.OptionsFrom(cfg.Recovery, recovery.Options{
+			JS: s.broker.JetStream, Stream: cfg.NATS.Stream.Name, Publisher: s.pub, Subjects: subjects, Edge: name,
+			Records: store, Issuer: issuer, Shortcodes: shortcodes,
+			Registerer: s.metrics.Registerer(), Log: log,
+		}))
+		if err != nil {
+			return nil, err
+		}
 	}
 	s.service, err = verify.ServeNATS(s.broker.Conn, cfg.NATS.SubjectPrefix, Version, issuer, log)
 	if err != nil {
@@ -545,6 +561,10 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer s.bgDone.Done(); s.certs.WatchFiles(s.bg, filesCheckInterval) }()
 	s.bgDone.Add(1)
 	go s.background()
+	if s.recovery != nil {
+		s.bgDone.Add(1)
+		go func() { defer s.bgDone.Done(); _ = s.recovery.Run(s.bg) }()
+	}
 	if s.watermark != nil {
 		s.bgDone.Add(1)
 		go func() {

@@ -10,42 +10,14 @@ import (
 	"time"
 
 	"github.com/nats-io/nats-server/v2/server"
-	"github.com/prometheus/client_golang/prometheus"
-	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
-	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/recovery"
 	"github.com/daraja-edge/daraja-edge/recovery/darajatest"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
-
-// startRecovery is the wiring edge.New and Run are to get (see the
-// recovery report): built from cfg.Recovery on the edge's own store,
-// issuer, publisher and JetStream, run in the background until Close.
-func startRecovery(t *testing.T, h *harness, cfg config.Recovery, log *zap.Logger) {
-	t.Helper()
-	shortcodes, err := recovery.FromConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := h.srv
-	issuer := &verify.Issuer{Store: s.store, PublicURL: h.cfg.PublicURL, QueryParam: h.cfg.Tokens.QueryParam,
-		Limits: verify.Limits{DefaultTTL: h.cfg.Tokens.DefaultTTL, MaxTTL: h.cfg.Tokens.MaxTTL}}
-	svc, err := recovery.New(context.Background(), recovery.OptionsFrom(cfg, recovery.Options{
-		JS: s.broker.JetStream, Stream: h.cfg.NATS.Stream.Name, Publisher: s.pub,
-		Subjects: publish.Subjects{Prefix: h.cfg.NATS.SubjectPrefix}, Edge: s.name,
-		Records: s.store, Issuer: issuer, Shortcodes: shortcodes, Registerer: prometheus.NewRegistry(), Log: log,
-	}))
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = svc.Run(s.bg) }()
-	t.Cleanup(func() { h.stop(); <-done })
-}
 
 // TestRecoveryEndToEnd: two edges (replicas) on one NATS; a token is
 // issued, its checkout_request_id PATCHed, and it expires without a
@@ -74,10 +46,8 @@ func TestRecoveryEndToEnd(t *testing.T) {
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
-		h := startConfig(t, cfg)
-		core, l := observer.New(zap.DebugLevel)
-		startRecovery(t, h, rc, zap.New(core))
-		edges, logs = append(edges, h), append(logs, l, h.logs)
+		h := startConfig(t, cfg) // the edge runs recovery itself: cfg.Recovery.Enabled
+		edges, logs = append(edges, h), append(logs, h.logs)
 	}
 	iss := edges[0].issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", Reference: "ORDER-1", TTL: "2s"})
 	status, body := edges[1].admin(http.MethodPatch, "/v1/tokens/"+iss.ID, testAdminKey, map[string]string{"checkout_request_id": "ws_CO_e2e_1"})

@@ -174,6 +174,14 @@ func (m *Metrics) Names() []string {
 	return out
 }
 
+// Registerer is the registry, for components that bring metrics of their
+// own (recovery, forward).
+func (m *Metrics) Registerer() prometheus.Registerer { return m.reg }
+
+// Gatherer is the registry, for readers of the edge's own metrics (the
+// console).
+func (m *Metrics) Gatherer() prometheus.Gatherer { return m.reg }
+
 // Handler serves the registry in the Prometheus text format.
 func (m *Metrics) Handler() http.Handler {
 	return promhttp.HandlerFor(m.reg, promhttp.HandlerOpts{Registry: m.reg})
