@@ -8,6 +8,7 @@ package reconcile
 
 import (
 	"bytes"
+	"encoding/binary"
 	"encoding/csv"
 	"encoding/json"
 	"errors"
@@ -15,6 +16,7 @@ import (
 	"io"
 	"math"
 	"path/filepath"
+	"reflect"
 	"regexp"
 	"strconv"
 	"strings"
@@ -23,6 +25,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/shakinm/xlsReader/xls"
+	"github.com/shakinm/xlsReader/xls/structure"
 	"github.com/xuri/excelize/v2"
 	"golang.org/x/text/encoding/charmap"
 )
@@ -326,7 +329,7 @@ func xlsRows(data []byte) (rows [][]string, err error) {
 				cells = append(cells, "")
 				continue
 			}
-			cells = append(cells, c.GetString())
+			cells = append(cells, xlsCell(c))
 		}
 		rows = append(rows, cells)
 	}
@@ -699,4 +702,37 @@ func readPull(path string, data []byte, o Options) (*Statement, error) {
 	walk(v, 0)
 	finishPeriod(st)
 	return st, nil
+}
+
+// xlsCell is a cell's text. xlsReader v0.9.12 decodes an RK integer as
+// unsigned (-5000 reads 1073736824), and the portal's withdrawn amounts are
+// negative: RK cells are decoded here from the record's own four bytes
+// (MS-XLS 2.5.217).
+func xlsCell(c structure.CellData) string {
+	if c.GetType() != "*record.Rk" {
+		return c.GetString()
+	}
+	v := reflect.ValueOf(c)
+	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
+		return c.GetString()
+	}
+	f := v.Elem().FieldByName("rk")
+	if !f.IsValid() || f.Kind() != reflect.Array || f.Len() != 4 {
+		return c.GetString()
+	}
+	var b [4]byte
+	for i := range b {
+		b[i] = byte(f.Index(i).Uint())
+	}
+	rk := binary.LittleEndian.Uint32(b[:])
+	var n float64
+	if rk&2 != 0 {
+		n = float64(int32(rk) >> 2)
+	} else {
+		n = math.Float64frombits(uint64(rk&^3) << 32)
+	}
+	if rk&1 != 0 {
+		n /= 100
+	}
+	return strconv.FormatFloat(n, 'f', -1, 64)
 }
