@@ -1,0 +1,319 @@
+// Package console serves the operator console: a browser view of the
+// callbacks on the stream, the tokens, a callback-URL check and the
+// edge's health, behind a session opened with an admin API key.
+//
+// Sessions live in memory, per replica: a sign-in on one replica is not
+// known to another, and a restart signs everyone out.
+package console
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/x509"
+	"embed"
+	"encoding/base64"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"html/template"
+	"io/fs"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+
+	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/internal/redact"
+	"github.com/daraja-edge/daraja-edge/verify"
+)
+
+//go:embed assets
+var assets embed.FS
+
+// Tokens is the token service the console reads and revokes through
+// (*verify.Issuer).
+type Tokens interface {
+	Status(ctx context.Context, id string) (verify.Status, error)
+	List(ctx context.Context, f verify.ListFilter) ([]verify.Status, string, error)
+	Revoke(ctx context.Context, id string) error
+}
+
+// Options configures the console.
+type Options struct {
+	Tokens Tokens
+	// Check authorizes a token for a kind without consuming anything
+	// ((*verify.Store).Authorize).
+	Check func(ctx context.Context, token string, kind daraja.Kind) (verify.Grant, error)
+	NATS  *nats.Conn
+	JS    jetstream.JetStream
+	// Prefix is the subject prefix (nats.subject_prefix), Stream the
+	// stream's name.
+	Prefix, Stream string
+	// Gatherer is the edge's metrics registry.
+	Gatherer prometheus.Gatherer
+	// Ready reports why the edge is not ready, or nil.
+	Ready func(ctx context.Context) error
+	// Keys may do everything; ReadKeys read everything and change
+	// nothing. Entries "sha256:<hex>" are the SHA-256 of a key.
+	Keys, ReadKeys []string
+	// PublicURL is the base of callback URLs; QueryParam carries the
+	// token (default "t").
+	PublicURL, QueryParam string
+	// CertExpiry returns the public certificate's expiry (optional).
+	CertExpiry func() time.Time
+	// AllowlistSize returns the number of allowlisted CIDRs (optional).
+	AllowlistSize func() int
+	// SecureCookies marks the session cookie Secure (set when the admin
+	// listener serves TLS; a request over TLS gets Secure regardless).
+	SecureCookies bool
+	// SessionTTL bounds a session (default 8h).
+	SessionTTL time.Duration
+	// RootCAs verifies the public URL's certificate (nil: system roots).
+	RootCAs *x509.CertPool
+	Log     *zap.Logger
+	now     func() time.Time
+}
+
+// Console is the console's handler.
+type Console struct {
+	o     Options
+	log   *zap.Logger
+	keys  [][32]byte
+	rkeys [][32]byte
+	mux   *http.ServeMux
+	tmpl  *template.Template
+	rates *rates
+
+	mu       sync.Mutex
+	sessions map[string]*session
+}
+
+type session struct {
+	readOnly bool
+	csrf     string
+	expires  time.Time
+}
+
+const cookieName = "daraja_console"
+
+// New returns the console, mounted at /console/. Its background sampling
+// of the metrics stops with ctx.
+func New(ctx context.Context, o Options) (*Console, error) {
+	if o.Tokens == nil || o.NATS == nil || o.JS == nil || o.Prefix == "" || o.Stream == "" {
+		return nil, errors.New("console: Tokens, NATS, JS, Prefix and Stream are required")
+	}
+	if o.Log == nil {
+		o.Log = zap.NewNop()
+	}
+	if o.QueryParam == "" {
+		o.QueryParam = "t"
+	}
+	if o.SessionTTL <= 0 {
+		o.SessionTTL = 8 * time.Hour
+	}
+	if o.now == nil {
+		o.now = time.Now
+	}
+	t, err := template.New("").Funcs(funcs).ParseFS(assets, "assets/*.html")
+	if err != nil {
+		return nil, fmt.Errorf("console: templates: %w", err)
+	}
+	c := &Console{o: o, log: o.Log.Named("console"), tmpl: t, sessions: map[string]*session{},
+		keys: hashKeys(o.Keys), rkeys: hashKeys(o.ReadKeys)}
+	c.rates = newRates(o.Gatherer)
+	go c.rates.run(ctx)
+	static, _ := fs.Sub(assets, "assets")
+	m := http.NewServeMux()
+	m.Handle("GET /console/static/", http.StripPrefix("/console/static/", http.FileServerFS(static)))
+	m.HandleFunc("GET /console/login", c.loginPage)
+	m.HandleFunc("POST /console/login", c.login)
+	m.HandleFunc("POST /console/logout", c.authed(c.logout, true))
+	m.HandleFunc("GET /console/{$}", c.authed(c.live, false))
+	m.HandleFunc("GET /console/events", c.authed(c.events, false))
+	m.HandleFunc("GET /console/callbacks/{seq}", c.authed(c.callback, false))
+	m.HandleFunc("GET /console/tokens", c.authed(c.tokens, false))
+	m.HandleFunc("GET /console/tokens/{id}", c.authed(c.token, false))
+	m.HandleFunc("POST /console/tokens/{id}/revoke", c.authed(c.revoke, true))
+	m.HandleFunc("GET /console/test", c.authed(c.testPage, false))
+	m.HandleFunc("POST /console/test", c.authed(c.test, true))
+	m.HandleFunc("GET /console/health", c.authed(c.health, false))
+	m.HandleFunc("GET /console", func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, "/console/", http.StatusSeeOther)
+	})
+	c.mux = m
+	return c, nil
+}
+
+func hashKeys(keys []string) [][32]byte {
+	var out [][32]byte
+	for _, k := range keys {
+		if k == "" {
+			continue
+		}
+		if h, ok := strings.CutPrefix(k, "sha256:"); ok {
+			if b, err := hex.DecodeString(h); err == nil && len(b) == 32 {
+				out = append(out, [32]byte(b))
+			}
+			continue
+		}
+		out = append(out, sha256.Sum256([]byte(k)))
+	}
+	return out
+}
+
+// match reports whether key is one of keys, in constant time per entry.
+func match(keys [][32]byte, key string) bool {
+	sum := sha256.Sum256([]byte(key))
+	m := 0
+	for i := range keys {
+		m |= subtle.ConstantTimeCompare(sum[:], keys[i][:])
+	}
+	return m == 1
+}
+
+// ServeHTTP serves the console, with headers that keep its pages out of
+// caches and frames and allow only its own scripts.
+func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h := w.Header()
+	h.Set("Content-Security-Policy", "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
+	h.Set("X-Frame-Options", "DENY")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Referrer-Policy", "no-referrer")
+	if !strings.HasPrefix(r.URL.Path, "/console/static/") {
+		h.Set("Cache-Control", "no-store")
+	}
+	c.mux.ServeHTTP(w, r)
+}
+
+func randomString() string {
+	b := make([]byte, 32)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
+}
+
+func (c *Console) session(r *http.Request) (*session, string) {
+	ck, err := r.Cookie(cookieName)
+	if err != nil || ck.Value == "" {
+		return nil, ""
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	s, ok := c.sessions[ck.Value]
+	if !ok {
+		return nil, ""
+	}
+	if !c.o.now().Before(s.expires) {
+		delete(c.sessions, ck.Value)
+		return nil, ""
+	}
+	return s, ck.Value
+}
+
+type ctxKey struct{}
+
+// authed admits requests with a live session; a state-changing one
+// (write) must also carry the session's CSRF token in the form field
+// "csrf", compared in constant time.
+func (c *Console) authed(next http.HandlerFunc, write bool) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		s, _ := c.session(r)
+		if s == nil {
+			if r.Method == http.MethodGet && r.URL.Path != "/console/events" {
+				http.Redirect(w, r, "/console/login", http.StatusSeeOther)
+				return
+			}
+			http.Error(w, "sign in first", http.StatusUnauthorized)
+			return
+		}
+		if write {
+			r.Body = http.MaxBytesReader(w, r.Body, 16<<10)
+			if subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(s.csrf)) != 1 {
+				c.log.Warn("console: request refused: CSRF token missing or wrong", zap.String("path", redact.Path(r.URL.Path)))
+				http.Error(w, "the form is stale or forged: reload the page and try again", http.StatusForbidden)
+				return
+			}
+		}
+		next(w, r.WithContext(context.WithValue(r.Context(), ctxKey{}, s)))
+	}
+}
+
+func sessionOf(r *http.Request) *session { s, _ := r.Context().Value(ctxKey{}).(*session); return s }
+
+func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
+	c.render(w, r, http.StatusOK, "login.html", page{Title: "Sign in"})
+}
+
+func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
+	key := r.PostFormValue("key")
+	var readOnly bool
+	switch {
+	case key != "" && match(c.keys, key):
+	case key != "" && match(c.rkeys, key):
+		readOnly = true
+	default:
+		c.log.Warn("console: sign-in refused: wrong key", zap.String("source", r.RemoteAddr))
+		c.render(w, r, http.StatusUnauthorized, "login.html", page{Title: "Sign in", Error: "That key is not an admin API key."})
+		return
+	}
+	id := randomString()
+	s := &session{readOnly: readOnly, csrf: randomString(), expires: c.o.now().Add(c.o.SessionTTL)}
+	c.mu.Lock()
+	now := c.o.now()
+	for k, v := range c.sessions { // drop expired sessions
+		if !now.Before(v.expires) {
+			delete(c.sessions, k)
+		}
+	}
+	c.sessions[id] = s
+	c.mu.Unlock()
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/console/", HttpOnly: true,
+		Secure: c.o.SecureCookies || r.TLS != nil, SameSite: http.SameSiteStrictMode,
+		Expires: s.expires, MaxAge: int(c.o.SessionTTL.Seconds())})
+	c.log.Info("console: signed in", zap.Bool("read_only", readOnly), zap.String("source", r.RemoteAddr))
+	http.Redirect(w, r, "/console/", http.StatusSeeOther)
+}
+
+func (c *Console) logout(w http.ResponseWriter, r *http.Request) {
+	if _, id := c.session(r); id != "" {
+		c.mu.Lock()
+		delete(c.sessions, id)
+		c.mu.Unlock()
+	}
+	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: "", Path: "/console/", HttpOnly: true,
+		Secure: c.o.SecureCookies || r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: -1})
+	http.Redirect(w, r, "/console/login", http.StatusSeeOther)
+}
+
+// page is what every template gets.
+type page struct {
+	Title    string
+	Nav      string
+	CSRF     string
+	ReadOnly bool
+	Error    string
+	Notice   string
+	Data     any
+}
+
+func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {
+	if s := sessionOf(r); s != nil {
+		p.CSRF, p.ReadOnly = s.csrf, s.readOnly
+	}
+	var b strings.Builder
+	if err := c.tmpl.ExecuteTemplate(&b, name, p); err != nil {
+		c.log.Error("console: render", zap.String("template", name), zap.Error(err))
+		http.Error(w, "console: page failed", http.StatusInternalServerError)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.WriteHeader(status)
+	_, _ = w.Write([]byte(b.String()))
+}
