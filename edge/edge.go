@@ -34,6 +34,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/broker"
 	"github.com/daraja-edge/daraja-edge/certs"
 	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/console"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/metrics"
 	"github.com/daraja-edge/daraja-edge/proxy"
@@ -323,11 +324,37 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	if s.certs != nil {
 		s.public.TLSConfig = s.certs.TLSConfig()
 	}
+	// The admin listener serves the admin API and the operator console
+	// (/console/), under the same TLS and exposure rules.
+	con, err := console.New(s.bg, console.Options{
+		Tokens: issuer, Check: store.Authorize,
+		NATS: s.broker.Conn, JS: s.broker.JetStream,
+		Prefix: cfg.NATS.SubjectPrefix, Stream: cfg.NATS.Stream.Name,
+		Gatherer: s.metrics.Gatherer(), Ready: s.ready,
+		Keys: keys, ReadKeys: cfg.Admin.ReadOnlyKeys(),
+		PublicURL: cfg.PublicURL, QueryParam: cfg.Tokens.QueryParam,
+		CertExpiry: func() time.Time {
+			if l := s.certs.Leaf(); l != nil {
+				return l.NotAfter
+			}
+			return time.Time{}
+		},
+		AllowlistSize: func() int { return s.handler.Policy().Allow.Len() },
+		SecureCookies: cfg.Admin.CertFile != "",
+		Log:           log,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("edge: console: %w", err)
+	}
+	adminMux := http.NewServeMux()
+	adminMux.Handle("/console/", con)
+	adminMux.Handle("/console", con)
+	adminMux.Handle("/", admin.Handler(admin.Options{
+		Tokens: issuer, APIKeys: keys, Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
+		Limiter: ratelimit.New(cfg.Admin.AuthFailuresPerSecond, max(1, int(10*cfg.Admin.AuthFailuresPerSecond)), 10_000),
+	}))
 	s.admin = &http.Server{
-		Handler: admin.Handler(admin.Options{
-			Tokens: issuer, APIKeys: keys, Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
-			Limiter: ratelimit.New(cfg.Admin.AuthFailuresPerSecond, max(1, int(10*cfg.Admin.AuthFailuresPerSecond)), 10_000),
-		}),
+		Handler:           adminMux,
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,
