@@ -18,6 +18,7 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/internal/redact"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -28,11 +29,20 @@ type Tokens interface {
 	Status(ctx context.Context, id string) (verify.Status, error)
 	Revoke(ctx context.Context, id string) error
 	Rotate(ctx context.Context, req verify.RotateRequest) (verify.IssueResponse, error)
+	Annotate(ctx context.Context, id string, a verify.Annotation) (verify.Status, error)
+}
+
+// Deliveries is the forwarder's operator side (*forward.Forwarder).
+type Deliveries interface {
+	Deliveries(ctx context.Context, destination, tx, state string, limit int) ([]forward.Delivery, error)
+	Replay(ctx context.Context, r forward.ReplayRequest) (forward.ReplayResult, error)
 }
 
 // Options configures the admin handler.
 type Options struct {
 	Tokens Tokens
+	// Deliveries serves /v1/deliveries; nil: forwarding is off (404).
+	Deliveries Deliveries
 	// APIKeys are the accepted bearer keys; an entry "sha256:<hex>" is the
 	// SHA-256 of a key.
 	APIKeys []string
@@ -85,6 +95,9 @@ func Handler(o Options) http.Handler {
 	mux.Handle("GET /v1/tokens/{id}", a.auth(tokenID(a.status)))
 	mux.Handle("DELETE /v1/tokens/{id}", a.auth(tokenID(a.revoke)))
 	mux.Handle("POST /v1/tokens/{id}/rotate", a.auth(tokenID(a.rotate)))
+	mux.Handle("PATCH /v1/tokens/{id}", a.auth(tokenID(a.annotate)))
+	mux.Handle("GET /v1/deliveries", a.auth(a.deliveries))
+	mux.Handle("POST /v1/deliveries/replay", a.auth(a.replay))
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
 	})
@@ -276,6 +289,86 @@ func (a *api) rotate(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusCreated, resp)
+}
+
+// annotate records what Daraja answered the business's request:
+// {"checkout_request_id":"ws_CO_…"} or {"originator_conversation_id":"…"}.
+func (a *api) annotate(w http.ResponseWriter, r *http.Request) {
+	var req verify.Annotation
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON annotation: "+err.Error())
+		return
+	}
+	st, err := a.o.Tokens.Annotate(r.Context(), r.PathValue("id"), req)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// deliveries lists a destination's deliveries:
+// ?destination=shop[&tx=…][&state=pending|delivered|dead].
+func (a *api) deliveries(w http.ResponseWriter, r *http.Request) {
+	if a.o.Deliveries == nil {
+		writeError(w, http.StatusNotFound, "not_found", "forwarding is not configured")
+		return
+	}
+	q := r.URL.Query()
+	dest, tx, state := q.Get("destination"), q.Get("tx"), q.Get("state")
+	switch {
+	case dest == "":
+		writeError(w, http.StatusBadRequest, "invalid_request", "destination is required")
+		return
+	case len(tx) > 128:
+		writeError(w, http.StatusBadRequest, "invalid_request", "tx is too long")
+		return
+	case state != "" && state != forward.StatePending && state != forward.StateDelivered && state != forward.StateDead:
+		writeError(w, http.StatusBadRequest, "invalid_request", "state must be pending, delivered or dead")
+		return
+	}
+	ds, err := a.o.Deliveries.Deliveries(r.Context(), dest, tx, state, 1000)
+	if err != nil {
+		a.failDelivery(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"deliveries": ds})
+}
+
+// replay queues callbacks for delivery again:
+// {"destination":…,"sequence"|"tx"|"since"+"until"|"dlq":true}.
+func (a *api) replay(w http.ResponseWriter, r *http.Request) {
+	if a.o.Deliveries == nil {
+		writeError(w, http.StatusNotFound, "not_found", "forwarding is not configured")
+		return
+	}
+	var req forward.ReplayRequest
+	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON replay request: "+err.Error())
+		return
+	}
+	res, err := a.o.Deliveries.Replay(r.Context(), req)
+	if err != nil {
+		a.failDelivery(w, err)
+		return
+	}
+	writeJSON(w, http.StatusAccepted, res)
+}
+
+func (a *api) failDelivery(w http.ResponseWriter, err error) {
+	switch {
+	case errors.Is(err, forward.ErrUnknownDestination):
+		writeError(w, http.StatusNotFound, "not_found", "no such destination")
+	case errors.Is(err, forward.ErrBadReplay):
+		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
+	default:
+		a.log.Error("deliveries failed", zap.Error(err))
+		writeError(w, http.StatusServiceUnavailable, "unavailable", "the delivery store is unavailable; try again")
+	}
 }
 
 func (a *api) fail(w http.ResponseWriter, err error) {

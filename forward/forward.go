@@ -158,7 +158,7 @@ func DeadLetterSubject(prefix, dest, kind, shortcode string) string {
 // DeadLetterMsgID is dlq:<destination>:<the callback's Nats-Msg-Id>.
 func DeadLetterMsgID(dest, msgID string) string { return "dlq:" + dest + ":" + msgID }
 
-func (f *Forwarder) replayStream() string  { return f.o.Stream + "_FORWARD_REPLAY" }
+func (f *Forwarder) replayStream() string          { return f.o.Stream + "_FORWARD_REPLAY" }
 func (f *Forwarder) replaySubject(d string) string { return f.o.Prefix + ".forward.replay." + d }
 
 // filters are the consumer's filter subjects.
