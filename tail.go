@@ -23,6 +23,7 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	asJSON := fs.Bool("json", false, "one JSON object per line")
 	path := configFlag(fs, "configuration file (NATS address and prefix)")
 	natsURL := fs.String("nats", "", "NATS URL (default from the config)")
+	export := fs.Bool("export", false, "write each stream message as one JSON line {subject,headers,body}, from the stream's start (reconcile --callbacks reads it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -67,8 +68,12 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else {
 		coreSubjects = []string{*subject}
 	}
+	printFn, deliver := pr.print, jetstream.DeliverNewPolicy
+	if *export {
+		printFn, deliver, coreSubjects = (&tailExporter{w: stdout, stderr: stderr}).print, jetstream.DeliverAllPolicy, nil
+	}
 	for _, s := range coreSubjects {
-		if _, err := nc.Subscribe(s, pr.print); err != nil {
+		if _, err := nc.Subscribe(s, printFn); err != nil {
 			return fmt.Errorf("tail: subscribe %s: %w", s, err)
 		}
 	}
@@ -78,13 +83,13 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 			return fmt.Errorf("tail: %w", err)
 		}
 		cons, err := js.OrderedConsumer(ctx, cfg.NATS.Stream.Name, jetstream.OrderedConsumerConfig{
-			FilterSubjects: streamSubjects, DeliverPolicy: jetstream.DeliverNewPolicy,
+			FilterSubjects: streamSubjects, DeliverPolicy: deliver,
 		})
 		if err != nil {
 			return fmt.Errorf("tail: stream %s: %w", cfg.NATS.Stream.Name, err)
 		}
 		cc, err := cons.Consume(func(m jetstream.Msg) {
-			pr.print(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
+			printFn(&nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()})
 		})
 		if err != nil {
 			return fmt.Errorf("tail: %w", err)
