@@ -49,10 +49,11 @@ func TestCircuit(t *testing.T) {
 	if c.isOpen() {
 		t.Fatal("open after a good probe")
 	}
-	// Paced catch-up: one in flight, then two, four, unlimited.
-	for _, limit := range []int{1, 2, 4} {
+	// Paced catch-up: one in flight, then two (each success doubles the
+	// limit), then unlimited.
+	for _, limit := range []int{1, 2, 20} {
 		var held int
-		for {
+		for held < 20 {
 			short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 			_, err := c.acquire(short)
 			cancel()
