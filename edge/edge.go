@@ -36,6 +36,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/console"
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/metrics"
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
@@ -94,6 +95,7 @@ type Server struct {
 	missing   *publish.Missing
 	watermark *publish.Watermark // embedded NATS only
 	recovery  *recovery.Service  // recovery: (optional)
+	forwarder *forward.Forwarder // forward: (optional)
 	spool     *spool.Spool
 	service   micro.Service
 
@@ -234,8 +236,24 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		return nil, fmt.Errorf("edge: token service: %w", err)
 	}
 
+	var validator proxy.Validator
+	if len(cfg.Forward.Destinations) > 0 {
+		s.forwarder, err = forward.New(forward.Options{
+			JS: s.broker.JetStream, Stream: cfg.NATS.Stream.Name, Prefix: cfg.NATS.SubjectPrefix,
+			Destinations: cfg.Forward.Destinations, Tokens: store,
+			Fallback: cfg.ValidationFallback, HistoryTTL: cfg.NATS.Stream.MaxAge,
+			Replicas: cfg.NATS.Stream.Replicas, Log: log,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("edge: forward: %w", err)
+		}
+		if err := s.metrics.Registerer().Register(s.forwarder); err != nil {
+			return nil, fmt.Errorf("edge: forward metrics: %w", err)
+		}
+		validator = s.forwarder // only when set: a typed nil is not a nil interface
+	}
 	s.handler = proxy.New(proxy.Options{
-		Tokens: store, Publisher: s.durable, Requester: s.pub, Notifier: s.pub, Metrics: s.metrics,
+		Tokens: store, Publisher: s.durable, Requester: s.pub, Notifier: s.pub, Metrics: s.metrics, Validator: validator,
 		RejectLimiter: ratelimit.New(cfg.Limits.RejectsPerSecond, cfg.Limits.RejectsBurst, 100_000),
 		Subjects:      subjects, QueryParam: cfg.Tokens.QueryParam, Edge: name,
 		ValidationTimeout: cfg.Validation.Timeout,
@@ -349,10 +367,14 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	adminMux := http.NewServeMux()
 	adminMux.Handle("/console/", con)
 	adminMux.Handle("/console", con)
-	adminMux.Handle("/", admin.Handler(admin.Options{
+	adminOpts := admin.Options{
 		Tokens: issuer, APIKeys: keys, Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
 		Limiter: ratelimit.New(cfg.Admin.AuthFailuresPerSecond, max(1, int(10*cfg.Admin.AuthFailuresPerSecond)), 10_000),
-	}))
+	}
+	if s.forwarder != nil {
+		adminOpts.Deliveries = s.forwarder
+	}
+	adminMux.Handle("/", admin.Handler(adminOpts))
 	s.admin = &http.Server{
 		Handler:           adminMux,
 		ReadHeaderTimeout: 5 * time.Second,
@@ -588,6 +610,11 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer s.bgDone.Done(); s.certs.WatchFiles(s.bg, filesCheckInterval) }()
 	s.bgDone.Add(1)
 	go s.background()
+	if s.forwarder != nil {
+		if err := s.forwarder.Start(s.bg); err != nil {
+			return fmt.Errorf("edge: forward: %w", err)
+		}
+	}
 	if s.recovery != nil {
 		s.bgDone.Add(1)
 		go func() { defer s.bgDone.Done(); _ = s.recovery.Run(s.bg) }()
@@ -630,6 +657,11 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	if s.challenge != nil {
 		_ = s.challenge.Shutdown(shutCtx)
+	}
+	if s.forwarder != nil {
+		// Attempts in flight finish or go back to the stream for another
+		// replica (or the next start).
+		s.forwarder.Stop(shutCtx)
 	}
 	s.bgCancel()
 	s.bgDone.Wait()
