@@ -56,6 +56,10 @@ func TestTokenCommands(t *testing.T) {
 		!strings.Contains(out, `"checkout_request_id": "ws_CO_191220191020363925"`) {
 		t.Fatalf("annotate: %v %s", err, out)
 	}
+	ref := edgetest.Issue(t, e.Admin, verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", Reference: "LIST-ME"})
+	if out, err := cli("token", "list", "--reference", "LIST-ME"); err != nil || !strings.Contains(out, ref.ID) || strings.Contains(out, stk.ID) {
+		t.Fatalf("list: %v %s", err, out)
+	}
 	if _, err := cli("token", "frobnicate"); err == nil {
 		t.Error("an unknown token subcommand was accepted")
 	}

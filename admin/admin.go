@@ -13,11 +13,13 @@ import (
 	"net/http"
 	"net/netip"
 	"path"
+	"strconv"
 	"strings"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/internal/redact"
 	"github.com/daraja-edge/daraja-edge/verify"
@@ -30,6 +32,7 @@ type Tokens interface {
 	Revoke(ctx context.Context, id string) error
 	Rotate(ctx context.Context, req verify.RotateRequest) (verify.IssueResponse, error)
 	Annotate(ctx context.Context, id string, a verify.Annotation) (verify.Status, error)
+	List(ctx context.Context, f verify.ListFilter) ([]verify.Status, string, error)
 }
 
 // Deliveries is the forwarder's operator side (*forward.Forwarder).
@@ -92,6 +95,7 @@ func Handler(o Options) http.Handler {
 	}
 	mux := http.NewServeMux()
 	mux.Handle("POST /v1/tokens", a.auth(a.issue))
+	mux.Handle("GET /v1/tokens", a.auth(a.list))
 	mux.Handle("GET /v1/tokens/{id}", a.auth(tokenID(a.status)))
 	mux.Handle("DELETE /v1/tokens/{id}", a.auth(tokenID(a.revoke)))
 	mux.Handle("POST /v1/tokens/{id}/rotate", a.auth(tokenID(a.rotate)))
@@ -262,6 +266,35 @@ func (a *api) status(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	writeJSON(w, http.StatusOK, st)
+}
+
+// list answers GET /v1/tokens?reference=&shortcode=&kind=&state=&after=&limit=
+// with {"tokens":[…],"next":"<cursor>"}.
+func (a *api) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	f := verify.ListFilter{Reference: q.Get("reference"), Shortcode: q.Get("shortcode"), Kind: daraja.Kind(q.Get("kind")),
+		State: q.Get("state"), After: q.Get("after")}
+	if l := q.Get("limit"); l != "" {
+		n, err := strconv.Atoi(l)
+		if err != nil || n < 1 {
+			writeError(w, http.StatusBadRequest, "invalid_request", "limit must be a positive number")
+			return
+		}
+		f.Limit = n
+	}
+	if f.After != "" && !verify.ValidID(f.After) {
+		writeError(w, http.StatusBadRequest, "invalid_request", "after must be a token id")
+		return
+	}
+	page, next, err := a.o.Tokens.List(r.Context(), f)
+	if err != nil {
+		a.fail(w, err)
+		return
+	}
+	if page == nil {
+		page = []verify.Status{}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"tokens": page, "next": next})
 }
 
 func (a *api) revoke(w http.ResponseWriter, r *http.Request) {

@@ -245,7 +245,7 @@ func TestErrorsAreJSON(t *testing.T) {
 		{"unclean path, no redirect", "POST", "/v1//tokens", "Bearer " + apiKey, 404, "not_found", ""},
 		{"trailing slash", "GET", "/v1/tokens/", "Bearer " + apiKey, 404, "not_found", ""},
 		{"dot segment", "GET", "/v1/tokens/../healthz", "", 404, "not_found", ""},
-		{"wrong method on tokens", "GET", "/v1/tokens", "Bearer " + apiKey, 405, "method_not_allowed", "POST"},
+		{"wrong method on tokens", "PUT", "/v1/tokens", "Bearer " + apiKey, 405, "method_not_allowed", "GET, HEAD, POST"},
 		{"wrong method on a token", "PUT", "/v1/tokens/" + h.token.ID, "Bearer " + apiKey, 405, "method_not_allowed", "DELETE, GET, HEAD, PATCH"},
 		{"wrong method on healthz", "POST", "/healthz", "", 405, "method_not_allowed", "GET, HEAD"},
 		{"no key", "POST", "/v1/tokens", "", 401, "unauthorized", ""},
