@@ -66,7 +66,7 @@ func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
 		// A node cut off by a partition is noticed in seconds, not the
 		// client's default 4 minutes: until then token issue stalls and
 		// each callback waits out the ack timeout before it is spooled.
-		nats.PingInterval(5*time.Second),
+		nats.PingInterval(5 * time.Second),
 		nats.MaxPingsOutstanding(2),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
 			if b.closing.Load() {
