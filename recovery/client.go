@@ -48,6 +48,7 @@ func SecurityCredential(password string, certPEM []byte) (string, error) {
 	if !ok {
 		return "", errors.New("recovery: certificate: not an RSA key")
 	}
+	//lint:ignore SA1019 Daraja specifies the SecurityCredential as PKCS #1 v1.5 with its certificate; there is no other choice.
 	out, err := rsa.EncryptPKCS1v15(rand.Reader, pub, []byte(password))
 	if err != nil {
 		return "", fmt.Errorf("recovery: encrypt initiator password: %w", err)
