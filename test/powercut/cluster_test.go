@@ -229,8 +229,16 @@ func TestCluster(t *testing.T) {
 	waitFor(t, "JetStream cluster", 60*time.Second, func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 		defer cancel()
-		_, err := js.AccountInfo(ctx)
-		return err
+		if _, err := js.AccountInfo(ctx); err != nil {
+			return err
+		}
+		// A meta leader alone is not enough: an R3 stream needs all three
+		// peers placed ("no suitable peers for placement" otherwise, seen
+		// on a loaded machine). Place one and remove it.
+		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "PROBE", Subjects: []string{"probe.>"}, Replicas: 3}); err != nil {
+			return err
+		}
+		return js.DeleteStream(ctx, "PROBE")
 	})
 
 	tlsf := makeTLS(t)
