@@ -251,6 +251,12 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 			return nil, fmt.Errorf("edge: forward metrics: %w", err)
 		}
 		validator = s.forwarder // only when set: a typed nil is not a nil interface
+		// Its consumers start from new messages when first created: create
+		// them before the public listener accepts a callback, or the first
+		// callbacks after a first start would never be delivered.
+		if err := s.forwarder.Start(s.bg); err != nil {
+			return nil, fmt.Errorf("edge: forward: %w", err)
+		}
 	}
 	s.handler = proxy.New(proxy.Options{
 		Tokens: store, Publisher: s.durable, Requester: s.pub, Notifier: s.pub, Metrics: s.metrics, Validator: validator,
@@ -610,11 +616,6 @@ func (s *Server) Run(ctx context.Context) error {
 	go func() { defer s.bgDone.Done(); s.certs.WatchFiles(s.bg, filesCheckInterval) }()
 	s.bgDone.Add(1)
 	go s.background()
-	if s.forwarder != nil {
-		if err := s.forwarder.Start(s.bg); err != nil {
-			return fmt.Errorf("edge: forward: %w", err)
-		}
-	}
 	if s.recovery != nil {
 		s.bgDone.Add(1)
 		go func() { defer s.bgDone.Done(); _ = s.recovery.Run(s.bg) }()
