@@ -29,3 +29,4 @@ func HasRefusedWord(s string) bool {
 	}
 	return false
 }
+

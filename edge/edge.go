@@ -206,7 +206,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		Store: store, PublicURL: cfg.PublicURL, QueryParam: cfg.Tokens.QueryParam,
 		Limits: verify.Limits{DefaultTTL: cfg.Tokens.DefaultTTL, MaxTTL: cfg.Tokens.MaxTTL},
 		Uses: func(ctx context.Context, rec verify.Record) (map[daraja.Kind]string, error) {
-			uses, err := s.pub.Uses(ctx, subjects, rec.ID, rec.Shortcode, kindStrings(rec.Kinds))
+			uses, err := s.pub.Uses(ctx, subjects, rec.ID, rec.Shortcode, daraja.KindStrings(rec.Kinds))
 			if err != nil {
 				return nil, err
 			}
@@ -536,14 +536,6 @@ func MissingBucket(prefix string) string {
 	return strings.ReplaceAll(prefix, ".", "_") + "_missing"
 }
 
-func kindStrings(ks []daraja.Kind) []string {
-	out := make([]string, len(ks))
-	for i, k := range ks {
-		out[i] = string(k)
-	}
-	return out
-}
-
 // TokenBucket is the key-value bucket holding tokens for a subject prefix.
 func TokenBucket(prefix string) string {
 	return strings.ReplaceAll(prefix, ".", "_") + "_tokens"
@@ -780,7 +772,7 @@ func (s *Server) sweep(ctx context.Context) {
 	}
 	n, err := s.store.Sweep(ctx, sweepBatch, func(ctx context.Context, rec verify.Record) (bool, error) {
 		return s.missing.Resolve(ctx, publish.MissingToken{
-			ID: rec.ID, Kinds: kindStrings(rec.Kinds), Shortcode: rec.Shortcode, Reference: rec.Reference,
+			ID: rec.ID, Kinds: daraja.KindStrings(rec.Kinds), Shortcode: rec.Shortcode, Reference: rec.Reference,
 			IssuedAt: rec.IssuedAt, ExpiresAt: rec.ExpiresAt,
 		})
 	})

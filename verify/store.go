@@ -504,21 +504,13 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 	}
 	s.remember(&rec, rev)
 	s.obs.TokenEvent("issued")
-	fields := []zap.Field{zap.String("token_id", id), zap.Strings("kinds", kindStrings(rec.Kinds)),
+	fields := []zap.Field{zap.String("token_id", id), zap.Strings("kinds", daraja.KindStrings(rec.Kinds)),
 		zap.String("shortcode", rec.Shortcode), zap.Bool("reusable", rec.Reusable)}
 	if !rec.ExpiresAt.IsZero() {
 		fields = append(fields, zap.Time("expires_at", rec.ExpiresAt))
 	}
 	s.log.Info("token issued", fields...)
 	return Issued{Token: token, Record: rec}, nil
-}
-
-func kindStrings(ks []daraja.Kind) []string {
-	out := make([]string, len(ks))
-	for i, k := range ks {
-		out[i] = string(k)
-	}
-	return out
 }
 
 // Get returns the record for id.
