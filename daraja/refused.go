@@ -29,4 +29,3 @@ func HasRefusedWord(s string) bool {
 	}
 	return false
 }
-
