@@ -63,6 +63,8 @@ type Manager struct {
 	leaf   atomic.Pointer[x509.Certificate]
 	log    *zap.Logger
 
+	closeOnce sync.Once
+
 	filesMu   sync.Mutex
 	filesMod  [2]time.Time // mtimes of cert and key when last loaded
 	filesHash string       // cache key of the certificate loaded from them
@@ -133,6 +135,7 @@ func New(ctx context.Context, o Options, log *zap.Logger) (*Manager, error) {
 			Logger:               log,
 		})
 		magic.Issuers = []certmagic.Issuer{m.issuer}
+		magic.OnEvent = m.onEvent
 	}
 	return m, nil
 }
@@ -146,21 +149,30 @@ func (m *Manager) Start(ctx context.Context) {
 		return
 	}
 	domains := m.opts.Hosts
-	go func() {
-		err := m.magic.ManageSync(ctx, domains)
-		if err != nil {
-			if ctx.Err() != nil {
-				return
-			}
-			m.log.Error("could not obtain a certificate; retrying in the background",
-				zap.Strings("domains", domains), zap.String("directory", m.opts.ACME.Directory), zap.Error(err))
-			if err := m.magic.ManageAsync(ctx, domains); err != nil {
-				m.log.Error("certificate management stopped", zap.Strings("domains", domains), zap.Error(err))
-			}
-			return
-		}
-		m.log.Info("certificate ready", zap.Strings("domains", domains))
-	}()
+	// ManageAsync is the non-interactive path: certmagic's interactive one
+	// (ManageSync) prompts on stdin for an e-mail address when none is
+	// configured, which would stall a daemon started from a terminal.
+	// Failures and successes reach the log through OnEvent (set in New).
+	if err := m.magic.ManageAsync(ctx, domains); err != nil {
+		m.log.Error("certificate management stopped", zap.Strings("domains", domains), zap.Error(err))
+	}
+}
+
+// onEvent logs certmagic's certificate outcomes with the domain and the
+// reason an operator needs.
+func (m *Manager) onEvent(_ context.Context, event string, data map[string]any) error {
+	switch event {
+	case "cert_failed":
+		err, _ := data["error"].(error)
+		m.log.Error("could not obtain a certificate; retrying in the background",
+			zap.Strings("domains", []string{fmt.Sprint(data["identifier"])}),
+			zap.String("directory", m.opts.ACME.Directory),
+			zap.Bool("renewal", data["renewal"] == true), zap.Error(err))
+	case "cert_obtained":
+		m.log.Info("certificate ready", zap.Strings("domains", []string{fmt.Sprint(data["identifier"])}),
+			zap.Bool("renewal", data["renewal"] == true))
+	}
+	return nil
 }
 
 // HTTPChallengeHandler answers ACME HTTP-01 challenges and nothing else:
@@ -284,11 +296,7 @@ func (m *Manager) Leaf() *x509.Certificate {
 		return nil
 	}
 	if m.issuer != nil {
-		cache := m.cache
-		if cache == nil {
-			return nil
-		}
-		for _, c := range cache.AllMatchingCertificates(m.opts.Hosts[0]) {
+		for _, c := range m.cache.AllMatchingCertificates(m.opts.Hosts[0]) {
 			if c.Leaf != nil {
 				return c.Leaf
 			}
@@ -301,8 +309,7 @@ func (m *Manager) Leaf() *x509.Certificate {
 // Close stops certificate maintenance. Safe on a nil Manager and twice.
 func (m *Manager) Close() {
 	if m != nil && m.cache != nil {
-		m.cache.Stop()
-		m.cache = nil
+		m.closeOnce.Do(m.cache.Stop)
 	}
 }
 
