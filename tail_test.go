@@ -56,6 +56,40 @@ func TestTailLineMasksAndNeverPrintsBodies(t *testing.T) {
 	}
 }
 
+// TestTailMasksPhoneInCheckoutID: since 2022 an STK CheckoutRequestID is
+// ws_CO_<17-digit timestamp><9-digit payer number>. tail shows it with the
+// phone part masked but for its last three digits (enough to find the
+// callback on the stream), in text and JSON, and never the 9 digits.
+func TestTailMasksPhoneInCheckoutID(t *testing.T) {
+	body, err := os.ReadFile("testdata/callbacks/stk.callback__success.json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const (
+		id     = "ws_CO_15032026102233101700000101" // 17-digit timestamp, then 700000101
+		masked = "ws_CO_15032026102233101******101"
+		phone  = "700000101"
+	)
+	if !bytes.Contains(body, []byte(id)) {
+		t.Fatalf("the testdata body does not hold %s", id)
+	}
+	m := &nats.Msg{Subject: "daraja.cb.stk.callback.174379.tok_x", Data: body, Header: nats.Header{
+		"Daraja-Kind": {"stk.callback"}, "Daraja-Shortcode": {"174379"},
+		"Daraja-Transaction-Id": {id}, "Daraja-Result-Code": {"0"}, "Daraja-Token-Id": {"tok_x"},
+	}}
+	for _, asJSON := range []bool{false, true} {
+		var out bytes.Buffer
+		(&tailPrinter{w: &out, json: asJSON, prefix: "daraja"}).print(m)
+		text := out.String()
+		if strings.Contains(text, phone) {
+			t.Errorf("json=%v: tail printed the payer's number held in the CheckoutRequestID: %s", asJSON, text)
+		}
+		if !strings.Contains(text, masked) {
+			t.Errorf("json=%v: want the id as %s: %s", asJSON, masked, text)
+		}
+	}
+}
+
 // TestTailSaysWhenNATSGoes: tail tells its user when it loses NATS.
 func TestTailSaysWhenNATSGoes(t *testing.T) {
 	ns := natstest.Server(t)
