@@ -112,11 +112,7 @@ func TestAuthorize(t *testing.T) {
 	stk := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", Reference: "ORDER-1"})
 
 	// A token with its secret changed names the same id but must not pass.
-	forged := []byte(stk.Token)
-	forged[len(forged)-1] ^= 1
-	if forged[len(forged)-1] == stk.Token[len(forged)-1] {
-		t.Fatal("forgery did not change the token")
-	}
+	forged := forgeSecret(t, stk.Token, len(stk.Token)-1)
 	for name, tc := range map[string]struct {
 		token string
 		kind  daraja.Kind
@@ -124,7 +120,7 @@ func TestAuthorize(t *testing.T) {
 	}{
 		"empty":        {"", daraja.STKCallback, ErrUnknown},
 		"never issued": {strings.Repeat("A", 40), daraja.STKCallback, ErrUnknown},
-		"wrong secret": {string(forged), daraja.STKCallback, ErrUnknown},
+		"wrong secret": {forged, daraja.STKCallback, ErrUnknown},
 		"wrong kind":   {stk.Token, daraja.B2CResult, ErrWrongKind},
 	} {
 		if _, err := s.Authorize(ctx, tc.token, tc.kind); !errors.Is(err, tc.want) {
@@ -558,11 +554,7 @@ func TestUnknownAndWrongSecretCostTheSame(t *testing.T) {
 	kv := &countingKV{KeyValue: s.kv}
 	s.kv = kv
 	iss := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
-	forged := []byte(iss.Token)
-	forged[len(forged)-2] ^= 1 // in the secret: the id stays the same
-	if id, _ := ParseToken(string(forged)); id != iss.Record.ID {
-		t.Fatal("the forgery changed the id")
-	}
+	forged := forgeSecret(t, iss.Token, len(iss.Token)-2)
 	unknown, _ := newToken()
 	for name, c := range map[string]struct {
 		token string
@@ -570,7 +562,7 @@ func TestUnknownAndWrongSecretCostTheSame(t *testing.T) {
 		err   error
 	}{
 		"right":        {iss.Token, 0, nil},
-		"wrong secret": {string(forged), 1, ErrUnknown},
+		"wrong secret": {forged, 1, ErrUnknown},
 		"unknown id":   {unknown, 1, ErrUnknown},
 	} {
 		before := kv.gets.Load()
@@ -582,4 +574,33 @@ func TestUnknownAndWrongSecretCostTheSame(t *testing.T) {
 			t.Errorf("%s: %d bucket reads, want %d", name, got, c.gets)
 		}
 	}
+}
+
+// forgeSecret returns token with its character at i replaced by the next
+// one of the URL-safe base64 alphabet: always another valid character, so
+// the forgery stays a well-formed token. i must fall in the secret
+// (characters 14 to 39 encode secret bits only), so the id stays the same.
+func forgeSecret(t *testing.T, token string, i int) string {
+	t.Helper()
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	j := strings.IndexByte(alphabet, token[i])
+	if j < 0 || i < 14 {
+		t.Fatalf("cannot forge character %d of the token", i)
+	}
+	b := []byte(token)
+	b[i] = alphabet[(j+1)%len(alphabet)]
+	forged := string(b)
+	if id, err := ParseToken(forged); err != nil || id != mustID(t, token) || forged == token {
+		t.Fatalf("the forgery is not the same id with another secret: %v", err)
+	}
+	return forged
+}
+
+func mustID(t *testing.T, token string) string {
+	t.Helper()
+	id, err := ParseToken(token)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return id
 }
