@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"regexp"
 	"slices"
 	"strings"
@@ -187,6 +188,7 @@ const (
 	flagReusable uint8 = 1 << iota
 	flagRevoked
 	flagSettled // the missing-callback question is answered
+	flagRotated // a successor replaces it (Rotate shortened its life to the overlap)
 )
 
 // opTimeout bounds each bucket operation on the request path.
@@ -377,6 +379,9 @@ func (s *Store) compact(rec *Record, rev uint64) (entry, bool) {
 	if rec.State == StateRevoked {
 		en.set(flagRevoked)
 	}
+	if rec.RotatedTo != "" {
+		en.set(flagRotated)
+	}
 	return en, true
 }
 
@@ -427,6 +432,31 @@ var (
 	darajaIDRE = regexp.MustCompile(`^[\x21-\x7e]{1,128}$`)
 )
 
+// validForwardPath reports whether p is a forward_path the forwarder can
+// append safely. The checks run on the path as the forwarder uses it
+// (url.Parse's decoded Path, sent as it is): "/%2e%2e/admin" is "/../admin"
+// on the wire, "/%2fhost" starts with two slashes, "%5c" is a backslash
+// that some servers read as a slash.
+func validForwardPath(p string) bool {
+	if len(p) > 512 || !forwardPathRE.MatchString(p) {
+		return false
+	}
+	u, err := url.Parse(p)
+	if err != nil || u.Scheme != "" || u.Host != "" || u.Fragment != "" {
+		return false
+	}
+	path := u.Path
+	if !strings.HasPrefix(path, "/") || strings.HasPrefix(path, "//") || strings.Contains(path, "\\") {
+		return false
+	}
+	for seg := range strings.SplitSeq(path, "/") {
+		if seg == ".." {
+			return false
+		}
+	}
+	return true
+}
+
 // Issued is a new token with its record.
 type Issued struct {
 	Token  string
@@ -462,9 +492,8 @@ func (s *Store) Issue(ctx context.Context, req IssueRequest, lim Limits) (Issued
 	if !referenceRE.MatchString(req.Reference) {
 		return Issued{}, badRequest("reference: at most 64 printable ASCII characters")
 	}
-	if req.ForwardPath != "" && (len(req.ForwardPath) > 512 || !forwardPathRE.MatchString(req.ForwardPath) ||
-		strings.Contains(req.ForwardPath, "/../") || strings.HasSuffix(strings.SplitN(req.ForwardPath, "?", 2)[0], "/..")) {
-		return Issued{}, badRequest("forward_path: a relative path starting with one \"/\", an optional query, at most 512 URL characters, no \"..\" segment, no fragment")
+	if req.ForwardPath != "" && !validForwardPath(req.ForwardPath) {
+		return Issued{}, badRequest("forward_path: a relative path starting with one \"/\", an optional query, at most 512 URL characters, no \"..\" segment or backslash (encoded or not), no fragment")
 	}
 	var ttl time.Duration
 	if !req.Reusable {
@@ -734,7 +763,9 @@ func kindBit(k daraja.Kind) uint16 {
 // holds a callback for it (resolve must be idempotent across replicas).
 // At most limit tokens are resolved per call. It also counts reusable
 // tokens near expiry (logging each once a day) and drops long-finished
-// records from the local copy.
+// records from the local copy. A revoked reusable token, or one that has a
+// successor (Rotate shortens the old one's life to the overlap on purpose),
+// is not counted: its end is the operator's decision, not a surprise.
 func (s *Store) Sweep(ctx context.Context, limit int, resolve func(context.Context, Record) (sent bool, err error)) (sent int, err error) {
 	now := s.now()
 	nowMs := now.UnixMilli()
@@ -753,7 +784,7 @@ func (s *Store) Sweep(ctx context.Context, limit int, resolve func(context.Conte
 			if len(due) < limit {
 				due = append(due, key)
 			}
-		case reusable && nowMs < exp && exp-nowMs < warnMs:
+		case reusable && !en.has(flagRevoked|flagRotated) && nowMs < exp && exp-nowMs < warnMs:
 			expiring = append(expiring, key)
 		case nowMs > exp+graceMs+dayMs && (settled || reusable):
 			delete(s.cache, key)
@@ -816,7 +847,8 @@ func (s *Store) warnExpiring(now time.Time, keys []tokenKey) {
 		}
 		exp := en.expiresAt().UTC()
 		s.log.Warn("reusable token expires soon: every callback on its registered URLs will be refused after; rotate it and register the successor's URLs",
-			zap.String("token_id", id), zap.String("shortcode", shortcodeName(en.shortcode)), zap.Time("expires_at", exp),
+			zap.String("token_id", id), zap.String("reference", en.reference), zap.String("shortcode", shortcodeName(en.shortcode)),
+			zap.Time("expires_at", exp),
 			zap.Duration("left", exp.Sub(now).Round(time.Minute)))
 	}
 	for id, last := range s.warned {
@@ -831,7 +863,7 @@ func isConflict(err error) bool {
 }
 
 // Rotate issues a successor to token id with the same kinds, shortcode,
-// reference and reusability, and shortens the old token's life to overlap
+// reference, reusability and forward_path, and shortens the old token's life to overlap
 // from now (if it would live longer), so both are valid while Daraja's
 // registered URLs are switched over. ttl "" gives the successor the old
 // token's lifetime (none for a reusable token without expiry), capped by
@@ -856,6 +888,7 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 	}
 	next, err := s.Issue(ctx, IssueRequest{
 		Kinds: old.Kinds, Shortcode: old.Shortcode, Reference: old.Reference, TTL: ttl, Reusable: old.Reusable,
+		ForwardPath: old.ForwardPath,
 	}, lim)
 	if err != nil {
 		return Issued{}, err

@@ -449,6 +449,11 @@ func TestForwardPathAndAnnotate(t *testing.T) {
 		"/payouts/77?src=daraja": true, "/": true, "/a/b": true, "/a?x=1&y=%20": true,
 		"//evil.example/x": false, "https://evil.example/": false, "a/b": false, "/a#frag": false,
 		"/a/../b": false, "/a/..": false, "/a b": false, "/a\n": false,
+		// Percent-encoded, the same: the forwarder sends the decoded path.
+		"/%2e%2e/admin": false, "/%2E%2E/admin": false, "/a/%2e%2e": false, "/a/.%2e/b": false,
+		"/a/%2e%2e?x=1": false, "/%2fevil.example/x": false, "/%2Fevil.example/x": false,
+		"/a%5cb": false, "/a%5C..%5Cb": false, "/a\\b": false, "/%zz": false,
+		"/a/%2e%2ex": true, "/a%2fb": true, "/a/..b?next=/../x": true,
 	} {
 		_, err := s.Issue(ctx, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "600000", ForwardPath: path}, limits)
 		if (err == nil) != ok {
@@ -468,6 +473,24 @@ func TestForwardPathAndAnnotate(t *testing.T) {
 	}
 	if _, err := s.Annotate(ctx, "tok_aaaaaaaaaaaaaaaa", Annotation{CheckoutRequestID: "x"}); !errors.Is(err, ErrNotFound) {
 		t.Errorf("annotate unknown: %v", err)
+	}
+}
+
+// TestRotateKeepsForwardPath: the successor of a token with a
+// forward_path delivers to the same place.
+func TestRotateKeepsForwardPath(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	old := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true,
+		ForwardPath: "/payments/in?src=daraja"})
+	next, err := s.Rotate(ctx, old.Record.ID, "", time.Hour, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec, err := s.Get(ctx, next.Record.ID)
+	if err != nil || next.Record.ForwardPath != old.Record.ForwardPath || rec.ForwardPath != old.Record.ForwardPath {
+		t.Fatalf("successor forward_path %q (stored %q, %v), want %q", next.Record.ForwardPath, rec.ForwardPath, err,
+			old.Record.ForwardPath)
 	}
 }
 
