@@ -9,9 +9,13 @@ import (
 	"fmt"
 	"io/fs"
 	"net"
+	neturl "net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -82,6 +86,7 @@ func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
 		}),
 	}
 	url := o.URL
+	dialer := &recordingDialer{d: net.Dialer{Timeout: nats.DefaultTimeout}}
 	if url == "" {
 		ns, err := startEmbedded(o, log)
 		if err != nil {
@@ -90,14 +95,23 @@ func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
 		b.server = ns
 		url = ns.ClientURL()
 		opts = append(opts, nats.InProcessServer(ns))
-	} else if o.CredentialsFile != "" {
-		opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+	} else {
+		if o.CredentialsFile != "" {
+			// Read now, so an unreadable file is named as such rather than
+			// as a failure to connect.
+			if _, err := os.ReadFile(o.CredentialsFile); err != nil {
+				return nil, fmt.Errorf("broker: nats.credentials_file %q: %w", o.CredentialsFile, unwrapPath(err))
+			}
+			opts = append(opts, nats.UserCredentials(o.CredentialsFile))
+		}
+		// nats.go reports a refused connection as "no servers available":
+		// the dialer keeps the cause.
+		opts = append(opts, nats.SetCustomDialer(dialer))
 	}
 	nc, err := nats.Connect(url, opts...)
 	if err != nil {
 		b.Close()
-		// The URL may hold a password: never put it in the error.
-		return nil, fmt.Errorf("broker: connect to NATS: %w", err)
+		return nil, connectError(o, err, dialer.errs())
 	}
 	b.Conn = nc
 	js, err := jetstream.New(nc)
@@ -113,6 +127,94 @@ func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
 	return b, nil
 }
 
+// connectError names the key and its value (the URL never with its
+// credentials: a password, or a token standing as the user) and keeps the
+// cause: the dial errors when nats.go says only that no server was
+// available.
+func connectError(o Options, err error, dialErrs []error) error {
+	if o.URL == "" {
+		return fmt.Errorf("broker: connect to the embedded NATS (nats.embedded.listen %q): %w", o.EmbeddedListen, err)
+	}
+	shown, redacted := redactURLs(o.URL)
+	key := fmt.Sprintf("nats.url %q", shown)
+	if redacted {
+		key += " (credentials redacted)"
+	}
+	if o.CredentialsFile != "" {
+		key += fmt.Sprintf(" with nats.credentials_file %q", o.CredentialsFile)
+	}
+	if errors.Is(err, nats.ErrNoServers) && len(dialErrs) > 0 {
+		format := "broker: %s: " + strings.Repeat("%w; ", len(dialErrs)) + "%w"
+		args := []any{key}
+		for _, e := range dialErrs {
+			args = append(args, e)
+		}
+		return fmt.Errorf(format, append(args, err)...)
+	}
+	return fmt.Errorf("broker: %s: %w", key, err)
+}
+
+// redactURLs returns the comma-separated URLs in s without their user
+// information, and whether any had some. A URL that does not parse is
+// shown as "(a URL that does not parse)": it may hold a password.
+func redactURLs(s string) (string, bool) {
+	var out []string
+	redacted := false
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		u, err := neturl.Parse(part)
+		if err != nil {
+			out = append(out, "(a URL that does not parse)")
+			redacted = redacted || strings.Contains(part, "@")
+			continue
+		}
+		if u.User != nil {
+			u.User, redacted = nil, true
+		}
+		out = append(out, u.String())
+	}
+	return strings.Join(out, ","), redacted
+}
+
+// recordingDialer dials as nats.go would and keeps the errors of the
+// first connect, which nats.go folds into ErrNoServers.
+type recordingDialer struct {
+	d    net.Dialer
+	mu   sync.Mutex
+	seen []error
+}
+
+// maxDialErrs bounds the errors kept: one per server of a cluster URL.
+const maxDialErrs = 5
+
+// Dial is nats.CustomDialer.
+func (r *recordingDialer) Dial(network, address string) (net.Conn, error) {
+	c, err := r.d.Dial(network, address)
+	if err != nil {
+		r.mu.Lock()
+		if len(r.seen) < maxDialErrs {
+			r.seen = append(r.seen, err)
+		}
+		r.mu.Unlock()
+	}
+	return c, err
+}
+
+func (r *recordingDialer) errs() []error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return slices.Clone(r.seen)
+}
+
+// unwrapPath drops the path an *fs.PathError repeats: the message names it.
+func unwrapPath(err error) error {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
 	host, portStr, err := net.SplitHostPort(o.EmbeddedListen)
 	if err != nil {
@@ -126,7 +228,7 @@ func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
 		port = server.RANDOM_PORT
 	}
 	if err := os.MkdirAll(o.EmbeddedStoreDir, 0o700); err != nil {
-		return nil, fmt.Errorf("broker: nats.embedded.store_dir: %w", err)
+		return nil, fmt.Errorf("broker: nats.embedded.store_dir %q: %w", o.EmbeddedStoreDir, err)
 	}
 	if port != server.RANDOM_PORT {
 		// A busy port fails now, naming the key, not after a 30 s wait.
@@ -160,7 +262,7 @@ func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
 	go ns.Start()
 	if !ns.ReadyForConnections(30 * time.Second) {
 		ns.Shutdown()
-		return nil, errors.New("broker: embedded NATS did not start within 30s (is " + o.EmbeddedListen + " in use?)")
+		return nil, fmt.Errorf("broker: nats.embedded.listen %q: the embedded NATS did not start within 30s", o.EmbeddedListen)
 	}
 	sync := "always (fsync before every ack)"
 	if o.EmbeddedSyncInterval > 0 {

@@ -4,14 +4,19 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/pem"
+	"errors"
+	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/nats-io/jwt/v2"
 	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nkeys"
 
 	"github.com/daraja-edge/daraja-edge/certs"
@@ -139,4 +144,78 @@ func TestCredentialsFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.Close()
+}
+
+// TestStartErrorsNameKey: every start-up failure names its key and value
+// and keeps its cause (issue 13): an unreachable nats.url says "connection
+// refused", not only nats.go's "no servers available", and never shows the
+// URL's credentials; a busy embedded port fails at once, naming
+// nats.embedded.listen.
+func TestStartErrorsNameKey(t *testing.T) {
+	ctx := context.Background()
+	closed := func() string {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		return addr
+	}
+	t.Run("nats.url unreachable", func(t *testing.T) {
+		a, b := closed(), closed()
+		_, err := Start(ctx, Options{URL: "nats://operator-7:pw-secret-42@" + a + ", nats://tok-secret-43@" + b, Name: "test"}, nil)
+		if err == nil {
+			t.Fatal("connected to a closed port")
+		}
+		msg := err.Error()
+		want := `nats.url "nats://` + a + `,nats://` + b + `" (credentials redacted): `
+		if !strings.Contains(msg, want) || !strings.Contains(msg, "connection refused") {
+			t.Errorf("error %q\nlacks %q and the cause", msg, want)
+		}
+		if !errors.Is(err, syscall.ECONNREFUSED) || !errors.Is(err, nats.ErrNoServers) {
+			t.Errorf("error %q does not wrap ECONNREFUSED and nats.ErrNoServers", msg)
+		}
+		for _, secret := range []string{"pw-secret-42", "tok-secret-43", "operator-7"} {
+			if strings.Contains(msg, secret) {
+				t.Errorf("error shows %q: %s", secret, msg)
+			}
+		}
+	})
+	t.Run("nats.url without credentials", func(t *testing.T) {
+		a := closed()
+		_, err := Start(ctx, Options{URL: "nats://" + a, Name: "test"}, nil)
+		if err == nil || !strings.Contains(err.Error(), `nats.url "nats://`+a+`": `) || strings.Contains(err.Error(), "redacted") ||
+			!errors.Is(err, syscall.ECONNREFUSED) {
+			t.Errorf("error %v", err)
+		}
+	})
+	t.Run("nats.credentials_file missing", func(t *testing.T) {
+		missing := filepath.Join(t.TempDir(), "edge.creds")
+		_, err := Start(ctx, Options{URL: "nats://" + closed(), CredentialsFile: missing, Name: "test"}, nil)
+		if err == nil || !strings.Contains(err.Error(), `nats.credentials_file "`+missing+`": `) || !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("error %v", err)
+		}
+	})
+	t.Run("nats.embedded.listen busy", func(t *testing.T) {
+		busy, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer busy.Close()
+		addr := busy.Addr().String()
+		_, err = Start(ctx, Options{EmbeddedListen: addr, EmbeddedStoreDir: t.TempDir(), Name: "test"}, nil)
+		if err == nil || !strings.Contains(err.Error(), `nats.embedded.listen "`+addr+`": `) || !errors.Is(err, syscall.EADDRINUSE) {
+			t.Errorf("error %v, want nats.embedded.listen %q: address in use", err, addr)
+		}
+	})
+	t.Run("nats.embedded.store_dir under a file", func(t *testing.T) {
+		file := filepath.Join(t.TempDir(), "file")
+		os.WriteFile(file, nil, 0o600)
+		dir := filepath.Join(file, "nats")
+		_, err := Start(ctx, Options{EmbeddedListen: "127.0.0.1:0", EmbeddedStoreDir: dir, Name: "test"}, nil)
+		if err == nil || !strings.Contains(err.Error(), `nats.embedded.store_dir "`+dir+`": `) {
+			t.Errorf("error %v", err)
+		}
+	})
 }
