@@ -232,6 +232,86 @@ func TestReusableNeverExpiresByDefault(t *testing.T) {
 	}
 }
 
+// TestReusableExpiryWarningSkipsRevokedAndRotated: a reusable token is
+// counted (metric) and warned about (one Warn a day: id, reference, expiry;
+// never the token) only within 14 days of an expiry nobody chose: one with
+// 15 days left is not, nor a revoked one, nor one a rotation shortened to
+// its overlap.
+func TestReusableExpiryWarningSkipsRevokedAndRotated(t *testing.T) {
+	ctx := context.Background()
+	obs := &countObserver{}
+	core, logs := observer.New(zap.InfoLevel)
+	_, js := natstest.Connect(t, natstest.Server(t))
+	s, err := NewStore(ctx, js, StoreOptions{Bucket: "test_tokens", Replicas: 1, Retain: 48 * time.Hour, Observer: obs},
+		zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0 := time.Now()
+	day := 24 * time.Hour
+	s.now = func() time.Time { return t0 }
+	c2b := []daraja.Kind{daraja.C2BValidation, daraja.C2BConfirmation}
+	dated := issue(t, s, IssueRequest{Kinds: c2b, Shortcode: "600638", Reference: "TILL-1", Reusable: true, TTL: "720h"})
+	revoked := issue(t, s, IssueRequest{Kinds: c2b, Shortcode: "600638", Reference: "TILL-2", Reusable: true, TTL: "720h"})
+	if err := s.Revoke(ctx, revoked.Record.ID); err != nil {
+		t.Fatal(err)
+	}
+	// Rotated on day 5: the old token ends on day 19 (14 days' overlap),
+	// its successor on day 35.
+	rotated := issue(t, s, IssueRequest{Kinds: c2b, Shortcode: "600638", Reference: "TILL-3", Reusable: true, TTL: "720h"})
+	s.now = func() time.Time { return t0.Add(5 * day) }
+	successor, err := s.Rotate(ctx, rotated.Record.ID, "", 14*day, limits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tokens := []string{dated.Token, revoked.Token, rotated.Token, successor.Token}
+	sweep := func(at time.Duration) int {
+		t.Helper()
+		s.now = func() time.Time { return t0.Add(at) }
+		if _, err := s.Sweep(ctx, 10, func(context.Context, Record) (bool, error) {
+			t.Error("a reusable token is never a missing callback")
+			return false, nil
+		}); err != nil {
+			t.Fatal(err)
+		}
+		obs.mu.Lock()
+		defer obs.mu.Unlock()
+		return obs.expiring
+	}
+	warnings := func() []observer.LoggedEntry {
+		return logs.FilterMessageSnippet("reusable token expires soon").AllUntimed()
+	}
+	// Day 15: 15 days left on the dated one (and 4 on the rotated one).
+	if n := sweep(15 * day); n != 0 || len(warnings()) != 0 {
+		t.Fatalf("15 days left: %d counted, %d warnings; want none", n, len(warnings()))
+	}
+	// Day 17: 13 days left on the dated (and the revoked) one, 2 on the
+	// rotated one, 18 on the successor: only the dated one counts.
+	if n := sweep(17 * day); n != 1 {
+		t.Fatalf("13 days left: %d counted, want 1 (revoked and rotated tokens are not)", n)
+	}
+	if n := sweep(17*day + time.Hour); n != 1 {
+		t.Fatalf("an hour later: %d counted, want 1", n)
+	}
+	w := warnings()
+	if len(w) != 1 || w[0].Level != zap.WarnLevel {
+		t.Fatalf("warnings %+v, want one Warn a day", w)
+	}
+	f := w[0].ContextMap()
+	if f["token_id"] != dated.Record.ID || f["reference"] != "TILL-1" ||
+		!f["expires_at"].(time.Time).Equal(dated.Record.ExpiresAt.Truncate(time.Millisecond)) {
+		t.Fatalf("warning fields %v", f)
+	}
+	for _, e := range logs.AllUntimed() {
+		line := fmt.Sprint(e.Message, e.ContextMap())
+		for _, tok := range tokens {
+			if strings.Contains(line, tok) {
+				t.Fatalf("a log line holds a token: %s", e.Message)
+			}
+		}
+	}
+}
+
 type countObserver struct {
 	mu       sync.Mutex
 	expiring int
