@@ -49,6 +49,9 @@ type Options struct {
 	// APIKeys are the accepted bearer keys; an entry "sha256:<hex>" is the
 	// SHA-256 of a key.
 	APIKeys []string
+	// ReadKeys (same forms) may call the routes that read (token status
+	// and list, deliveries) and get 403 on every route that changes state.
+	ReadKeys []string
 	// Limiter bounds failures per client address: wrong or missing keys,
 	// unknown routes and wrong methods. The key is checked first, so a
 	// request with a valid key always passes and spends nothing; a failure
@@ -81,43 +84,110 @@ func Handler(o Options) http.Handler {
 	if o.Log == nil {
 		o.Log = zap.NewNop()
 	}
-	a := &api{o: o, log: o.Log.Named("admin")}
-	for _, k := range o.APIKeys {
-		if h, ok := strings.CutPrefix(k, "sha256:"); ok {
-			var sum [32]byte
-			if b, err := hex.DecodeString(h); err == nil && len(b) == len(sum) {
-				copy(sum[:], b)
-				a.keys = append(a.keys, sum)
-			}
-			continue
-		}
-		a.keys = append(a.keys, sha256.Sum256([]byte(k)))
-	}
+	a := &api{o: o, log: o.Log.Named("admin"), keys: hashKeys(o.APIKeys), rkeys: hashKeys(o.ReadKeys)}
 	mux := http.NewServeMux()
-	mux.Handle("POST /v1/tokens", a.auth(a.issue))
-	mux.Handle("GET /v1/tokens", a.auth(a.list))
-	mux.Handle("GET /v1/tokens/{id}", a.auth(tokenID(a.status)))
-	mux.Handle("DELETE /v1/tokens/{id}", a.auth(tokenID(a.revoke)))
-	mux.Handle("POST /v1/tokens/{id}/rotate", a.auth(tokenID(a.rotate)))
-	mux.Handle("PATCH /v1/tokens/{id}", a.auth(tokenID(a.annotate)))
-	mux.Handle("GET /v1/deliveries", a.auth(a.deliveries))
-	mux.Handle("POST /v1/deliveries/replay", a.auth(a.replay))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
-	})
-	mux.HandleFunc("GET /readyz", a.ready)
-	if o.Metrics != nil {
-		mux.Handle("GET /metrics", o.Metrics)
+	for _, rt := range a.routes() {
+		if rt.h == nil {
+			continue // GET /metrics without Options.Metrics
+		}
+		var h http.Handler = rt.h
+		switch rt.access {
+		case AccessRead:
+			h = a.auth(rt.h, false)
+		case AccessWrite:
+			h = a.auth(rt.h, true)
+		}
+		mux.Handle(rt.pattern, h)
 	}
 	a.mux = mux
 	return a
 }
 
 type api struct {
-	o    Options
-	log  *zap.Logger
-	keys [][32]byte
-	mux  *http.ServeMux
+	o     Options
+	log   *zap.Logger
+	keys  [][32]byte // full keys
+	rkeys [][32]byte // read-only keys
+	mux   *http.ServeMux
+}
+
+// Access is who may call a route.
+type Access string
+
+// The accesses of the routes.
+const (
+	// AccessOpen routes need no key (probes and metrics).
+	AccessOpen Access = "open"
+	// AccessRead routes take a full or a read-only key.
+	AccessRead Access = "read"
+	// AccessWrite routes change state and take a full key only: a
+	// read-only key gets 403.
+	AccessWrite Access = "write"
+)
+
+// Route is one route of the admin API: a net/http pattern ("GET
+// /v1/tokens/{id}"; GET serves HEAD too) and who may call it.
+type Route struct {
+	Pattern string
+	Access  Access
+}
+
+type route struct {
+	pattern string
+	access  Access
+	h       http.HandlerFunc
+}
+
+// routes is the admin API, one line per route: Handler serves exactly
+// these, and docs/openapi.yaml is checked against them.
+func (a *api) routes() []route {
+	var metrics http.HandlerFunc
+	if a.o.Metrics != nil {
+		metrics = a.o.Metrics.ServeHTTP
+	}
+	return []route{
+		{"POST /v1/tokens", AccessWrite, a.issue},
+		{"GET /v1/tokens", AccessRead, a.list},
+		{"GET /v1/tokens/{id}", AccessRead, tokenID(a.status)},
+		{"DELETE /v1/tokens/{id}", AccessWrite, tokenID(a.revoke)},
+		{"PATCH /v1/tokens/{id}", AccessWrite, tokenID(a.annotate)},
+		{"POST /v1/tokens/{id}/rotate", AccessWrite, tokenID(a.rotate)},
+		{"GET /v1/deliveries", AccessRead, a.deliveries},
+		{"POST /v1/deliveries/replay", AccessWrite, a.replay},
+		{"GET /healthz", AccessOpen, func(w http.ResponseWriter, _ *http.Request) {
+			writeJSON(w, http.StatusOK, map[string]string{"status": "ok"})
+		}},
+		{"GET /readyz", AccessOpen, a.ready},
+		{"GET /metrics", AccessOpen, metrics},
+	}
+}
+
+// Routes lists every route Handler serves (GET /metrics only when
+// Options.Metrics is set), in the order of the API's documentation.
+func Routes() []Route {
+	var out []Route
+	for _, r := range (&api{}).routes() {
+		out = append(out, Route{Pattern: r.pattern, Access: r.access})
+	}
+	return out
+}
+
+// hashKeys turns keys into the SHA-256 sums that validKey compares: a
+// "sha256:<hex>" entry is a sum already; a malformed one is dropped.
+func hashKeys(keys []string) [][32]byte {
+	var out [][32]byte
+	for _, k := range keys {
+		if h, ok := strings.CutPrefix(k, "sha256:"); ok {
+			var sum [32]byte
+			if b, err := hex.DecodeString(h); err == nil && len(b) == len(sum) {
+				copy(sum[:], b)
+				out = append(out, sum)
+			}
+			continue
+		}
+		out = append(out, sha256.Sum256([]byte(k)))
+	}
+	return out
 }
 
 // ServeHTTP routes r. What the mux would answer in text (404, 405) or by
@@ -200,12 +270,20 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 // auth admits requests bearing one of the API keys, checked before
 // anything else: a valid key always passes, whatever failures its address
 // has spent, so nothing sharing the address can lock the operator out. A
-// missing or wrong key (answered alike) spends one failure: 401 and a log
-// line while some are left, then a quiet 429.
-func (a *api) auth(next http.HandlerFunc) http.Handler {
+// read-only key passes where write is false and gets 403 where it is true
+// (it spends nothing: it is a valid key). A missing or wrong key (answered
+// alike) spends one failure: 401 and a log line while some are left, then
+// a quiet 429.
+func (a *api) auth(next http.HandlerFunc, write bool) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if a.validKey(r.Header.Get("Authorization")) {
+		full, read := a.validKey(r.Header.Get("Authorization"))
+		switch {
+		case full, read && !write:
 			next(w, r)
+			return
+		case read:
+			a.log.Info("admin request refused: read-only key on a route that changes state", requestFields(r)...)
+			writeError(w, http.StatusForbidden, "forbidden", "this key may only read; changing state needs a key of admin.api_keys")
 			return
 		}
 		if !a.refuse(r, "admin request refused: bad or missing API key") {
@@ -219,16 +297,21 @@ func (a *api) auth(next http.HandlerFunc) http.Handler {
 }
 
 // validKey reports whether an Authorization header value bears one of the
-// keys: its SHA-256 is compared with every key's, in constant time,
-// whatever matched (the scheme is case-insensitive, RFC 9110 §11.1).
-func (a *api) validKey(authorization string) bool {
+// full keys, or one of the read-only keys: its SHA-256 is compared with
+// every key's, in constant time, whatever matched (the scheme is
+// case-insensitive, RFC 9110 §11.1).
+func (a *api) validKey(authorization string) (full, read bool) {
 	scheme, presented, ok := strings.Cut(authorization, " ")
 	sum := sha256.Sum256([]byte(presented))
-	match := 0
+	fm, rm := 0, 0
 	for i := range a.keys {
-		match |= subtle.ConstantTimeCompare(sum[:], a.keys[i][:])
+		fm |= subtle.ConstantTimeCompare(sum[:], a.keys[i][:])
 	}
-	return ok && strings.EqualFold(scheme, "Bearer") && presented != "" && match == 1
+	for i := range a.rkeys {
+		rm |= subtle.ConstantTimeCompare(sum[:], a.rkeys[i][:])
+	}
+	ok = ok && strings.EqualFold(scheme, "Bearer") && presented != ""
+	return ok && fm == 1, ok && rm == 1 && fm == 0
 }
 
 // tokenID answers 404 for an {id} that is not a token id, so whatever was

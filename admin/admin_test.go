@@ -69,6 +69,12 @@ func (a *askedIDs) Rotate(ctx context.Context, req verify.RotateRequest) (verify
 // NATS server, logging (admin and store both) to an observer.
 func newHarness(t *testing.T, lim Limiter) *harness {
 	t.Helper()
+	return newHarnessWith(t, lim, nil)
+}
+
+// newHarnessWith is newHarness with more options set by opt.
+func newHarnessWith(t *testing.T, lim Limiter, opt func(*Options)) *harness {
+	t.Helper()
 	core, logs := observer.New(zapcore.DebugLevel)
 	log := zap.New(core)
 	_, js := natstest.Connect(t, natstest.Server(t))
@@ -79,7 +85,11 @@ func newHarness(t *testing.T, lim Limiter) *harness {
 	iss := &verify.Issuer{Store: st, PublicURL: "https://cb.example.co.ke", QueryParam: "t",
 		Limits: verify.Limits{DefaultTTL: time.Hour, MaxTTL: 24 * time.Hour}}
 	asked := &askedIDs{Issuer: iss}
-	h := &harness{h: Handler(Options{Tokens: asked, APIKeys: []string{apiKey}, Limiter: lim, Log: log}), logs: logs, asked: asked}
+	o := Options{Tokens: asked, APIKeys: []string{apiKey}, Limiter: lim, Log: log}
+	if opt != nil {
+		opt(&o)
+	}
+	h := &harness{h: Handler(o), logs: logs, asked: asked}
 	body := `{"kinds":["stk.callback"],"shortcode":"174379"}`
 	rec := h.do("POST", "/v1/tokens", "Bearer "+apiKey, body)
 	if rec.Code != http.StatusCreated {

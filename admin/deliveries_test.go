@@ -13,6 +13,8 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/internal/natstest"
@@ -23,37 +25,9 @@ import (
 // GET /v1/deliveries, and replayed by POST /v1/deliveries/replay once the
 // app is back, through a real forwarder on a real stream.
 func TestDeliveries(t *testing.T) {
-	ctx := context.Background()
-	_, js := natstest.Connect(t, natstest.Server(t))
-	s := publish.Subjects{Prefix: "daraja"}
-	if _, err := publish.EnsureStream(ctx, js, publish.StreamOptions{Name: "DARAJA", Subjects: s.StreamSubjects(), Replicas: 1,
-		DuplicateWindow: time.Hour, MaxAge: time.Hour}); err != nil {
-		t.Fatal(err)
-	}
-	var up atomic.Bool
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !up.Load() {
-			w.WriteHeader(http.StatusServiceUnavailable)
-		}
-	}))
-	t.Cleanup(app.Close)
-	d := config.DefaultDestination()
-	d.Name, d.URL, d.Retry = "shop", app.URL, []time.Duration{0, 10 * time.Millisecond}
-	d.Secrets = []string{"whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef01234567"))}
-	f, err := forward.New(forward.Options{JS: js, Stream: "DARAJA", Prefix: "daraja", Destinations: []config.Destination{d}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := f.Start(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Stop(ctx) })
-	h := &harness{h: Handler(Options{Deliveries: f, APIKeys: []string{apiKey}, Log: zap.NewNop()})}
-	cb := publish.Callback{Kind: "b2c.result", Shortcode: "600000", TransactionID: "AG_20191219_0000", TokenID: "tok_abcdefghijklmnop",
-		ReceivedAt: time.Now(), Body: []byte(`{"Result":{}}`)}
-	if _, err := js.PublishMsg(ctx, cb.Msg(s.Callback(cb.Kind, cb.Shortcode, cb.TokenID))); err != nil {
-		t.Fatal(err)
-	}
+	d := newDeliveries(t)
+	h := &harness{h: Handler(Options{Deliveries: d.f, APIKeys: []string{apiKey}, Log: zap.NewNop()})}
+	d.publish(t, "AG_20191219_0000")
 	list := func(q string) []forward.Delivery {
 		t.Helper()
 		rec := h.do("GET", "/v1/deliveries?"+q, "Bearer "+apiKey, "")
@@ -79,7 +53,7 @@ func TestDeliveries(t *testing.T) {
 	if len(dead.Attempts) != 2 || dead.Attempts[0].Status != 503 {
 		t.Errorf("attempts %+v", dead.Attempts)
 	}
-	up.Store(true)
+	d.up.Store(true)
 	rec := h.do("POST", "/v1/deliveries/replay", "Bearer "+apiKey, `{"destination":"shop","dlq":true}`)
 	if rec.Code != http.StatusAccepted || !strings.Contains(rec.Body.String(), `"queued":[`) {
 		t.Fatalf("replay: %d %s", rec.Code, rec.Body)
@@ -102,5 +76,54 @@ func TestDeliveries(t *testing.T) {
 	}
 	if rec := h.do("GET", "/v1/deliveries?destination=shop", "", ""); rec.Code != http.StatusUnauthorized {
 		t.Errorf("without key: %d", rec.Code)
+	}
+}
+
+// deliveries is a real forwarder with one destination, "shop", on a real
+// stream, in front of an app that answers 503 until up.
+type deliveries struct {
+	f  *forward.Forwarder
+	js jetstream.JetStream
+	up *atomic.Bool
+}
+
+func newDeliveries(t *testing.T) *deliveries {
+	t.Helper()
+	ctx := context.Background()
+	_, js := natstest.Connect(t, natstest.Server(t))
+	s := publish.Subjects{Prefix: "daraja"}
+	if _, err := publish.EnsureStream(ctx, js, publish.StreamOptions{Name: "DARAJA", Subjects: s.StreamSubjects(), Replicas: 1,
+		DuplicateWindow: time.Hour, MaxAge: time.Hour}); err != nil {
+		t.Fatal(err)
+	}
+	up := new(atomic.Bool)
+	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !up.Load() {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+	}))
+	t.Cleanup(app.Close)
+	d := config.DefaultDestination()
+	d.Name, d.URL, d.Retry = "shop", app.URL, []time.Duration{0, 10 * time.Millisecond}
+	d.Secrets = []string{"whsec_" + base64.StdEncoding.EncodeToString([]byte("0123456789abcdef01234567"))}
+	f, err := forward.New(forward.Options{JS: js, Stream: "DARAJA", Prefix: "daraja", Destinations: []config.Destination{d}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Stop(ctx) })
+	return &deliveries{f: f, js: js, up: up}
+}
+
+// publish puts a b2c.result callback of transaction tx on the stream.
+func (d *deliveries) publish(t *testing.T, tx string) {
+	t.Helper()
+	s := publish.Subjects{Prefix: "daraja"}
+	cb := publish.Callback{Kind: "b2c.result", Shortcode: "600000", TransactionID: tx, TokenID: "tok_abcdefghijklmnop",
+		ReceivedAt: time.Now(), Body: []byte(`{"Result":{}}`)}
+	if _, err := d.js.PublishMsg(context.Background(), cb.Msg(s.Callback(cb.Kind, cb.Shortcode, cb.TokenID))); err != nil {
+		t.Fatal(err)
 	}
 }
