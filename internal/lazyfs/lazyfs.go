@@ -91,6 +91,12 @@ type Options struct {
 	Namespace NamespaceMode
 	// Debug logs every FUSE request (go-fuse's own debug output).
 	Debug bool
+	// IgnoreSync makes the mount a disk that lies about its flushes: fsync,
+	// fdatasync and O_SYNC/O_DSYNC writes succeed and are counted, but make
+	// nothing durable. Only Sync (or a clean Unmount) does. A control for
+	// tests: a program that relies on fsync loses what it wrote at Crash,
+	// so a test that expects no loss is shown able to see one.
+	IgnoreSync bool
 }
 
 // Stats counts what a mount has seen.
@@ -100,6 +106,7 @@ type Stats struct {
 	FileSyncs  uint64 // fsync/fdatasync of a regular file
 	DirSyncs   uint64 // fsync of a directory
 	SyncWrites uint64 // writes through an O_SYNC/O_DSYNC descriptor
+	Unlinks    uint64 // files removed with unlink(2)
 	Crashed    bool
 	// Set by Crash: what it dropped.
 	LostFiles int // reachable files with unsynced data
@@ -126,8 +133,16 @@ type FS struct {
 // ErrCrashed is returned by Crash when the mount already crashed.
 var ErrCrashed = errors.New("lazyfs: already crashed")
 
+// EnvUnavailable, set to a reason in the environment, makes Available
+// report lazyfs as unavailable: how a test shows that Require fails under
+// CI=true on a machine without FUSE.
+const EnvUnavailable = "DARAJA_LAZYFS_UNAVAILABLE"
+
 // Available reports why lazyfs cannot mount on this machine, or nil.
 func Available() error {
+	if why := os.Getenv(EnvUnavailable); why != "" {
+		return fmt.Errorf("lazyfs: unavailable (%s=%s)", EnvUnavailable, why)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("lazyfs: needs root to mount FUSE with mount(2) (no fusermount)")
 	}

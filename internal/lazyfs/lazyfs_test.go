@@ -8,6 +8,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -734,5 +735,123 @@ func TestStaleMountSwept(t *testing.T) {
 	sweepStale()
 	if slices.Contains(mountPoints(t), mnt) {
 		t.Fatal("stale mount not swept")
+	}
+}
+
+// TestIgnoreSyncLoses: on a mount that lies about its flushes, a file
+// written and fsynced (and its directory fsynced, and a write through
+// O_SYNC) is lost at a crash, in both modes; Sync still makes things
+// durable.
+func TestIgnoreSyncLoses(t *testing.T) {
+	for _, mode := range modes {
+		t.Run(mode.String(), func(t *testing.T) {
+			f := MountT(t, "", Options{Namespace: mode, IgnoreSync: true})
+			writeSynced(t, filepath.Join(f.MountPoint(), "base"), []byte("made durable by Sync"))
+			if err := f.Sync(); err != nil {
+				t.Fatal(err)
+			}
+			writeSynced(t, filepath.Join(f.MountPoint(), "base"), []byte("fsynced, not durable"))
+			writeSynced(t, filepath.Join(f.MountPoint(), "new"), []byte("fsynced, not durable"))
+			fd, err := os.OpenFile(filepath.Join(f.MountPoint(), "osync"), os.O_CREATE|os.O_WRONLY|os.O_SYNC, 0o644)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := fd.Write([]byte("O_SYNC, not durable")); err != nil {
+				t.Fatal(err)
+			}
+			fd.Close()
+			syncPath(t, f.MountPoint())
+			st := f.Stats()
+			if st.FileSyncs < 2 || st.DirSyncs < 3 || st.SyncWrites != 1 {
+				t.Errorf("syncs not counted: %+v", st)
+			}
+			crash(t, f)
+			if got := string(after(t, f, "base")); got != "made durable by Sync" {
+				t.Errorf("base after crash: %q", got)
+			}
+			for _, name := range []string{"new", "osync"} {
+				if exists(t, f, name) {
+					t.Errorf("%s survived the crash on a mount that ignores fsync", name)
+				}
+			}
+		})
+	}
+}
+
+// TestUnlinksCounted: Stats.Unlinks counts unlink(2), not rmdir or
+// rename.
+func TestUnlinksCounted(t *testing.T) {
+	f := MountT(t, "", Options{})
+	m := f.MountPoint()
+	for _, name := range []string{"a", "b", "c"} {
+		if err := os.WriteFile(filepath.Join(m, name), []byte(name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := os.Mkdir(filepath.Join(m, "d"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(filepath.Join(m, "c"), filepath.Join(m, "c2")); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"a", "b", "d"} {
+		if err := os.Remove(filepath.Join(m, name)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := f.Stats().Unlinks; n != 2 {
+		t.Fatalf("Stats.Unlinks = %d, want 2", n)
+	}
+}
+
+// TestHelperRequire is the child process of TestRequireUnderCI: it calls
+// Require and says so if Require let it through.
+func TestHelperRequire(t *testing.T) {
+	if os.Getenv("LAZYFS_HELPER_REQUIRE") == "" {
+		t.Skip("helper process for TestRequireUnderCI")
+	}
+	Require(t)
+	fmt.Println("REQUIRE PASSED")
+}
+
+// TestRequireUnderCI: on a machine without lazyfs (forced here through
+// EnvUnavailable), Require skips a test, naming why; with CI=true it fails
+// it, so CI cannot pass by skipping.
+func TestRequireUnderCI(t *testing.T) {
+	run := func(env ...string) (string, error) {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestHelperRequire$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), append([]string{"LAZYFS_HELPER_REQUIRE=1"}, env...)...)
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	for _, c := range []struct {
+		name     string
+		env      []string
+		wantFail bool
+		want     string
+	}{
+		{"unavailable, CI=true: fails", []string{EnvUnavailable + "=no FUSE here", "CI=true"}, true, "--- FAIL: TestHelperRequire"},
+		{"unavailable, no CI: skips", []string{EnvUnavailable + "=no FUSE here", "CI="}, false, "--- SKIP: TestHelperRequire"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			out, err := run(c.env...)
+			if (err != nil) != c.wantFail {
+				t.Fatalf("exit error %v, want failure %t:\n%s", err, c.wantFail, out)
+			}
+			if !strings.Contains(out, c.want) || !strings.Contains(out, "no FUSE here") {
+				t.Fatalf("want %q and the reason in the output:\n%s", c.want, out)
+			}
+			if strings.Contains(out, "REQUIRE PASSED") {
+				t.Fatalf("Require let an unavailable lazyfs through:\n%s", out)
+			}
+		})
+	}
+	if Available() == nil {
+		t.Run("available, CI=true: passes", func(t *testing.T) {
+			out, err := run("CI=true")
+			if err != nil || !strings.Contains(out, "REQUIRE PASSED") {
+				t.Fatalf("Require on a machine with lazyfs: %v\n%s", err, out)
+			}
+		})
 	}
 }
