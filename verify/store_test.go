@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -365,8 +366,12 @@ func TestSweepResolvesEachExpiredTokenOnce(t *testing.T) {
 	}
 }
 
-// TestWatchRestarts: a watch that stops (its consumer deleted under it)
-// is logged, reported and restarted, and the copy follows new tokens.
+// TestWatchRestarts: a watch that stops (here: its subscription closed
+// under it, as a lost connection or a deleted stream end one; new watches
+// refused while the bucket is "unreachable") is logged at Error, reported
+// down to the observer, restarted once the bucket answers, reported up
+// again, and the local copy catches up with a token issued while it was
+// down.
 func TestWatchRestarts(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -378,28 +383,79 @@ func TestWatchRestarts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	kv := &cuttableKV{KeyValue: s.kv}
+	s.kv = kv
 	if err := s.Watch(ctx); err != nil {
 		t.Fatal(err)
 	}
 	<-s.Synced()
-	// Delete the watch's consumer from the server side.
-	str, err := js.Stream(ctx, "KV_test_tokens")
-	if err != nil {
-		t.Fatal(err)
-	}
+	waitFor(t, s.Live)
+
+	kv.cut()
 	waitFor(t, func() bool {
-		for name := range str.ConsumerNames(ctx).Name() {
-			_ = str.DeleteConsumer(ctx, name)
-		}
-		return logs.FilterMessageSnippet("token watch").Len() > 0 || s.Live()
+		return logs.FilterMessageSnippet("token watch stopped").FilterLevelExact(zap.ErrorLevel).Len() > 0 && !s.Live()
 	})
+	// Issued elsewhere while the watch is down: not in the local copy yet.
 	other, err := NewStore(ctx, js, o, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
 	iss := issue(t, other, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"})
 	key, _ := keyOf(iss.Record.ID)
-	waitFor(t, func() bool { _, ok := s.lookup(key); return ok })
+	if _, ok := s.lookup(key); ok {
+		t.Fatal("the copy learnt a token with its watch down: the watch did not stop")
+	}
+	kv.mend()
+	waitFor(t, func() bool { _, ok := s.lookup(key); return ok && s.Live() })
+	if logs.FilterMessage("token watch restarted").Len() == 0 {
+		t.Error("no log line for the restart")
+	}
+	obs.mu.Lock()
+	ups := slices.Clone(obs.watchUp)
+	obs.mu.Unlock()
+	// Up (first sync), down (stopped), up (restarted and synced).
+	if i := slices.Index(ups, false); i < 1 || !ups[0] || !slices.Contains(ups[i:], true) {
+		t.Fatalf("watch-up reports %v, want true, false, then true", ups)
+	}
+}
+
+// cuttableKV is a real bucket whose running watches a test can stop (their
+// Updates channels close, as when a watch's subscription ends) and whose
+// new watches it can refuse until mend, as an unreachable bucket would.
+type cuttableKV struct {
+	jetstream.KeyValue
+	mu       sync.Mutex
+	watchers []jetstream.KeyWatcher
+	refuse   bool
+}
+
+func (c *cuttableKV) WatchAll(ctx context.Context, opts ...jetstream.WatchOpt) (jetstream.KeyWatcher, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.refuse {
+		return nil, errors.New("test: bucket unreachable")
+	}
+	w, err := c.KeyValue.WatchAll(ctx, opts...)
+	if err == nil {
+		c.watchers = append(c.watchers, w)
+	}
+	return w, err
+}
+
+func (c *cuttableKV) cut() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refuse = true
+	for _, w := range c.watchers {
+		_ = w.Stop()
+	}
+	c.watchers = nil
+}
+
+func (c *cuttableKV) mend() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.refuse = false
 }
 
 func waitFor(t *testing.T, cond func() bool) {
