@@ -314,13 +314,18 @@ func TestReusableExpiryWarningSkipsRevokedAndRotated(t *testing.T) {
 }
 
 type countObserver struct {
-	mu       sync.Mutex
-	expiring int
-	watchUp  []bool
+	mu        sync.Mutex
+	expiring  int
+	watchUp   []bool
+	cacheFull bool
 }
 
-func (o *countObserver) TokenEvent(string)    {}
-func (o *countObserver) TokenCache(int, bool) {}
+func (o *countObserver) TokenEvent(string) {}
+func (o *countObserver) TokenCache(_ int, full bool) {
+	o.mu.Lock()
+	o.cacheFull = full
+	o.mu.Unlock()
+}
 func (o *countObserver) ReusableExpiring(n int) {
 	o.mu.Lock()
 	o.expiring = n
@@ -416,6 +421,71 @@ func TestWatchRestarts(t *testing.T) {
 	// Up (first sync), down (stopped), up (restarted and synced).
 	if i := slices.Index(ups, false); i < 1 || !ups[0] || !slices.Contains(ups[i:], true) {
 		t.Fatalf("watch-up reports %v, want true, false, then true", ups)
+	}
+}
+
+// TestTokenCacheBound: past MaxCached the local copy takes no more tokens:
+// one Error log, the full flag set; a token past the bound still
+// authorizes (read from the bucket) and gets no missing-callback event, as
+// documented, while the cached ones keep theirs.
+func TestTokenCacheBound(t *testing.T) {
+	ctx := context.Background()
+	obs := &countObserver{}
+	core, logs := observer.New(zap.InfoLevel)
+	_, js := natstest.Connect(t, natstest.Server(t))
+	s, err := NewStore(ctx, js, StoreOptions{Bucket: "test_tokens", Replicas: 1, Retain: 48 * time.Hour, Observer: obs,
+		MaxCached: 2, MissingGrace: time.Minute}, zap.New(core))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kv := &countingKV{KeyValue: s.kv}
+	s.kv = kv
+	var toks []Issued
+	for range 3 {
+		toks = append(toks, issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", TTL: "1m"}))
+	}
+	extra := toks[2]
+	full := func() int {
+		return logs.FilterMessageSnippet("local token copy is full").FilterLevelExact(zap.ErrorLevel).Len()
+	}
+	if n := full(); n != 1 {
+		t.Fatalf("%d Error logs for a full copy, want 1", n)
+	}
+	obs.mu.Lock()
+	flagged := obs.cacheFull
+	obs.mu.Unlock()
+	if !flagged || len(s.cache) != 2 {
+		t.Fatalf("full flag %v, %d cached; want true, 2", flagged, len(s.cache))
+	}
+	for range 2 {
+		before := kv.gets.Load()
+		if g, err := s.Authorize(ctx, extra.Token, daraja.STKCallback); err != nil || g.ID != extra.Record.ID {
+			t.Fatalf("token past the bound: %+v %v", g, err)
+		}
+		if kv.gets.Load()-before != 1 {
+			t.Fatal("a token past the bound was not read from the bucket")
+		}
+	}
+	before := kv.gets.Load()
+	if _, err := s.Authorize(ctx, toks[0].Token, daraja.STKCallback); err != nil || kv.gets.Load() != before {
+		t.Fatalf("cached token: %v, %d bucket reads", err, kv.gets.Load()-before)
+	}
+	if n := full(); n != 1 {
+		t.Fatalf("%d Error logs after more checks, want still 1", n)
+	}
+	var resolved []string
+	s.now = func() time.Time { return time.Now().Add(5 * time.Minute) }
+	if _, err := s.Sweep(ctx, 10, func(_ context.Context, rec Record) (bool, error) {
+		resolved = append(resolved, rec.ID)
+		return true, nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	slices.Sort(resolved)
+	want := []string{toks[0].Record.ID, toks[1].Record.ID}
+	slices.Sort(want)
+	if !slices.Equal(resolved, want) {
+		t.Fatalf("missing events for %v, want the two cached tokens %v", resolved, want)
 	}
 }
 
