@@ -110,3 +110,16 @@ func (c *circuit) isOpen() bool {
 	defer c.mu.Unlock()
 	return c.open
 }
+
+// cancel ends a turn acquired before in which no attempt was made:
+// nothing is counted, and a probe's turn goes to the next caller.
+func (c *circuit) cancel(probe bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.inflight--
+	if probe {
+		c.probing = false
+	}
+	close(c.changed)
+	c.changed = make(chan struct{})
+}

@@ -9,6 +9,8 @@ package forward
 import (
 	"bytes"
 	"context"
+	crand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -78,6 +80,11 @@ type Forwarder struct {
 	dests []*dest
 	hist  history
 
+	// now is the clock of leases, schedules and the rate limit; lagEvery
+	// how often the lag gauge is read (tests shorten it).
+	now      func() time.Time
+	lagEvery time.Duration
+
 	mu     sync.Mutex
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // consumers and their attempts
@@ -95,8 +102,10 @@ type dest struct {
 	circuit *circuit
 	limit   *rate.Limiter // nil: unlimited
 	ackWait time.Duration
-	sem     chan struct{}
-	cons    jetstream.Consumer
+	// slots bound the attempts in flight (concurrency), the main and the
+	// replay consumer together.
+	slots chan struct{}
+	cons  jetstream.Consumer
 }
 
 // New checks and prepares the destinations (secrets, TLS files, URLs); it
@@ -111,7 +120,7 @@ func New(o Options) (*Forwarder, error) {
 	if o.Replicas < 1 {
 		o.Replicas = 1
 	}
-	f := &Forwarder{o: o, log: o.Log.Named("forward"), m: newMetrics()}
+	f := &Forwarder{o: o, log: o.Log.Named("forward"), m: newMetrics(), now: time.Now, lagEvery: 5 * time.Second}
 	for _, c := range o.Destinations {
 		u, err := url.Parse(c.URL)
 		if err != nil {
@@ -126,7 +135,7 @@ func New(o Options) (*Forwarder, error) {
 			return nil, fmt.Errorf("forward: destination %s: %w", c.Name, err)
 		}
 		d := &dest{f: f, cfg: c, base: u, client: cl, sign: s, ackWait: c.Timeout + 15*time.Second,
-			sem: make(chan struct{}, c.Concurrency)}
+			slots: make(chan struct{}, c.Concurrency)}
 		name := c.Name
 		d.circuit = newCircuit(c.Circuit.Failures, c.Circuit.Probe, c.Concurrency, func(open bool) {
 			v := 0.0
@@ -235,7 +244,8 @@ func (f *Forwarder) Start(ctx context.Context) error {
 			f.stops = append(f.stops, it.Stop)
 			f.mu.Unlock()
 			f.wg.Add(1)
-			go func() { defer f.wg.Done(); d.run(ctx, it, c.replay) }()
+			sem := make(chan struct{}, d.cfg.Concurrency)
+			go func() { defer f.wg.Done(); d.run(ctx, it, c.replay, sem) }()
 		}
 		f.lag.Add(1)
 		go func() { defer f.lag.Done(); d.watchLag(lagCtx) }()
@@ -267,8 +277,14 @@ func (f *Forwarder) Stop(ctx context.Context) {
 	f.lag.Wait()
 }
 
-// run hands each message to a worker, at most concurrency at once.
-func (d *dest) run(ctx context.Context, it jetstream.MessagesContext, replay bool) {
+// run hands each message to a worker as soon as it arrives, and keeps it
+// alive (in-progress acks) from that moment: a message waiting for an
+// attempt slot (shared with the other consumer of the destination), for
+// the breaker or for the rate limit never passes its ack wait, so the
+// server never hands it to another worker while it is held here. The
+// server bounds the messages held to the consumer's max ack pending; sem
+// bounds them here too.
+func (d *dest) run(ctx context.Context, it jetstream.MessagesContext, replay bool, sem chan struct{}) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
@@ -280,16 +296,18 @@ func (d *dest) run(ctx context.Context, it jetstream.MessagesContext, replay boo
 			d.f.log.Warn("forward: fetch", zap.String("destination", d.cfg.Name), zap.Error(err))
 			continue
 		}
+		stop := d.keepAlive(m)
 		select {
-		case d.sem <- struct{}{}:
+		case sem <- struct{}{}:
 		case <-ctx.Done():
+			stop()
 			_ = m.Nak()
 			return
 		}
 		wg.Add(1)
 		go func() {
-			defer func() { <-d.sem; wg.Done() }()
-			d.handle(ctx, m, replay)
+			defer func() { <-sem; wg.Done() }()
+			d.handle(ctx, m, replay, stop)
 		}()
 	}
 }
@@ -332,117 +350,295 @@ func (d *dest) load(ctx context.Context, m jetstream.Msg, replay bool) (*callbac
 	return &callback{seq: seq, header: raw.Header, body: raw.Data, stored: raw.Time, replayID: rq.ID}, nil
 }
 
+// action is what a worker does with a callback, given its record.
+type action int
+
+const (
+	actAttempt action = iota // make an attempt now
+	actAck                   // delivered before (the ack was lost)
+	actTerm                  // dead-lettered before
+	actDead                  // every attempt of the round made: dead-letter it
+	actWait                  // not yet: redeliver after the wait
+)
+
+// newRecord is the record of a callback's first attempt.
+func (d *dest) newRecord(cb *callback) Delivery {
+	return Delivery{Destination: d.cfg.Name, Sequence: cb.seq, MsgID: cb.get(publish.HeaderMsgID), Kind: cb.get(publish.HeaderKind),
+		Shortcode: cb.get(publish.HeaderShortcode), TransactionID: cb.get(publish.HeaderTransactionID), State: StatePending}
+}
+
+// decide reads rec at now: a replay request not seen before starts a new
+// round of the schedule in rec; a lease of another attempt, the first
+// entry of the schedule and the next attempt's time (NextAt, kept across
+// replicas) make it wait.
+func (d *dest) decide(rec *Delivery, cb *callback, replay bool, holder string, now time.Time) (action, time.Duration) {
+	if replay && rec.ReplayID != cb.replayID {
+		rec.RoundStart, rec.State, rec.Replays, rec.ReplayID = len(rec.Attempts), StatePending, rec.Replays+1, cb.replayID
+		rec.NextAt = time.Time{}
+	}
+	switch rec.State {
+	case StateDelivered:
+		return actAck, 0
+	case StateDead:
+		return actTerm, 0
+	}
+	if rec.leased(holder, now) {
+		// Polled: the lease ends early when its attempt does.
+		return actWait, min(rec.Lease.Sub(now)+100*time.Millisecond, time.Second)
+	}
+	retry := d.cfg.Retry
+	n := len(rec.Attempts) - rec.RoundStart
+	switch {
+	case n >= len(retry):
+		return actDead, 0
+	case n == 0 && !replay && retry[0] > 0:
+		if w := cb.stored.Add(retry[0]).Sub(now); w > 0 {
+			return actWait, w
+		}
+	case now.Before(rec.NextAt):
+		return actWait, rec.NextAt.Sub(now)
+	}
+	return actAttempt, 0
+}
+
+// leaseMargin is how much longer than the attempt's own timeout its lease
+// lasts.
+const leaseMargin = 5 * time.Second
+
+// claim re-reads the record just before an attempt, decides again, and
+// when the answer is still "attempt" writes the record back holding a
+// lease for holder, compare-and-set: of two workers with the same
+// callback (a redelivery, a replay), one attempts and the other waits.
+func (d *dest) claim(ctx context.Context, key string, cb *callback, replay bool, holder string) (Delivery, uint64, action, time.Duration, error) {
+	for range 5 {
+		rec, rev, err := d.f.hist.get(ctx, key)
+		if err != nil {
+			return rec, 0, 0, 0, err
+		}
+		if rev == 0 {
+			rec = d.newRecord(cb)
+		}
+		now := d.f.now()
+		act, wait := d.decide(&rec, cb, replay, holder, now)
+		if act != actAttempt {
+			return rec, rev, act, wait, nil
+		}
+		rec.Holder, rec.Lease = holder, now.Add(d.cfg.Timeout+leaseMargin)
+		rev, err = d.f.hist.write(ctx, rec, rev)
+		if errors.Is(err, errConflict) {
+			continue
+		}
+		return rec, rev, act, 0, err
+	}
+	return Delivery{}, 0, 0, 0, errConflict
+}
+
+// record adds att to the record claimed at rev, frees the lease and sets
+// the state (delivered) or the next attempt's time; when the record
+// changed meanwhile (a takeover after the lease ran out) it adds att to
+// what is there now, so no attempt is ever lost from the history.
+func (d *dest) record(ctx context.Context, key string, cb *callback, rec Delivery, rev uint64, holder string, att Attempt, ok bool, wait time.Duration) (Delivery, uint64, error) {
+	for i := 0; ; i++ {
+		rec.Attempts = append(rec.Attempts, att)
+		if rec.Holder == holder {
+			rec.Holder, rec.Lease = "", time.Time{}
+		}
+		switch {
+		case ok:
+			rec.State, rec.NextAt = StateDelivered, time.Time{}
+		case rec.State == StatePending:
+			rec.NextAt = d.f.now().Add(wait)
+		}
+		n, err := d.f.hist.write(ctx, rec, rev)
+		if !errors.Is(err, errConflict) || i == 4 {
+			return rec, n, err
+		}
+		if rec, rev, err = d.f.hist.get(ctx, key); err != nil {
+			return rec, 0, err
+		}
+		if rev == 0 {
+			rec = d.newRecord(cb)
+		}
+	}
+}
+
+// newHolder names one attempt, for its lease.
+func newHolder() string {
+	var b [8]byte
+	_, _ = crand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
 // handle makes at most one attempt for m and settles it: ack when
 // delivered, redelivery after the schedule's wait when not, a dead letter
-// and term after the last attempt.
-func (d *dest) handle(ctx context.Context, m jetstream.Msg, replay bool) {
+// and term after the last attempt. stop ends m's in-progress acks; it is
+// called before m is settled.
+func (d *dest) handle(ctx context.Context, m jetstream.Msg, replay bool, stop func()) {
+	defer stop()
 	log := d.f.log.With(zap.String("destination", d.cfg.Name))
 	cb, err := d.load(ctx, m, replay)
 	if err != nil {
 		log.Error("forward: cannot read callback; dropped", zap.Error(err))
+		stop()
 		_ = m.Term()
 		return
 	}
-	msgID := cb.get(publish.HeaderMsgID)
-	kind := cb.get(publish.HeaderKind)
 	tx := cb.get(publish.HeaderTransactionID)
-	log = log.With(zap.Uint64("sequence", cb.seq), zap.String("kind", kind),
-		zap.String("transaction_id", daraja.MaskTransactionID(daraja.Kind(kind), tx)))
-	rec, found, err := d.f.hist.get(ctx, deliveryKey(d.cfg.Name, tx, cb.seq))
+	log = log.With(zap.Uint64("sequence", cb.seq), zap.String("kind", cb.get(publish.HeaderKind)),
+		zap.String("transaction_id", daraja.MaskTransactionID(daraja.Kind(cb.get(publish.HeaderKind)), tx)))
+	key := deliveryKey(d.cfg.Name, tx, cb.seq)
+	holder := newHolder()
+	rec, rev, err := d.f.hist.get(ctx, key)
 	if err != nil {
 		log.Warn("forward: delivery record unreadable; retrying", zap.Error(err))
+		stop()
 		_ = m.NakWithDelay(time.Second)
 		return
 	}
-	if !found {
-		rec = Delivery{Destination: d.cfg.Name, Sequence: cb.seq, MsgID: msgID, Kind: kind,
-			Shortcode: cb.get(publish.HeaderShortcode), TransactionID: tx, State: StatePending}
+	if rev == 0 {
+		rec = d.newRecord(cb)
 	}
-	if replay && rec.ReplayID != cb.replayID {
-		// A new replay request starts a new round of the schedule.
-		rec.RoundStart, rec.State, rec.Replays, rec.ReplayID = len(rec.Attempts), StatePending, rec.Replays+1, cb.replayID
-	}
-	switch rec.State {
-	case StateDelivered:
-		_ = m.Ack() // delivered before; the ack was lost
-		return
-	case StateDead:
-		_ = m.Term()
+	// A first look, so that a callback with nothing to do now does not
+	// wait for an attempt slot.
+	if act, wait := d.decide(&rec, cb, replay, holder, d.f.now()); act != actAttempt {
+		d.settle(ctx, m, cb, rec, rev, act, wait, stop, log)
 		return
 	}
-	n := len(rec.Attempts) - rec.RoundStart
-	retry := d.cfg.Retry
-	if n >= len(retry) {
-		d.deadLetter(ctx, m, cb, rec, log)
+	select {
+	case d.slots <- struct{}{}:
+	case <-ctx.Done():
+		stop()
+		_ = m.Nak() // shutting down: another replica takes it now
 		return
 	}
-	if n == 0 && retry[0] > 0 && !replay {
-		if wait := time.Until(cb.stored.Add(retry[0])); wait > 0 {
-			_ = m.NakWithDelay(wait)
-			return
-		}
-	}
-	stop := d.keepAlive(m)
+	defer func() { <-d.slots }()
 	probe, err := d.circuit.acquire(ctx)
-	if err == nil && d.limit != nil {
-		if err = d.limit.Wait(ctx); err != nil {
-			d.circuit.release(true, probe) // no attempt made
+	if err == nil {
+		if err = d.pace(ctx); err != nil {
+			d.circuit.cancel(probe)
 		}
 	}
 	if err != nil {
 		stop()
-		_ = m.Nak() // shutting down: another replica takes it now
+		_ = m.Nak()
+		return
+	}
+	rec, rev, act, wait, err := d.claim(ctx, key, cb, replay, holder)
+	if err != nil {
+		d.circuit.cancel(probe)
+		log.Warn("forward: delivery record not claimed; retrying", zap.Error(err))
+		stop()
+		_ = m.NakWithDelay(time.Second)
+		return
+	}
+	if act != actAttempt {
+		d.circuit.cancel(probe)
+		d.settle(ctx, m, cb, rec, rev, act, wait, stop, log)
 		return
 	}
 	att, retryAfter := d.attempt(ctx, cb)
 	ok := att.Status >= 200 && att.Status < 300
 	d.circuit.release(ok, probe)
-	stop()
 	if len(rec.Attempts) > 0 {
 		d.f.m.redelivered.WithLabelValues(d.cfg.Name).Inc()
 	}
-	rec.Attempts = append(rec.Attempts, att)
-	n++
+	retry := d.cfg.Retry
+	n := len(rec.Attempts) + 1 - rec.RoundStart // this one included
+	wait = 0
+	if !ok && n < len(retry) {
+		wait = nextWait(retry[n], retryAfter, d.cfg.RetryAfterCap, rand.Float64())
+	}
+	rec, rev, err = d.record(ctx, key, cb, rec, rev, holder, att, ok, wait)
+	if err != nil {
+		log.Warn("forward: attempt not recorded", zap.Bool("delivered", ok), zap.Error(err))
+	}
+	stop()
 	if ok {
-		rec.State, rec.NextAt = StateDelivered, time.Time{}
-		if err := d.f.hist.put(ctx, rec); err != nil {
-			log.Warn("forward: delivered, record not written", zap.Error(err))
-		}
 		if err := m.DoubleAck(ctx); err != nil {
 			log.Warn("forward: delivered, ack not confirmed (a redelivery finds the record)", zap.Error(err))
 		}
 		return
 	}
 	log.Warn("forward: attempt failed", zap.Int("attempt", n), zap.Int("status", att.Status), zap.String("error", att.Error))
-	if n >= len(retry) {
-		d.deadLetter(ctx, m, cb, rec, log)
+	if n >= len(retry) && err == nil {
+		d.deadLetter(ctx, m, cb, rec, rev, log)
 		return
 	}
-	wait := jitter(retry[n])
-	if retryAfter > wait {
-		wait = min(retryAfter, max(d.cfg.RetryAfterCap, wait))
-	}
-	rec.NextAt = time.Now().Add(wait)
-	if err := d.f.hist.put(ctx, rec); err != nil {
-		log.Warn("forward: attempt not recorded", zap.Error(err))
+	if err != nil {
+		wait = max(wait, time.Second)
 	}
 	_ = m.NakWithDelay(wait)
 }
 
-// jitter spreads a non-zero wait by ±20 %.
-func jitter(w time.Duration) time.Duration {
+// settle carries out an action other than an attempt.
+func (d *dest) settle(ctx context.Context, m jetstream.Msg, cb *callback, rec Delivery, rev uint64, act action, wait time.Duration, stop func(), log *zap.Logger) {
+	stop()
+	switch act {
+	case actAck:
+		_ = m.Ack()
+	case actTerm:
+		_ = m.Term()
+	case actDead:
+		d.deadLetter(ctx, m, cb, rec, rev, log)
+	default:
+		_ = m.NakWithDelay(wait)
+	}
+}
+
+// nextWait is the wait before the next attempt: the schedule's entry with
+// ±20 % jitter (u, in [0, 1), draws it), lengthened by a Retry-After up
+// to retry_after_cap; neither shortens it.
+func nextWait(entry, retryAfter, capAfter time.Duration, u float64) time.Duration {
+	wait := jitterAt(entry, u)
+	if retryAfter > wait {
+		wait = min(retryAfter, max(capAfter, wait))
+	}
+	return wait
+}
+
+// jitterAt spreads a non-zero wait by ±20 %: u = 0 gives 0.8 w, u → 1
+// gives 1.2 w.
+func jitterAt(w time.Duration, u float64) time.Duration {
 	if w <= 0 {
 		return 0
 	}
-	return time.Duration(float64(w) * (0.8 + 0.4*rand.Float64()))
+	return time.Duration(float64(w) * (0.8 + 0.4*u))
+}
+
+// reserve takes the rate limit's next turn at now and returns how long to
+// wait for it (burst one: never two attempts closer than 1/rate).
+func (d *dest) reserve(now time.Time) (*rate.Reservation, time.Duration) {
+	r := d.limit.ReserveN(now, 1)
+	return r, r.DelayFrom(now)
+}
+
+// pace waits for the rate limit, if the destination has one.
+func (d *dest) pace(ctx context.Context) error {
+	if d.limit == nil {
+		return nil
+	}
+	r, delay := d.reserve(d.f.now())
+	if delay <= 0 {
+		return nil
+	}
+	t := time.NewTimer(delay)
+	defer t.Stop()
+	select {
+	case <-t.C:
+		return nil
+	case <-ctx.Done():
+		r.CancelAt(d.f.now())
+		return ctx.Err()
+	}
 }
 
 // keepAlive tells the server the message is being worked on, every third
-// of the ack wait, until stop.
+// of the ack wait, until stop; stop returns once no in-progress ack can
+// follow (so none is sent after the message is settled). Safe twice.
 func (d *dest) keepAlive(m jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	var once sync.Once
+	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		t := time.NewTicker(d.ackWait / 3)
 		defer t.Stop()
 		for {
@@ -454,13 +650,28 @@ func (d *dest) keepAlive(m jetstream.Msg) (stop func()) {
 			}
 		}
 	}()
-	return func() { once.Do(func() { close(done) }) }
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-exited }) }
 }
 
-// deadLetter publishes the callback to its dead-letter subject with its
-// attempt history, then terms it; if the stream refuses, the message
-// comes back later and tries again.
-func (d *dest) deadLetter(ctx context.Context, m jetstream.Msg, cb *callback, rec Delivery, log *zap.Logger) {
+// deadLetterMsgID is the dead letter's Nats-Msg-Id: DeadLetterMsgID for
+// the first round of the schedule; a round started by a replay adds
+// ":replay-<n>", or its dead letter would be dropped as a duplicate of the
+// first one (within the stream's duplicate window) and the operator would
+// not see that the callback failed again.
+func deadLetterMsgID(dest, msgID string, replays int) string {
+	id := DeadLetterMsgID(dest, msgID)
+	if replays > 0 {
+		id += ":replay-" + strconv.Itoa(replays)
+	}
+	return id
+}
+
+// deadLetter publishes the callback to its dead-letter subject with the
+// attempt history of its last round, records it dead (compare-and-set
+// from rev) and terms it; if the stream refuses, the message comes back
+// later and tries again (the same Nats-Msg-Id: no second copy).
+func (d *dest) deadLetter(ctx context.Context, m jetstream.Msg, cb *callback, rec Delivery, rev uint64, log *zap.Logger) {
 	hist, _ := json.Marshal(rec.Attempts[rec.RoundStart:])
 	h := nats.Header{}
 	for k, v := range cb.header {
@@ -468,7 +679,7 @@ func (d *dest) deadLetter(ctx context.Context, m jetstream.Msg, cb *callback, re
 			h[k] = v
 		}
 	}
-	h.Set(publish.HeaderMsgID, DeadLetterMsgID(d.cfg.Name, rec.MsgID))
+	h.Set(publish.HeaderMsgID, deadLetterMsgID(d.cfg.Name, rec.MsgID, rec.Replays))
 	h.Set(HeaderAttempts, string(hist))
 	h.Set(HeaderDestination, d.cfg.Name)
 	h.Set(HeaderSequence, strconv.FormatUint(cb.seq, 10))
@@ -478,9 +689,24 @@ func (d *dest) deadLetter(ctx context.Context, m jetstream.Msg, cb *callback, re
 		_ = m.NakWithDelay(5 * time.Second)
 		return
 	}
-	rec.State, rec.NextAt = StateDead, time.Time{}
-	if err := d.f.hist.put(ctx, rec); err != nil {
-		log.Warn("forward: dead letter stored, record not written", zap.Error(err))
+	key := deliveryKey(d.cfg.Name, rec.TransactionID, rec.Sequence)
+	for i := 0; ; i++ {
+		rec.State, rec.NextAt = StateDead, time.Time{}
+		_, err := d.f.hist.write(ctx, rec, rev)
+		if err == nil {
+			break
+		}
+		var again Delivery
+		if errors.Is(err, errConflict) && i < 4 {
+			if again, rev, err = d.f.hist.get(ctx, key); err == nil && rev != 0 && again.State == StatePending {
+				rec = again
+				continue
+			}
+		}
+		if err != nil {
+			log.Warn("forward: dead letter stored, record not written", zap.Error(err))
+		}
+		break
 	}
 	d.f.m.dead.WithLabelValues(d.cfg.Name).Inc()
 	log.Error("forward: callback not delivered after every attempt; dead-lettered",
@@ -617,7 +843,7 @@ func retryAfter(v string, now time.Time) time.Duration {
 
 // watchLag keeps the lag gauge: callbacks pending and in flight.
 func (d *dest) watchLag(ctx context.Context) {
-	t := time.NewTicker(5 * time.Second)
+	t := time.NewTicker(d.f.lagEvery)
 	defer t.Stop()
 	for {
 		if info, err := d.cons.Info(ctx); err == nil {

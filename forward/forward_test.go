@@ -50,10 +50,19 @@ type app struct {
 	got    []delivery
 	answer func(n int, r *http.Request) (status int, hdr map[string]string)
 	hooks  []*standardwebhooks.Webhook
+	// delay holds each request this long before answering, so requests
+	// overlap; inflight counts requests being answered, per webhook-id
+	// and in all; overlaps counts a webhook-id arriving while the same
+	// one is in flight (a concurrent duplicate).
+	delay       time.Duration
+	inflight    map[string]int
+	inflightAll int
+	maxInflight int
+	overlaps    int
 }
 
 func newApp(t *testing.T, secrets ...string) *app {
-	a := &app{t: t}
+	a := &app{t: t, inflight: map[string]int{}}
 	for _, s := range secrets {
 		wh, err := standardwebhooks.NewWebhook(s)
 		if err != nil {
@@ -75,7 +84,20 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
+	id := r.Header.Get("webhook-id")
 	a.mu.Lock()
+	if a.inflight[id] > 0 {
+		a.overlaps++
+	}
+	a.inflight[id]++
+	a.inflightAll++
+	a.maxInflight = max(a.maxInflight, a.inflightAll)
+	delay := a.delay
+	a.mu.Unlock()
+	time.Sleep(delay)
+	a.mu.Lock()
+	a.inflight[id]--
+	a.inflightAll--
 	n := len(a.got)
 	status, hdr := http.StatusOK, map[string]string(nil)
 	if a.answer != nil {
@@ -117,14 +139,17 @@ func newEnv(t *testing.T) *env {
 	return &env{t: t, nc: nc, js: js, stream: st, subj: s, url: ns.ClientURL()}
 }
 
-// store publishes a callback shaped as the edge stores it.
-func (e *env) store(kind, shortcode, tx, tokenID string, body []byte) {
+// store publishes a callback shaped as the edge stores it and returns its
+// stream sequence.
+func (e *env) store(kind, shortcode, tx, tokenID string, body []byte) uint64 {
 	e.t.Helper()
 	cb := publish.Callback{Kind: kind, Shortcode: shortcode, TransactionID: tx, TokenID: tokenID, SourceIP: "196.201.214.200",
 		Reference: "REF-1", ReceivedAt: time.Now(), Edge: "edge-1", Body: body}
-	if _, err := e.js.PublishMsg(context.Background(), cb.Msg(e.subj.Callback(kind, shortcode, tokenID))); err != nil {
+	ack, err := e.js.PublishMsg(context.Background(), cb.Msg(e.subj.Callback(kind, shortcode, tokenID)))
+	if err != nil {
 		e.t.Fatal(err)
 	}
+	return ack.Sequence
 }
 
 func destination(name, url string) config.Destination {
@@ -139,6 +164,13 @@ func destination(name, url string) config.Destination {
 
 // start runs a forwarder (a replica) on its own connection.
 func (e *env) start(tokens Tokens, ds ...config.Destination) *Forwarder {
+	e.t.Helper()
+	return e.startWith(tokens, nil, ds...)
+}
+
+// startWith is start with tune applied between New and Start (a shorter
+// ack wait or lag interval, a registry).
+func (e *env) startWith(tokens Tokens, tune func(*Forwarder), ds ...config.Destination) *Forwarder {
 	e.t.Helper()
 	nc, err := nats.Connect(e.url)
 	if err != nil {
@@ -155,6 +187,9 @@ func (e *env) start(tokens Tokens, ds ...config.Destination) *Forwarder {
 		}, Log: zaptest.NewLogger(e.t)})
 	if err != nil {
 		e.t.Fatal(err)
+	}
+	if tune != nil {
+		tune(f)
 	}
 	if err := f.Start(context.Background()); err != nil {
 		e.t.Fatal(err)

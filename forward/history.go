@@ -46,6 +46,18 @@ type Delivery struct {
 	NextAt     time.Time `json:"next_at,omitzero"`
 	Replays    int       `json:"replays,omitempty"`
 	ReplayID   string    `json:"replay_id,omitempty"`
+	// Lease is set while an attempt is in flight: until then no other
+	// worker, here or at another replica, makes an attempt for this
+	// callback (a redelivery or a replay waits for it to end).
+	Lease time.Time `json:"lease,omitzero"`
+	// Holder names the attempt holding the lease.
+	Holder string `json:"holder,omitempty"`
+}
+
+// leased reports whether another attempt than holder's holds the record
+// at now.
+func (d Delivery) leased(holder string, now time.Time) bool {
+	return d.Holder != "" && d.Holder != holder && now.Before(d.Lease)
 }
 
 // history is the deliveries bucket.
@@ -73,30 +85,49 @@ func deliveryKey(dest, tx string, seq uint64) string {
 	return dest + "." + txKey(tx) + "." + strconv.FormatUint(seq, 10)
 }
 
-func (h history) get(ctx context.Context, key string) (Delivery, bool, error) {
+// errConflict is a delivery record written by someone else since it was
+// read.
+var errConflict = errors.New("forward: delivery record changed since read")
+
+// get reads a record and its revision (0: none yet).
+func (h history) get(ctx context.Context, key string) (Delivery, uint64, error) {
 	e, err := h.kv.Get(ctx, key)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Delivery{}, false, nil
+		return Delivery{}, 0, nil
 	}
 	if err != nil {
-		return Delivery{}, false, fmt.Errorf("forward: read delivery %s: %w", key, err)
+		return Delivery{}, 0, fmt.Errorf("forward: read delivery %s: %w", key, err)
 	}
 	var d Delivery
 	if err := json.Unmarshal(e.Value(), &d); err != nil {
-		return Delivery{}, false, fmt.Errorf("forward: delivery %s: %w", key, err)
+		return Delivery{}, 0, fmt.Errorf("forward: delivery %s: %w", key, err)
 	}
-	return d, true, nil
+	return d, e.Revision(), nil
 }
 
-func (h history) put(ctx context.Context, d Delivery) error {
+// write stores d if its record is still at revision rev (0: not there
+// yet), and returns the new revision; errConflict when another writer
+// came first (compare and set: two workers never overwrite each other's
+// attempts).
+func (h history) write(ctx context.Context, d Delivery, rev uint64) (uint64, error) {
 	b, err := json.Marshal(d)
 	if err != nil {
-		return err
+		return 0, fmt.Errorf("forward: encode delivery: %w", err)
 	}
-	if _, err := h.kv.Put(ctx, deliveryKey(d.Destination, d.TransactionID, d.Sequence), b); err != nil {
-		return fmt.Errorf("forward: write delivery: %w", err)
+	key := deliveryKey(d.Destination, d.TransactionID, d.Sequence)
+	var n uint64
+	if rev == 0 {
+		n, err = h.kv.Create(ctx, key, b)
+	} else {
+		n, err = h.kv.Update(ctx, key, b, rev)
 	}
-	return nil
+	if errors.Is(err, jetstream.ErrKeyExists) || errors.Is(err, jetstream.ErrKeyRevisionMismatch) {
+		return 0, fmt.Errorf("forward: write delivery %s: %w", key, errConflict)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("forward: write delivery %s: %w", key, err)
+	}
+	return n, nil
 }
 
 // list returns the deliveries of dest, those of tx when tx is set, in at
@@ -116,11 +147,11 @@ func (h history) list(ctx context.Context, dest, tx, state string, limit int) ([
 			_ = keys.Stop()
 			break
 		}
-		d, ok, err := h.get(ctx, k)
+		d, rev, err := h.get(ctx, k)
 		if err != nil {
 			return nil, err
 		}
-		if !ok || (tx != "" && d.TransactionID != tx) || (state != "" && d.State != state) {
+		if rev == 0 || (tx != "" && d.TransactionID != tx) || (state != "" && d.State != state) {
 			continue
 		}
 		out = append(out, d)

@@ -165,8 +165,8 @@ func (f *Forwarder) scan(ctx context.Context, r ReplayRequest, subjects []string
 			if err != nil {
 				continue
 			}
-			rec, ok, err := f.hist.get(ctx, deliveryKey(r.Destination, m.Headers().Get(publish.HeaderTransactionID), seq))
-			if err == nil && ok && rec.State == StateDelivered {
+			rec, rev, err := f.hist.get(ctx, deliveryKey(r.Destination, m.Headers().Get(publish.HeaderTransactionID), seq))
+			if err == nil && rev != 0 && rec.State == StateDelivered {
 				continue
 			}
 			out = append(out, seq)
