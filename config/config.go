@@ -119,9 +119,30 @@ const (
 	OnTimeoutReject = "reject"
 )
 
+// The C2B validation budget.
+const (
+	// DarajaValidationWindow is about how long Daraja waits for the answer
+	// to a C2B validation request; past it, Daraja applies the
+	// ResponseType registered with the URL, whatever the edge answers.
+	DarajaValidationWindow = 8 * time.Second
+	// PublishWait bounds the edge's wait for the JetStream ack of a
+	// callback (edge's publish timeout). A validation answer goes out only
+	// once its decision is published, so this adds to validation.timeout.
+	PublishWait = 3 * time.Second
+	// ValidationMargin is what validation.timeout plus PublishWait should
+	// leave of DarajaValidationWindow for the network (Daraja to the edge
+	// and back, the TLS handshake) and the edge's own work.
+	ValidationMargin = time.Second
+)
+
 // Validation configures the C2B validation request-reply.
 type Validation struct {
-	// Timeout is how long to wait for a validator's reply. Default 4s.
+	// Timeout is how long to wait for a validator's reply. Default 4s. The
+	// edge answers Daraja after this wait and after publishing the
+	// decision (up to PublishWait), and Daraja waits about
+	// DarajaValidationWindow: Validate refuses a timeout that leaves
+	// nothing of that window, and Warnings points out one that leaves
+	// less than ValidationMargin for the network.
 	Timeout time.Duration `yaml:"timeout"`
 	// OnTimeout is the answer when no validator replies: accept | reject.
 	// Default accept.
@@ -252,8 +273,10 @@ type Admin struct {
 type Log struct {
 	// Level is debug | info | warn | error. Default info.
 	Level string `yaml:"level"`
-	// Format is json | console | auto (console when stderr is a terminal,
-	// json otherwise). Default json, as the contract says.
+	// Format is auto | json | console. auto is console when stderr is a
+	// terminal (a person at a shell) and json otherwise (systemd, docker,
+	// a pipe, a file), so logs collected from a service are still the zap
+	// JSON the contract describes. Default auto.
 	Format string `yaml:"format"`
 }
 
@@ -295,7 +318,7 @@ func Default() Config {
 			ShutdownTimeout:   30 * time.Second,
 		},
 		Admin: Admin{Listen: "127.0.0.1:9090", KeyFile: "./data/admin.key", AuthFailuresPerSecond: 0.5},
-		Log:   Log{Level: "info", Format: "json"},
+		Log:   Log{Level: "info", Format: "auto"},
 
 		Recovery: DefaultRecovery(),
 	}

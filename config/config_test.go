@@ -107,7 +107,14 @@ func TestLoadProblems(t *testing.T) {
 		}},
 		{"ca_root not PEM", "tls:\n  mode: acme\n  acme:\n    ca_root: ../go.mod\n", []string{`tls.acme.ca_root: "../go.mod" holds no PEM certificate`}},
 		{"alias loop", "allowlist:\n  cidrs: &x [*x]\n", []string{"allowlist.cidrs[0]: must be a single value"}},
-		{"validation vs write", "validation:\n  timeout: 20s\n", []string{"validation.timeout: 20s must be shorter than limits.write_timeout 10s"}},
+		// issue 11: the answer to a validation goes out after the wait and
+		// the publish, within Daraja's ~8 s and within write_timeout.
+		{"validation past Daraja's window", "validation:\n  timeout: 5s\n", []string{
+			"validation.timeout: 5s plus the edge's 3s wait to publish the decision reaches Daraja's validation window (about 8s): " +
+				"Daraja would give up before the answer and apply the ResponseType registered with the URL; at most 4s leaves 1s for the network"}},
+		{"validation far past Daraja's window", "validation:\n  timeout: 20s\n", []string{"validation.timeout: 20s plus the edge's 3s wait"}},
+		{"validation vs write", "validation:\n  timeout: 2s\nlimits:\n  write_timeout: 5s\n",
+			[]string{"validation.timeout: 2s plus the edge's 3s wait to publish the decision must be shorter than limits.write_timeout 5s"}},
 
 		// issue 13: what serve would refuse, check refuses.
 		{"listen without colon", "listen: 8443\n", []string{`listen: "8443" is not a host:port address (did you mean ":8443"?)`}},
@@ -291,5 +298,35 @@ func TestExampleCommentedBlocks(t *testing.T) {
 	want.Shortcodes, want.Headers = []string{}, map[string]string{}
 	if !same(Config{Forward: Forward{Destinations: []Destination{d}}}, Config{Forward: Forward{Destinations: []Destination{want}}}) {
 		t.Errorf("example destination differs from the defaults:\n got %s\nwant %s", sprintDestination(d), sprintDestination(want))
+	}
+}
+
+// TestValidationBudget (issue 11): Daraja waits about 8 s for a C2B
+// validation answer, and the edge answers after validation.timeout and
+// after publishing the decision (PublishWait). The default leaves a
+// second; less is a warning, none is refused (TestLoadProblems); a
+// destination's validation_timeout, even its default, stays below
+// validation.timeout.
+func TestValidationBudget(t *testing.T) {
+	def := Default()
+	if margin := DarajaValidationWindow - def.Validation.Timeout - PublishWait; margin < ValidationMargin {
+		t.Errorf("the default validation.timeout %s leaves %s of Daraja's window, want %s or more", def.Validation.Timeout, margin, ValidationMargin)
+	}
+	if w := def.Warnings(); len(w) != 0 {
+		t.Errorf("defaults warn: %q", w)
+	}
+	cfg, err := Load([]byte("validation:\n  timeout: 4500ms\n"), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "validation.timeout: 4.5s plus the edge's 3s wait to publish the decision leaves 500ms of Daraja's validation window (about 8s) " +
+		"for the network: a slow validator's answer may arrive after Daraja gave up; 4s or less leaves 1s"
+	if w := cfg.Warnings(); len(w) != 1 || w[0] != want {
+		t.Errorf("warnings %q\nwant %q", w, want)
+	}
+	lines := problemLines(t, "validation:\n  timeout: 2s\nforward:\n  destinations:\n    - {name: shop, url: \"https://shop.internal\", secrets: ["+
+		goodSecret+"], validation_url: \"https://shop.internal/validate\"}\n", noEnv)
+	if len(lines) != 1 || !strings.HasPrefix(lines[0], "forward.destinations[0].validation_timeout: 3s must be shorter than validation.timeout 2s") {
+		t.Errorf("the default validation_timeout above a lowered validation.timeout: %q", lines)
 	}
 }

@@ -3,7 +3,9 @@ package config
 import (
 	"crypto/x509"
 	"encoding/base64"
+	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"math"
 	"net/url"
@@ -47,8 +49,13 @@ type Destination struct {
 	// Secrets sign every delivery ("whsec_" and base64 of at least 24
 	// bytes); each listed secret adds a signature, so a rotation lists the
 	// new and the old. At least one.
-	Secrets []string   `yaml:"secrets"`
-	TLS     ForwardTLS `yaml:"tls"`
+	Secrets []string `yaml:"secrets"`
+	// SecretsFile names a file of signing secrets, one per line; blank
+	// lines and lines starting with # are ignored. Its secrets sign as
+	// if listed in Secrets (after them): a rotation edits the file, then
+	// restarts. Secrets, SecretsFile or both; at least one secret in all.
+	SecretsFile string     `yaml:"secrets_file"`
+	TLS         ForwardTLS `yaml:"tls"`
 	// Headers are static extra request headers (e.g. Authorization).
 	Headers map[string]string `yaml:"headers"`
 	// ForwardedFor adds X-Forwarded-For: the callback's source address.
@@ -203,14 +210,23 @@ func (v *validator) forward(c Config) {
 				v.add(fmt.Sprintf("%s[%d]", key("shortcodes"), j), "%q is not a shortcode (5 to 9 digits)", clip(s))
 			}
 		}
-		if len(d.Secrets) == 0 {
-			v.add(key("secrets"), "needs at least one whsec_ secret: deliveries are always signed")
-		}
 		for j, s := range d.Secrets {
 			// Never echo a secret, not even a bad one.
 			if msg := checkSecret(s); msg != "" {
 				v.add(fmt.Sprintf("%s[%d]", key("secrets"), j), "%s", msg)
 			}
+		}
+		if d.SecretsFile != "" {
+			secrets, err := readSecretsFile(d.SecretsFile)
+			for _, e := range Problems(err) {
+				v.add(key("secrets_file"), "%v", e)
+			}
+			if err == nil && len(secrets) == 0 {
+				v.add(key("secrets_file"), "%q holds no secret (one whsec_ secret a line; # starts a comment)", d.SecretsFile)
+			}
+		}
+		if len(d.Secrets) == 0 && d.SecretsFile == "" {
+			v.add(key("secrets"), "needs at least one whsec_ secret, in secrets or secrets_file: deliveries are always signed")
 		}
 		if d.TLS.CAFile != "" {
 			v.caFile(key("tls.ca_file"), d.TLS.CAFile)
@@ -303,6 +319,87 @@ func (v *validator) caFile(key, path string) {
 	}
 }
 
+// SigningSecrets returns the secrets that sign this destination's
+// deliveries: Secrets, then those of SecretsFile. The error names the
+// file and the line, never a secret.
+func (d Destination) SigningSecrets() ([]string, error) {
+	out := slices.Clone(d.Secrets)
+	if d.SecretsFile == "" {
+		return out, nil
+	}
+	fromFile, err := readSecretsFile(d.SecretsFile)
+	if err != nil {
+		return nil, err
+	}
+	return append(out, fromFile...), nil
+}
+
+// WithFileSecrets returns a copy of c whose forward destinations hold the
+// secrets of their secrets_file in Secrets, and no secrets_file: what the
+// forwarder signs with. c itself is not changed. The error names the
+// destination and the file, never a secret.
+func (c Config) WithFileSecrets() (Config, error) {
+	if len(c.Forward.Destinations) == 0 {
+		return c, nil
+	}
+	dests := slices.Clone(c.Forward.Destinations)
+	var problems []error
+	for i := range dests {
+		if dests[i].SecretsFile == "" {
+			continue
+		}
+		secrets, err := dests[i].SigningSecrets()
+		if err != nil {
+			problems = append(problems, &Problem{Key: fmt.Sprintf("forward.destinations[%d].secrets_file", i), Msg: err.Error()})
+			continue
+		}
+		dests[i].Secrets, dests[i].SecretsFile = secrets, ""
+	}
+	if len(problems) > 0 {
+		return c, errors.Join(problems...)
+	}
+	c.Forward.Destinations = dests
+	return c, nil
+}
+
+// maxSecretsFileBytes bounds a secrets file; a real one is a few lines.
+const maxSecretsFileBytes = 64 << 10
+
+// readSecretsFile reads a file of whsec_ secrets, one per line (blank
+// lines and # comments ignored), and checks each. Its errors split with
+// Problems, one per bad line; none quotes a secret.
+func readSecretsFile(path string) ([]string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, fmt.Errorf("%q cannot be read: %w", path, unwrapPath(err))
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, maxSecretsFileBytes+1))
+	if err != nil {
+		return nil, fmt.Errorf("%q cannot be read: %w", path, unwrapPath(err))
+	}
+	if len(data) > maxSecretsFileBytes {
+		return nil, fmt.Errorf("%q is larger than %d bytes: not a file of secrets", path, maxSecretsFileBytes)
+	}
+	var secrets []string
+	var problems []error
+	for i, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		if msg := checkSecret(line); msg != "" {
+			problems = append(problems, fmt.Errorf("%q line %d: the secret %s", path, i+1, msg))
+			continue
+		}
+		secrets = append(secrets, line)
+	}
+	if len(problems) > 0 {
+		return nil, errors.Join(problems...)
+	}
+	return secrets, nil
+}
+
 // checkSecret returns what is wrong with a signing secret, without
 // quoting it.
 func checkSecret(s string) string {
@@ -337,6 +434,12 @@ func badURLRune(r rune) bool { return r <= ' ' || r == 0x7f }
 // Warnings are things `check` points out without refusing the file.
 func (c Config) Warnings() []string {
 	var out []string
+	if margin := DarajaValidationWindow - c.Validation.Timeout - PublishWait; margin > 0 && margin < ValidationMargin {
+		out = append(out, fmt.Sprintf("validation.timeout: %s plus the edge's %s wait to publish the decision leaves %s of Daraja's "+
+			"validation window (about %s) for the network: a slow validator's answer may arrive after Daraja gave up; "+
+			"%s or less leaves %s", c.Validation.Timeout, PublishWait, margin, DarajaValidationWindow,
+			DarajaValidationWindow-PublishWait-ValidationMargin, ValidationMargin))
+	}
 	for i, d := range c.Forward.Destinations {
 		if u, err := url.Parse(d.URL); err == nil && u.Scheme == "http" {
 			out = append(out, fmt.Sprintf("forward.destinations[%d].url: http:// sends payment details unencrypted; "+

@@ -218,3 +218,85 @@ func TestAliasBombThroughSchema(t *testing.T) {
 		t.Errorf("%d problems, the budget's not among them: %q", len(lines), lines[:min(len(lines), 5)])
 	}
 }
+
+// TestSecretsFile (issue 20): a destination's signing secrets can come
+// from a file, one a line, blank lines and # comments ignored; check
+// names the file and the line of a bad one and never echoes a secret.
+func TestSecretsFile(t *testing.T) {
+	dir := t.TempDir()
+	const other = "whsec_YW5vdGhlci1zZWNyZXQtMDEyMzQ1Njc4OWFi" // 30 bytes
+	write := func(name, content string) string {
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	good := write("good", "# shop signing secrets: new first\n"+other+"\n\n  "+goodSecret+"  \r\n# old one above\n")
+	bad := write("bad", "# comment\nwhsec_secretpw!!\n"+goodSecret+"\nsecretpw-not-whsec\n"+shortSecret+"\n")
+	empty := write("empty", "# nothing yet\n\n")
+	missing := filepath.Join(dir, "missing")
+	dest := func(extra string) string {
+		return "forward:\n  destinations:\n    - {name: shop, url: \"https://shop.internal\"" + extra + "}\n"
+	}
+
+	cfg, err := Load([]byte(dest(", secrets: ["+goodSecret+"], secrets_file: "+good)), noEnv)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := cfg.Forward.Destinations[0]
+	if got, err := d.SigningSecrets(); err != nil || !slices.Equal(got, []string{goodSecret, other, goodSecret}) {
+		t.Errorf("SigningSecrets: %q, %v", got, err)
+	}
+	resolved, err := cfg.WithFileSecrets()
+	if rd := resolved.Forward.Destinations[0]; err != nil || rd.SecretsFile != "" || !slices.Equal(rd.Secrets, []string{goodSecret, other, goodSecret}) {
+		t.Errorf("WithFileSecrets: %+v, %v", rd, err)
+	}
+	if d := cfg.Forward.Destinations[0]; d.SecretsFile != good || len(d.Secrets) != 1 {
+		t.Errorf("WithFileSecrets changed its receiver: %+v", d)
+	}
+	if resolved.Validate() != nil {
+		t.Errorf("resolved config invalid: %v", resolved.Validate())
+	}
+	// secrets_file alone is enough.
+	if _, err := Load([]byte(dest(", secrets_file: "+good)), noEnv); err != nil {
+		t.Errorf("secrets_file alone: %v", err)
+	}
+
+	for _, tt := range []struct {
+		name, extra string
+		want        []string
+	}{
+		{"missing", ", secrets_file: " + missing, []string{`forward.destinations[0].secrets_file: "` + missing + `" cannot be read: no such file or directory`}},
+		{"bad lines", ", secrets_file: " + bad, []string{
+			`forward.destinations[0].secrets_file: "` + bad + `" line 2: the secret is not whsec_ followed by base64`,
+			`forward.destinations[0].secrets_file: "` + bad + `" line 4: the secret must start with "whsec_"`,
+			`forward.destinations[0].secrets_file: "` + bad + `" line 5: the secret holds 5 bytes: at least 24 are needed`,
+		}},
+		{"empty", ", secrets_file: " + empty, []string{`forward.destinations[0].secrets_file: "` + empty + `" holds no secret`}},
+		{"neither", "", []string{"forward.destinations[0].secrets: needs at least one whsec_ secret, in secrets or secrets_file"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			lines := problemLines(t, dest(tt.extra), noEnv)
+			if len(lines) != len(tt.want) {
+				t.Errorf("problems %q, want %d", lines, len(tt.want))
+			}
+			all := strings.Join(lines, "\n")
+			for _, w := range tt.want {
+				if !strings.Contains(all, w) {
+					t.Errorf("missing %q in:\n%s", w, all)
+				}
+			}
+			if strings.Contains(all, "secretpw") || strings.Contains(all, strings.TrimPrefix(goodSecret, "whsec_")) {
+				t.Errorf("a problem echoes a secret:\n%s", all)
+			}
+		})
+	}
+	if _, err := (Destination{SecretsFile: missing}).SigningSecrets(); err == nil || !strings.Contains(err.Error(), missing) {
+		t.Errorf("SigningSecrets of a missing file: %v", err)
+	}
+	if _, err := (Config{Forward: Forward{Destinations: []Destination{{SecretsFile: bad}}}}).WithFileSecrets(); err == nil ||
+		!strings.Contains(err.Error(), "forward.destinations[0].secrets_file: ") || strings.Contains(err.Error(), "secretpw") {
+		t.Errorf("WithFileSecrets of a bad file: %v", err)
+	}
+}

@@ -124,8 +124,17 @@ func (c Config) Validate() error {
 	}
 
 	v.positive("validation.timeout", c.Validation.Timeout)
-	if c.Validation.Timeout >= c.Limits.WriteTimeout {
-		v.add("validation.timeout", "%s must be shorter than limits.write_timeout %s", c.Validation.Timeout, c.Limits.WriteTimeout)
+	// The answer to a validation goes out after the validator's wait and
+	// after its decision is published: both must fit in what Daraja waits,
+	// and in what the listener lets a response take.
+	if answer := c.Validation.Timeout + PublishWait; c.Validation.Timeout > 0 && answer >= DarajaValidationWindow {
+		v.add("validation.timeout", "%s plus the edge's %s wait to publish the decision reaches Daraja's validation window (about %s): "+
+			"Daraja would give up before the answer and apply the ResponseType registered with the URL; "+
+			"at most %s leaves %s for the network", c.Validation.Timeout, PublishWait, DarajaValidationWindow,
+			DarajaValidationWindow-PublishWait-ValidationMargin, ValidationMargin)
+	} else if answer >= c.Limits.WriteTimeout && c.Limits.WriteTimeout > 0 {
+		v.add("validation.timeout", "%s plus the edge's %s wait to publish the decision must be shorter than limits.write_timeout %s, "+
+			"or the answer is cut off", c.Validation.Timeout, PublishWait, c.Limits.WriteTimeout)
 	}
 	if c.Validation.OnTimeout != OnTimeoutAccept && c.Validation.OnTimeout != OnTimeoutReject {
 		v.add("validation.on_timeout", "%q is not one of accept, reject", c.Validation.OnTimeout)
