@@ -616,6 +616,9 @@ type scanner struct {
 	i     int    // next byte to read
 	spans []span // keys of the open objects, innermost last
 	lower []byte
+	// keyWork counts the key bytes the duplicate check compared or hashed:
+	// TestDuplicateKeyScanIsLinear holds it to a constant times the body.
+	keyWork int
 	// spanBuf backs spans for bodies of ordinary size.
 	spanBuf [64]span
 }
@@ -760,6 +763,7 @@ func (s *scanner) object(depth int, r role, x *extract) error {
 		key := b[from : s.i-1]
 		if n := len(s.spans) - base; n < smallObject {
 			for _, sp := range s.spans[base:] {
+				s.keyWork += len(key)
 				if bytes.EqualFold(b[sp.from:sp.to], key) {
 					return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
 				}
@@ -768,14 +772,17 @@ func (s *scanner) object(depth int, r role, x *extract) error {
 			if set == nil {
 				set = make(map[uint64]struct{}, 4*smallObject)
 				for _, sp := range s.spans[base:] {
+					s.keyWork += sp.to - sp.from
 					s.lower = appendLower(s.lower[:0], b[sp.from:sp.to])
 					set[maphash.Bytes(keySeed, s.lower)] = struct{}{}
 				}
 			}
+			s.keyWork += len(key)
 			s.lower = appendLower(s.lower[:0], key)
 			h := maphash.Bytes(keySeed, s.lower)
 			if _, seen := set[h]; seen {
 				for _, sp := range s.spans[base:] {
+					s.keyWork += len(key)
 					if bytes.EqualFold(b[sp.from:sp.to], key) {
 						return fmt.Errorf("%w: object key %q appears twice", ErrMalformed, truncateKey(key))
 					}
