@@ -2,13 +2,16 @@ package publish
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/daraja-edge/daraja-edge/internal/natstest"
 	"github.com/daraja-edge/daraja-edge/spool"
@@ -201,7 +204,8 @@ func TestDurableSpoolsAndReplays(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := NewDurable(live, sp, s, obs, zap.NewNop())
+	core, logs := observer.New(zap.InfoLevel)
+	d := NewDurable(live, sp, s, obs, zap.New(core))
 	n, err := d.Drain(ctx)
 	if err != nil || n != 3 {
 		t.Fatalf("drained %d, %v", n, err)
@@ -209,12 +213,18 @@ func TestDurableSpoolsAndReplays(t *testing.T) {
 	if obs.m["stored"] != 1 || obs.m["duplicate"] != 1 || obs.m["replay"] != 1 {
 		t.Fatalf("replay outcomes %v", obs.m)
 	}
-	ev, err := rejected.NextMsg(2 * time.Second)
+	errs := logs.FilterLevelExact(zap.ErrorLevel).FilterMessageSnippet("conflicts with another callback").AllUntimed()
+	if len(errs) != 1 || errs[0].ContextMap()["msg_id"] != "b2c.result:AG_4" || errs[0].ContextMap()["token_id"] != "tok_c" {
+		t.Fatalf("replay error logs %+v, want one naming b2c.result:AG_4 on tok_c", errs)
+	}
+	ev, err := rejected.NextMsg(10 * time.Second)
 	if err != nil {
 		t.Fatal("no replay_after_outage event:", err)
 	}
-	if ev.Header.Get(HeaderMsgID) != "b2c.result:AG_4" || len(ev.Data) == 0 || string(ev.Data) == `{"tx":"AG_4"}` {
-		t.Fatalf("event %v %s", ev.Header, ev.Data)
+	var got outageEvent
+	if err := json.Unmarshal(ev.Data, &got); err != nil || got.Reason != "replay_after_outage" || got.MsgID != "b2c.result:AG_4" ||
+		got.TokenID != "tok_c" || got.Path != "/b2c/result" || strings.Contains(string(ev.Data), `{"tx":"AG_4"}`) {
+		t.Fatalf("event %s (%v)", ev.Data, err)
 	}
 	uses, _ := live.Uses(ctx, s, "tok_a", "600000", []string{"b2c.result"})
 	if uses["b2c.result"].TransactionID != "AG_1" {
