@@ -34,6 +34,8 @@ var (
 
 // delivery is one request the app stand-in received.
 type delivery struct {
+	proto       string // HTTP/1.1 or HTTP/2.0
+	at          time.Time
 	path, query string
 	header      http.Header
 	body        []byte
@@ -103,7 +105,7 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 	if a.answer != nil {
 		status, hdr = a.answer(n, r)
 	}
-	a.got = append(a.got, delivery{path: r.URL.Path, query: r.URL.RawQuery, header: r.Header.Clone(), body: body, status: status})
+	a.got = append(a.got, delivery{proto: r.Proto, at: time.Now(), path: r.URL.Path, query: r.URL.RawQuery, header: r.Header.Clone(), body: body, status: status})
 	a.mu.Unlock()
 	for k, v := range hdr {
 		w.Header().Set(k, v)
