@@ -19,15 +19,18 @@ import (
 // variants Daraja really sends: numbers or strings, objects or arrays,
 // masked or hashed numbers, Unicode names, pretty-printed, escaped
 // slashes, undocumented timeouts) through a running edge: each is answered
-// 200 and stored once, byte for byte, and no phone number it holds reaches
-// the log.
+// 200 and stored once, byte for byte, and nothing secret a body holds
+// reaches the log: no phone number found anywhere in the body (not only
+// where the parser looks: reversal CreditPartyPublicName, status
+// CreditPartyName, B2C names, the suffix of a 2022+ STK CheckoutRequestID),
+// no v1 MSISDN hash, and no token a B2B result echoes in ReferenceData.
 func TestEveryCallbackBody(t *testing.T) {
 	files, err := filepath.Glob(filepath.Join("..", "testdata", "callbacks", "*.json"))
 	if err != nil || len(files) < 13 {
 		t.Fatalf("callback bodies: %d files, %v", len(files), err)
 	}
 	h := start(t, func(c *config.Config) { c.Limits.MaxBodyBytes = 65536 })
-	var phones []string
+	secrets := map[string]string{} // what must not be logged → the file it came from
 	for _, f := range files {
 		name := filepath.Base(f)
 		kind := daraja.Kind(strings.SplitN(name, "__", 2)[0])
@@ -39,7 +42,9 @@ func TestEveryCallbackBody(t *testing.T) {
 		if err != nil {
 			t.Fatalf("%s: %v", name, err)
 		}
-		phones = append(phones, phoneNumbers(kind, cb, body)...)
+		for _, s := range bodySecrets(body) {
+			secrets[s] = name
+		}
 		shortcode := cb.Shortcode
 		if shortcode == "" {
 			shortcode = "600000"
@@ -67,57 +72,69 @@ func TestEveryCallbackBody(t *testing.T) {
 			t.Errorf("%s: Nats-Msg-Id %q", name, m.Header.Get("Nats-Msg-Id"))
 		}
 	}
-	if len(phones) < 10 {
-		t.Fatalf("found only %d phone numbers in the bodies: the log check below would prove little", len(phones))
+	// The bodies hold what the check below is for: if these went missing
+	// from testdata, the check would prove nothing.
+	for _, must := range []string{
+		"254700000201", // reversal CreditPartyPublicName
+		"254700000301", // status CreditPartyName
+		"0722000001",   // B2C ReceiverPartyPublicName, 07… form
+		"700000101",    // 2022+ STK CheckoutRequestID suffix
+		"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08", // C2B v1 MSISDN hash
+		"TESTTOKENb2bQueueTimeout0000000001",                               // B2B ReferenceData QueueTimeoutURL token
+	} {
+		if _, ok := secrets[strings.ToLower(must)]; !ok {
+			t.Errorf("the body scan did not find %s…: the log check would miss it", must[:6])
+		}
+	}
+	if len(secrets) < 25 {
+		t.Fatalf("found only %d secrets in the bodies: the log check below would prove little", len(secrets))
 	}
 	for _, e := range h.logs.All() {
 		line, _ := json.Marshal(e.ContextMap())
-		text := e.Message + " " + string(line)
-		for _, p := range phones {
-			if strings.Contains(text, p) {
-				t.Errorf("log holds phone number %s…: %s", p[:4], text)
+		text := strings.ToLower(e.Message + " " + string(line))
+		for s, file := range secrets {
+			if strings.Contains(text, s) {
+				t.Errorf("log holds %s… from %s: %s", s[:6], file, text)
 			}
 		}
 	}
 }
 
-var nineDigits = regexp.MustCompile(`(?:254|0)?([17][0-9]{8})`)
+var (
+	digitRun = regexp.MustCompile(`[0-9]+`)
+	hexRun   = regexp.MustCompile(`[0-9a-fA-F]{64,}`)
+	urlToken = regexp.MustCompile(`[?&]t=([^&"\\\s]+)`)
+)
 
-// phoneNumbers lists the full phone numbers a body carries, as they appear
-// in it and as their national 9 digits: the extracted MSISDN, the STK
-// PhoneNumber item, B2C receiver names, and the payer's number at the end
-// of a 2022+ STK CheckoutRequestID.
-func phoneNumbers(kind daraja.Kind, cb daraja.Callback, body []byte) []string {
+// bodySecrets finds, anywhere in body (every string, number and key, not
+// only the fields the parser reads), what a log must never hold, lower
+// case: every phone number (a run of digits shaped as a Kenyan mobile
+// number, 2547…/2541… or 07…/01…, and its 9 national digits), the payer's
+// number at the end of a 2022+ STK CheckoutRequestID (17 timestamp digits,
+// then 9), every 64-hex run (a C2B v1 MSISDN hash), and every ?t= token of
+// a URL the body echoes.
+func bodySecrets(body []byte) []string {
 	var out []string
-	add := func(s string) {
-		for _, m := range nineDigits.FindAllStringSubmatch(s, -1) {
-			out = append(out, m[0], m[1])
+	mobile := func(national string) bool {
+		return len(national) == 9 && (national[0] == '7' || national[0] == '1')
+	}
+	for _, run := range digitRun.FindAllString(string(body), -1) {
+		switch {
+		case len(run) == 12 && strings.HasPrefix(run, "254") && mobile(run[3:]):
+			out = append(out, run, run[3:])
+		case len(run) == 10 && run[0] == '0' && mobile(run[1:]):
+			out = append(out, run, run[1:])
+		case len(run) == 9 && mobile(run):
+			out = append(out, run)
+		case len(run) == 17+9 && mobile(run[17:]):
+			out = append(out, run[17:])
 		}
 	}
-	if cb.MSISDN != "" && !strings.Contains(cb.MSISDN, "*") {
-		add(cb.MSISDN)
+	for _, h := range hexRun.FindAllString(string(body), -1) {
+		out = append(out, strings.ToLower(h))
 	}
-	var any struct {
-		Body struct {
-			StkCallback struct {
-				CallbackMetadata struct {
-					Item []struct {
-						Name  string
-						Value json.RawMessage
-					}
-				}
-			} `json:"stkCallback"`
-		}
-	}
-	if json.Unmarshal(body, &any) == nil {
-		for _, it := range any.Body.StkCallback.CallbackMetadata.Item {
-			if it.Name == "PhoneNumber" {
-				add(strings.Trim(string(it.Value), `"`))
-			}
-		}
-	}
-	if kind == daraja.STKCallback && len(cb.TransactionID) == len("ws_CO_")+26 {
-		out = append(out, cb.TransactionID[len(cb.TransactionID)-9:])
+	for _, m := range urlToken.FindAllStringSubmatch(string(body), -1) {
+		out = append(out, strings.ToLower(m[1]))
 	}
 	return out
 }
