@@ -36,9 +36,10 @@ type Recovery struct {
 	ConsumerKeyFile    string `yaml:"consumer_key_file"`
 	ConsumerSecret     string `yaml:"consumer_secret"`
 	ConsumerSecretFile string `yaml:"consumer_secret_file"`
-	// Rate is Daraja queries per second across this edge; Burst the
-	// queries allowed at once. Default 2 and 5 (Daraja's spike arrest is a
-	// few per second per app).
+	// Rate is Daraja queries per second across every replica together
+	// (counted in a shared key-value bucket); Burst the queries one edge
+	// may start at once. Default 2 and 5 (Daraja's spike arrest is a few
+	// per second per app).
 	Rate  float64 `yaml:"rate"`
 	Burst int     `yaml:"burst"`
 	// Timeout bounds one HTTP call to Daraja. Default 15s.

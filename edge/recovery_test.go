@@ -23,7 +23,8 @@ import (
 // issued, its checkout_request_id PATCHed, and it expires without a
 // callback: Daraja's STK Push Query is made once, its answer is on
 // daraja.recovered.stk.callback.<shortcode>.<token id>, and no secret is in
-// any log.
+// any log (the app's key and secret, the passkey, the URL token, the
+// OAuth access tokens and the STK password).
 func TestRecoveryEndToEnd(t *testing.T) {
 	dir := t.TempDir()
 	ns := natsAt(t, server.RANDOM_PORT, filepath.Join(dir, "nats"))
@@ -72,7 +73,13 @@ func TestRecoveryEndToEnd(t *testing.T) {
 	if n := d.Calls("/mpesa/stkpushquery/v1/query"); n != 1 {
 		t.Fatalf("%d STK queries with two replicas, want 1", n)
 	}
-	secrets := []string{d.Key, d.Secret, passkey, iss.Token}
+	secrets := append([]string{d.Key, d.Secret, passkey, iss.Token}, d.Tokens()...) // every OAuth access token issued
+	for _, q := range d.Requests("/mpesa/stkpushquery/v1/query") {
+		secrets = append(secrets, q["Password"].(string)) // the STK password: base64(shortcode+passkey+timestamp)
+	}
+	if len(d.Tokens()) == 0 {
+		t.Fatal("no access token issued")
+	}
 	for _, l := range logs {
 		for _, e := range l.All() {
 			line, _ := json.Marshal(append([]any{e.Message}, e.ContextMap()))

@@ -8,7 +8,9 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -29,6 +31,7 @@ const (
 	HeaderOutcome       = "Daraja-Recovery-Outcome"  // answered | acknowledged | unrecoverable
 	HeaderError         = "Daraja-Recovery-Error"    // unrecoverable: why
 	HeaderResultTokenID = "Daraja-Recovery-Token-Id" // transaction-status: the token its result callback arrives on
+	HeaderCount         = "Daraja-Recovery-Count"    // pull-transactions: the transactions found (one message each)
 )
 
 // Query names.
@@ -38,9 +41,10 @@ const (
 	QueryPull   = "pull-transactions"
 )
 
-// Subject is <prefix>.recovered.<kind>.<shortcode>.<token id>.
-func Subject(s publish.Subjects, kind, shortcode, tokenID string) string {
-	return s.Prefix + ".recovered." + kind + "." + shortcode + "." + tokenID
+// Subject is <prefix>.recovered.<kind>.<shortcode>.<token id>, or
+// <receipt> in place of the token id for a reconcile finding.
+func Subject(s publish.Subjects, kind, shortcode, id string) string {
+	return s.Prefix + ".recovered." + kind + "." + shortcode + "." + id
 }
 
 // ConsumerName is the durable consumer every replica shares: JetStream
@@ -140,12 +144,31 @@ type Options struct {
 	Records    Records
 	Issuer     Issuer
 	Shortcodes map[string]Shortcode
+	// Rate is Daraja queries per second across every replica (shared
+	// through the RateBucket key-value bucket), Burst the queries one
+	// replica may start at once.
 	Rate       float64
 	Burst      int
 	Attempts   int
 	Backoff    time.Duration
 	MaxBackoff time.Duration
 	ResultTTL  time.Duration
+	// AckWait is the shared consumer's ack wait (default 2m). A replica
+	// working on an event tells JetStream so every AckWait/4, through
+	// retries and backoff, so the event is not handed to another replica
+	// while it is being recovered.
+	AckWait time.Duration
+	// Workers is the events one replica recovers at a time (default 4).
+	// Each fetches one event only when it is free: no event waits in a
+	// replica's buffer while its ack wait runs.
+	Workers int
+	// PullWindow is how far around a reconcile finding's time Pull
+	// Transactions looks for its receipt (default 30m either side).
+	PullWindow time.Duration
+	// RateBucket is the key-value bucket of the shared rate windows
+	// (default RateBucket(Subjects.Prefix)); it is replicated like the
+	// stream.
+	RateBucket string
 	// Registerer takes the metrics (nil: not registered).
 	Registerer prometheus.Registerer
 	Log        *zap.Logger
@@ -159,11 +182,31 @@ func OptionsFrom(r config.Recovery, o Options) Options {
 	return o
 }
 
+// Outcomes of a missing event (the outcome label and the
+// Daraja-Recovery-Outcome header; skipped is never published).
+const (
+	OutcomeAnswered      = "answered"
+	OutcomeAcknowledged  = "acknowledged"
+	OutcomeUnrecoverable = "unrecoverable"
+	OutcomeSkipped       = "skipped"
+)
+
+// SourceReconcile is the Daraja-Missing-Source (and the body's "source")
+// of a missing event that `daraja-edge reconcile --publish` found in a
+// statement: it names a receipt, not a token.
+const SourceReconcile = "reconcile"
+
+// HeaderMissingSource names where a missing event came from; recovered
+// messages of reconcile findings carry it too.
+const HeaderMissingSource = "Daraja-Missing-Source"
+
 // Service answers missing events with Daraja queries.
 type Service struct {
 	o        Options
 	log      *zap.Logger
 	limit    *rate.Limiter
+	shared   *sharedLimit
+	stream   jetstream.Stream
 	consumer jetstream.Consumer
 
 	attempts *prometheus.CounterVec
@@ -185,6 +228,18 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	if o.Attempts < 1 {
 		o.Attempts = 1
 	}
+	if o.AckWait <= 0 {
+		o.AckWait = 2 * time.Minute
+	}
+	if o.Workers < 1 {
+		o.Workers = 4
+	}
+	if o.PullWindow <= 0 {
+		o.PullWindow = 30 * time.Minute
+	}
+	if o.RateBucket == "" {
+		o.RateBucket = RateBucket(o.Subjects.Prefix)
+	}
 	st, err := o.JS.Stream(ctx, o.Stream)
 	if err != nil {
 		return nil, fmt.Errorf("recovery: stream %s: %w", o.Stream, err)
@@ -192,16 +247,21 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	cons, err := st.CreateOrUpdateConsumer(ctx, jetstream.ConsumerConfig{
 		Durable: ConsumerName, Description: "daraja-edge: missing callbacks recovered by Daraja queries",
 		FilterSubject: o.Subjects.Prefix + ".missing.>", DeliverPolicy: jetstream.DeliverNewPolicy,
-		AckPolicy: jetstream.AckExplicitPolicy, AckWait: 2 * time.Minute, MaxDeliver: 10, MaxAckPending: 64,
+		AckPolicy: jetstream.AckExplicitPolicy, AckWait: o.AckWait, MaxDeliver: 10, MaxAckPending: 64,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("recovery: consumer %s: %w", ConsumerName, err)
 	}
-	s := &Service{o: o, log: o.Log.Named("recovery"), limit: rate.NewLimiter(rate.Limit(o.Rate), max(1, o.Burst)), consumer: cons,
+	shared, err := openSharedLimit(ctx, o.JS, o.RateBucket, st.CachedInfo().Config.Replicas, o.Rate)
+	if err != nil {
+		return nil, err
+	}
+	s := &Service{o: o, log: o.Log.Named("recovery"), limit: rate.NewLimiter(rate.Limit(o.Rate), max(1, o.Burst)), shared: shared,
+		stream: st, consumer: cons,
 		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "daraja_edge_recovery_attempts_total",
 			Help: "Daraja queries made to recover missing callbacks, by query and result (ok, retryable, failed)."}, []string{"query", "result"}),
 		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "daraja_edge_recovery_outcomes_total",
-			Help: "Missing callbacks settled by recovery, by query and outcome (answered, acknowledged, unrecoverable)."}, []string{"query", "outcome"}),
+			Help: "Missing events settled by recovery, by query and outcome (answered, acknowledged, unrecoverable, skipped)."}, []string{"query", "outcome"}),
 		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "daraja_edge_recovery_query_seconds",
 			Help: "Latency of one Daraja recovery query.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 10)}, []string{"query"}),
 	}
@@ -215,18 +275,61 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	return s, nil
 }
 
-// Run handles missing events until ctx ends.
+// Run handles missing events until ctx ends, Workers at a time.
 func (s *Service) Run(ctx context.Context) error {
-	cc, err := s.consumer.Consume(func(m jetstream.Msg) { s.handle(ctx, m) })
-	if err != nil {
-		return fmt.Errorf("recovery: consume: %w", err)
+	var wg sync.WaitGroup
+	for range s.o.Workers {
+		wg.Add(1)
+		go func() { defer wg.Done(); s.work(ctx) }()
 	}
-	<-ctx.Done()
-	cc.Stop()
-	<-cc.Closed()
+	wg.Wait()
 	return nil
 }
 
+// work fetches one event at a time, only when it can start on it.
+func (s *Service) work(ctx context.Context) {
+	for ctx.Err() == nil {
+		fctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		batch, err := s.consumer.Fetch(1, jetstream.FetchContext(fctx))
+		if err != nil {
+			cancel()
+			if ctx.Err() == nil {
+				s.log.Warn("missing events not fetched; trying again", zap.Error(err))
+				_ = sleepCtx(ctx, time.Second)
+			}
+			continue
+		}
+		for m := range batch.Messages() {
+			s.handle(ctx, m)
+		}
+		cancel()
+	}
+}
+
+// heartbeat tells JetStream every AckWait/4 that m is being worked on,
+// until stop is called.
+func (s *Service) heartbeat(m jetstream.Msg) (stop func()) {
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(max(s.o.AckWait/4, time.Millisecond))
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+				_ = m.InProgress()
+			}
+		}
+	}()
+	return func() { close(done); wg.Wait() }
+}
+
+// missingEvent is a missing event's body: the edge's own (a token that
+// expired) or reconcile's (a statement line with no callback).
 type missingEvent struct {
 	TokenID   string   `json:"token_id"`
 	Kinds     []string `json:"kinds"`
@@ -234,6 +337,32 @@ type missingEvent struct {
 	Reference string   `json:"reference"`
 	IssuedAt  string   `json:"issued_at"`
 	ExpiresAt string   `json:"expires_at"`
+
+	Source  string `json:"source"`
+	Receipt string `json:"receipt"`
+	Kind    string `json:"kind"`
+	Time    string `json:"time"`
+}
+
+// job is one missing event to recover.
+type job struct {
+	kind, shortcode string
+	tokenID         string // the edge's own event
+	reference       string
+	receipt         string    // a reconcile finding
+	at              time.Time // the finding's time (zero: unknown)
+	subject         string    // <prefix>.recovered.<kind>.<shortcode>.<token id or receipt>
+	msgID           string    // Nats-Msg-Id of a single answer
+}
+
+func (j job) reconcile() bool { return j.receipt != "" }
+
+// name is what a log line names the event by.
+func (j job) name() zap.Field {
+	if j.reconcile() {
+		return zap.String("receipt", j.receipt)
+	}
+	return zap.String("token_id", j.tokenID)
 }
 
 // answer is what one recovery publishes.
@@ -241,145 +370,362 @@ type answer struct {
 	query, outcome, reason string
 	body                   []byte
 	resultToken            string
+	txs                    []PullTransaction // pull-transactions: one message each
 }
 
+// result is what becomes of the event after the work.
+type result int
+
+const (
+	ack result = iota
+	nak
+	term
+	stopping
+)
+
 func (s *Service) handle(ctx context.Context, m jetstream.Msg) {
-	var ev missingEvent
-	if err := json.Unmarshal(m.Data(), &ev); err != nil || !verify.ValidID(ev.TokenID) || len(ev.Kinds) == 0 {
-		s.log.Warn("missing event not understood; dropped", zap.String("subject", m.Subject()))
-		_ = m.Term()
-		return
-	}
-	kind := ev.Kinds[0]
-	subject := Subject(s.o.Subjects, kind, ev.Shortcode, ev.TokenID)
-	if last, err := s.o.Publisher.Last(ctx, subject); err != nil {
-		_ = m.NakWithDelay(5 * time.Second)
-		return
-	} else if last != nil { // settled before (a redelivery after a crash)
+	stop := s.heartbeat(m)
+	r := s.process(ctx, m)
+	stop()
+	switch r {
+	case ack:
 		_ = m.Ack()
-		return
-	}
-	a := s.recover(ctx, m, ev, kind)
-	if ctx.Err() != nil {
-		return // stopping: redelivered to a replica that runs
-	}
-	if err := s.publish(ctx, ev, kind, subject, a); err != nil {
-		s.log.Warn("recovered answer not stored; redelivered later", zap.String("token_id", ev.TokenID), zap.Error(err))
+	case nak:
 		_ = m.NakWithDelay(5 * time.Second)
-		return
+	case term:
+		_ = m.Term()
+	case stopping:
+		_ = m.Nak() // another replica that runs takes it now
+	}
+}
+
+// queryFor names the Daraja query that recovers a kind ("": none).
+func queryFor(kind string) string {
+	switch {
+	case daraja.Kind(kind) == daraja.STKCallback:
+		return QuerySTK
+	case strings.HasPrefix(kind, "b2c.") || strings.HasPrefix(kind, "b2b.") || strings.HasPrefix(kind, "reversal."):
+		return QueryStatus
+	case daraja.Kind(kind) == daraja.C2BConfirmation:
+		return QueryPull
+	}
+	return ""
+}
+
+// parse reads a missing event; ok false: not one this service knows.
+func (s *Service) parse(m jetstream.Msg) (job, bool) {
+	var ev missingEvent
+	if err := json.Unmarshal(m.Data(), &ev); err != nil {
+		return job{}, false
+	}
+	if m.Headers().Get(HeaderMissingSource) == SourceReconcile || ev.Source == SourceReconcile {
+		rest := strings.TrimPrefix(m.Subject(), s.o.Subjects.Prefix+".missing.")
+		kind, sc := rest, ""
+		if i := strings.LastIndexByte(rest, '.'); i > 0 {
+			kind, sc = rest[:i], rest[i+1:]
+		}
+		if ev.Kind != "" {
+			kind = ev.Kind
+		}
+		if ev.Shortcode != "" {
+			sc = ev.Shortcode
+		}
+		if !validReceipt(ev.Receipt) || !daraja.Kind(kind).Valid() || !validToken(sc) {
+			return job{}, false
+		}
+		j := job{kind: kind, shortcode: sc, receipt: ev.Receipt,
+			subject: Subject(s.o.Subjects, kind, sc, ev.Receipt), msgID: "recovered:" + kind + ":" + ev.Receipt}
+		j.at, _ = time.Parse(time.RFC3339Nano, ev.Time)
+		return j, true
+	}
+	if !verify.ValidID(ev.TokenID) || len(ev.Kinds) == 0 || !validToken(ev.Shortcode) {
+		return job{}, false
+	}
+	kind := ev.Kinds[0] // the first kind a query recovers, else the first
+	for _, k := range ev.Kinds {
+		if queryFor(k) != "" {
+			kind = k
+			break
+		}
+	}
+	if !daraja.Kind(kind).Valid() {
+		return job{}, false
+	}
+	return job{kind: kind, shortcode: ev.Shortcode, tokenID: ev.TokenID, reference: ev.Reference,
+		subject: Subject(s.o.Subjects, kind, ev.Shortcode, ev.TokenID), msgID: "recovered:" + ev.TokenID}, true
+}
+
+// validToken: a non-empty subject token (no wildcard, dot or space).
+func validToken(s string) bool {
+	return s != "" && len(s) <= 64 && !strings.ContainsAny(s, ".*> \t\r\n")
+}
+
+func (s *Service) process(ctx context.Context, m jetstream.Msg) result {
+	j, ok := s.parse(m)
+	if !ok {
+		s.log.Warn("missing event not understood; dropped", zap.String("subject", m.Subject()))
+		return term
+	}
+	done, err := s.settled(ctx, j.subject)
+	if err != nil {
+		s.log.Warn("recovered subject not read; redelivered later", j.name(), zap.Error(err))
+		return nak
+	} else if done { // settled before (a redelivery after a crash, or a finding published again)
+		return ack
+	}
+	a := s.recover(ctx, j)
+	if ctx.Err() != nil {
+		return stopping
+	}
+	if a.outcome == OutcomeSkipped {
+		s.outcomes.WithLabelValues(a.query, a.outcome).Inc()
+		s.log.Debug("missing event skipped", j.name(), zap.String("kind", j.kind), zap.String("shortcode", j.shortcode),
+			zap.String("reason", a.reason))
+		return ack
+	}
+	if err := s.publish(ctx, j, a); err != nil {
+		if ctx.Err() != nil {
+			return stopping
+		}
+		s.log.Warn("recovered answer not stored; redelivered later", j.name(), zap.Error(err))
+		return nak
 	}
 	s.outcomes.WithLabelValues(a.query, a.outcome).Inc()
-	fields := []zap.Field{zap.String("token_id", ev.TokenID), zap.String("kind", kind), zap.String("shortcode", ev.Shortcode),
+	fields := []zap.Field{j.name(), zap.String("kind", j.kind), zap.String("shortcode", j.shortcode),
 		zap.String("query", a.query), zap.String("outcome", a.outcome)}
+	if a.txs != nil {
+		fields = append(fields, zap.Int("transactions", len(a.txs)))
+	}
 	if a.reason != "" {
 		fields = append(fields, zap.String("reason", a.reason))
 	}
 	s.log.Info("missing callback recovery settled", fields...)
-	_ = m.Ack()
+	return ack
+}
+
+// maxSubjectMessages bounds the messages read back from one recovered
+// subject.
+const maxSubjectMessages = maxPullTransactions + 1
+
+// subjectMessages reads the messages on a recovered subject, oldest first.
+func (s *Service) subjectMessages(ctx context.Context, subject string) ([]*jetstream.RawStreamMsg, error) {
+	var out []*jetstream.RawStreamMsg
+	for seq := uint64(1); len(out) < maxSubjectMessages; {
+		m, err := s.stream.GetMsg(ctx, seq, jetstream.WithGetMsgSubject(subject))
+		if errors.Is(err, jetstream.ErrMsgNotFound) {
+			break
+		}
+		if err != nil {
+			return nil, fmt.Errorf("recovery: read %s: %w", subject, err)
+		}
+		out = append(out, m)
+		seq = m.Sequence + 1
+	}
+	return out, nil
+}
+
+// settled reports whether subject holds the whole answer already: a
+// single answer, or every transaction a Pull found (each message carries
+// the count found, Daraja-Recovery-Count).
+func (s *Service) settled(ctx context.Context, subject string) (bool, error) {
+	last, err := s.o.Publisher.Last(ctx, subject)
+	if err != nil || last == nil {
+		return false, err
+	}
+	n, err := strconv.Atoi(last.Header.Get(HeaderCount))
+	if err != nil {
+		return true, nil
+	}
+	msgs, err := s.subjectMessages(ctx, subject)
+	if err != nil {
+		return false, err
+	}
+	return len(distinctIDs(msgs)) >= n, nil
+}
+
+func distinctIDs(msgs []*jetstream.RawStreamMsg) map[string]bool {
+	ids := map[string]bool{}
+	for _, m := range msgs {
+		ids[m.Header.Get(publish.HeaderMsgID)] = true
+	}
+	return ids
 }
 
 func unrecoverable(query, format string, args ...any) answer {
-	return answer{query: query, outcome: "unrecoverable", reason: fmt.Sprintf(format, args...)}
+	return answer{query: query, outcome: OutcomeUnrecoverable, reason: fmt.Sprintf(format, args...)}
 }
 
-func (s *Service) recover(ctx context.Context, m jetstream.Msg, ev missingEvent, kind string) answer {
-	sc, ok := s.o.Shortcodes[ev.Shortcode]
-	k := daraja.Kind(kind)
-	query := ""
-	switch {
-	case k == daraja.STKCallback:
-		query = QuerySTK
-	case strings.HasPrefix(kind, "b2c.") || strings.HasPrefix(kind, "b2b.") || strings.HasPrefix(kind, "reversal."):
-		query = QueryStatus
-	case k == daraja.C2BConfirmation:
-		query = QueryPull
-	default:
-		return unrecoverable("none", "no Daraja query recovers a %s callback", kind)
+func skipped(query, format string, args ...any) answer {
+	return answer{query: query, outcome: OutcomeSkipped, reason: fmt.Sprintf(format, args...)}
+}
+
+// pullLayout is Pull Transactions' date format (EAT).
+const pullLayout = "2006-01-02 15:04:05"
+
+func (s *Service) recover(ctx context.Context, j job) answer {
+	if j.reconcile() {
+		return s.recoverReceipt(ctx, j)
 	}
+	query := queryFor(j.kind)
+	if query == "" {
+		return unrecoverable("none", "no Daraja query recovers a %s callback", j.kind)
+	}
+	sc, ok := s.o.Shortcodes[j.shortcode]
 	if !ok {
-		return unrecoverable(query, "shortcode %s is not in recovery.shortcodes", ev.Shortcode)
+		return unrecoverable(query, "shortcode %s is not in recovery.shortcodes", j.shortcode)
 	}
-	rec, err := s.o.Records.Get(ctx, ev.TokenID)
+	rec, err := s.o.Records.Get(ctx, j.tokenID)
 	if err != nil {
 		return unrecoverable(query, "token record: %v", err)
 	}
-	var call func(ctx context.Context) ([]byte, error)
-	var resultToken string
 	switch query {
 	case QuerySTK:
 		if sc.Passkey == "" {
-			return unrecoverable(query, "shortcode %s has no passkey", ev.Shortcode)
+			return unrecoverable(query, "shortcode %s has no passkey", j.shortcode)
 		}
 		if rec.CheckoutRequestID == "" {
 			return unrecoverable(query, "no checkout_request_id recorded on the token (PATCH /v1/tokens/{id})")
 		}
-		call = func(ctx context.Context) ([]byte, error) {
+		body, err := s.retry(ctx, query, func(ctx context.Context) ([]byte, error) {
 			ts := Timestamp(s.o.Now())
-			return sc.Client.QuerySTK(ctx, STKQuery{BusinessShortCode: ev.Shortcode, Password: STKPassword(ev.Shortcode, sc.Passkey, ts),
+			return sc.Client.QuerySTK(ctx, STKQuery{BusinessShortCode: j.shortcode, Password: STKPassword(j.shortcode, sc.Passkey, ts),
 				Timestamp: ts, CheckoutRequestID: rec.CheckoutRequestID})
+		})
+		if err != nil {
+			return unrecoverable(query, "%v", err)
 		}
+		return answer{query: query, outcome: OutcomeAnswered, body: body}
 	case QueryStatus:
 		if sc.Initiator == "" {
-			return unrecoverable(query, "shortcode %s has no initiator_name", ev.Shortcode)
+			return unrecoverable(query, "shortcode %s has no initiator_name", j.shortcode)
 		}
 		if rec.OriginatorConversationID == "" {
 			return unrecoverable(query, "no originator_conversation_id recorded on the token (PATCH /v1/tokens/{id})")
 		}
-		iss, err := s.o.Issuer.Issue(ctx, verify.IssueRequest{Kinds: []daraja.Kind{daraja.StatusResult, daraja.StatusTimeout},
-			Shortcode: ev.Shortcode, Reference: "recovers " + ev.TokenID, TTL: s.o.ResultTTL.String()})
-		if err != nil {
-			return unrecoverable(query, "result token: %v", err)
-		}
-		resultToken = iss.ID
-		call = func(ctx context.Context) ([]byte, error) {
-			return sc.Client.QueryStatus(ctx, StatusQuery{Initiator: sc.Initiator, SecurityCredential: sc.SecurityCredential,
-				OriginalConversationID: rec.OriginatorConversationID, PartyA: ev.Shortcode, IdentifierType: sc.IdentifierType,
-				ResultURL: iss.URLs[string(daraja.StatusResult)], QueueTimeOutURL: iss.URLs[string(daraja.StatusTimeout)],
-				Remarks: "daraja-edge recovery", Occasion: ev.TokenID})
-		}
-	case QueryPull:
+		return s.status(ctx, j, sc, StatusQuery{OriginalConversationID: rec.OriginatorConversationID})
+	default: // QueryPull
 		if !sc.Pull {
-			return unrecoverable(query, "shortcode %s is not registered for Pull Transactions (pull: true)", ev.Shortcode)
+			return unrecoverable(query, "shortcode %s is not registered for Pull Transactions (pull: true)", j.shortcode)
 		}
-		const layout = "2006-01-02 15:04:05"
-		from, to := rec.IssuedAt.In(eat).Format(layout), rec.ExpiresAt.In(eat).Format(layout)
-		call = func(ctx context.Context) ([]byte, error) {
-			return sc.Client.QueryPull(ctx, PullQuery{ShortCode: ev.Shortcode, StartDate: from, EndDate: to, OffSetValue: "0"})
+		txs, err := s.pull(ctx, sc, j.shortcode, rec.IssuedAt, rec.ExpiresAt, "")
+		if err != nil {
+			return unrecoverable(query, "%v", err)
 		}
+		if len(txs) == 0 {
+			return unrecoverable(query, "Pull Transactions found no transaction between %s and %s (EAT)",
+				rec.IssuedAt.In(eat).Format(pullLayout), rec.ExpiresAt.In(eat).Format(pullLayout))
+		}
+		return answer{query: query, outcome: OutcomeAnswered, txs: txs}
 	}
-	body, err := s.retry(ctx, m, query, call)
+}
+
+// recoverReceipt recovers a reconcile finding by its receipt: a C2B
+// payment by Pull Transactions around its time where the shortcode is
+// registered for it, anything else by Transaction Status with the
+// receipt as TransactionID where the shortcode has an initiator. A
+// finding no query can recover is skipped: the reconcile report already
+// holds it.
+func (s *Service) recoverReceipt(ctx context.Context, j job) answer {
+	sc, ok := s.o.Shortcodes[j.shortcode]
+	switch {
+	case !ok:
+		return skipped("none", "shortcode %s is not in recovery.shortcodes", j.shortcode)
+	case daraja.Kind(j.kind) == daraja.C2BConfirmation && sc.Pull && !j.at.IsZero():
+		from, to := j.at.Add(-s.o.PullWindow), j.at.Add(s.o.PullWindow)
+		txs, err := s.pull(ctx, sc, j.shortcode, from, to, j.receipt)
+		if err != nil {
+			return unrecoverable(QueryPull, "%v", err)
+		}
+		for _, tx := range txs {
+			if tx.Receipt == j.receipt {
+				return answer{query: QueryPull, outcome: OutcomeAnswered, txs: []PullTransaction{tx}}
+			}
+		}
+		return unrecoverable(QueryPull, "receipt %s is not in Pull Transactions between %s and %s (EAT)", j.receipt,
+			from.In(eat).Format(pullLayout), to.In(eat).Format(pullLayout))
+	case sc.Initiator != "":
+		return s.status(ctx, j, sc, StatusQuery{TransactionID: j.receipt})
+	}
+	return skipped("none", "shortcode %s has neither pull: true nor an initiator_name", j.shortcode)
+}
+
+// status makes a Transaction Status query (q names the transaction) with
+// a fresh token's status URLs as ResultURL and QueueTimeOutURL.
+func (s *Service) status(ctx context.Context, j job, sc Shortcode, q StatusQuery) answer {
+	of := j.tokenID
+	if j.reconcile() {
+		of = j.receipt
+	}
+	iss, err := s.o.Issuer.Issue(ctx, verify.IssueRequest{Kinds: []daraja.Kind{daraja.StatusResult, daraja.StatusTimeout},
+		Shortcode: j.shortcode, Reference: "recovers " + of, TTL: s.o.ResultTTL.String()})
 	if err != nil {
-		a := unrecoverable(query, "%v", err)
-		a.resultToken = resultToken
+		return unrecoverable(QueryStatus, "result token: %v", err)
+	}
+	q.Initiator, q.SecurityCredential, q.PartyA, q.IdentifierType = sc.Initiator, sc.SecurityCredential, j.shortcode, sc.IdentifierType
+	q.ResultURL, q.QueueTimeOutURL = iss.URLs[string(daraja.StatusResult)], iss.URLs[string(daraja.StatusTimeout)]
+	q.Remarks, q.Occasion = "daraja-edge recovery", of
+	body, err := s.retry(ctx, QueryStatus, func(ctx context.Context) ([]byte, error) { return sc.Client.QueryStatus(ctx, q) })
+	if err != nil {
+		a := unrecoverable(QueryStatus, "%v", err)
+		a.resultToken = iss.ID
 		return a
 	}
-	if query == QueryStatus {
-		return answer{query: query, outcome: "acknowledged", body: body, resultToken: resultToken}
+	return answer{query: QueryStatus, outcome: OutcomeAcknowledged, body: body, resultToken: iss.ID}
+}
+
+// maxPullPages bounds the pages (OffSetValue steps) one Pull reads.
+const maxPullPages = 20
+
+// pull reads a shortcode's C2B transactions between from and to, page by
+// page (OffSetValue) until a page brings nothing new, or until receipt
+// (if given) is found.
+func (s *Service) pull(ctx context.Context, sc Shortcode, shortcode string, from, to time.Time, receipt string) ([]PullTransaction, error) {
+	q := PullQuery{ShortCode: shortcode, StartDate: from.In(eat).Format(pullLayout), EndDate: to.In(eat).Format(pullLayout)}
+	seen := map[string]bool{}
+	var out []PullTransaction
+	offset := 0
+	for range maxPullPages {
+		q.OffSetValue = strconv.Itoa(offset)
+		body, err := s.retry(ctx, QueryPull, func(ctx context.Context) ([]byte, error) { return sc.Client.QueryPull(ctx, q) })
+		if err != nil {
+			return nil, err
+		}
+		txs, err := PullTransactions(body)
+		if err != nil {
+			return nil, err
+		}
+		fresh := 0
+		for _, tx := range txs {
+			if !seen[tx.Receipt] {
+				seen[tx.Receipt] = true
+				out = append(out, tx)
+				fresh++
+			}
+		}
+		if fresh == 0 || (receipt != "" && seen[receipt]) || len(out) >= maxPullTransactions {
+			break
+		}
+		offset += len(txs)
 	}
-	return answer{query: query, outcome: "answered", body: body}
+	return out, nil
 }
 
 // retry tries call up to Attempts times, waiting Backoff, doubled each
-// time up to MaxBackoff (±20 % jitter), after a retryable failure.
-func (s *Service) retry(ctx context.Context, m jetstream.Msg, query string, call func(context.Context) ([]byte, error)) ([]byte, error) {
+// time up to MaxBackoff (±20 % jitter), after a retryable failure. Every
+// try waits for the rate limits first.
+func (s *Service) retry(ctx context.Context, query string, call func(context.Context) ([]byte, error)) ([]byte, error) {
 	wait := s.o.Backoff
 	var err error
 	for i := 0; i < s.o.Attempts; i++ {
 		if i > 0 {
-			d := time.Duration(float64(wait) * (0.8 + 0.4*rand.Float64()))
-			t := time.NewTimer(d)
-			select {
-			case <-ctx.Done():
-				t.Stop()
-				return nil, ctx.Err()
-			case <-t.C:
+			if err := sleepCtx(ctx, time.Duration(float64(wait)*(0.8+0.4*rand.Float64()))); err != nil {
+				return nil, err
 			}
 			wait = min(2*wait, s.o.MaxBackoff)
 		}
-		if err := s.limit.Wait(ctx); err != nil {
+		if err := s.wait(ctx); err != nil {
 			return nil, err
 		}
-		_ = m.InProgress()
 		start := time.Now()
 		var body []byte
 		body, err = call(ctx)
@@ -401,37 +747,92 @@ func (s *Service) retry(ctx context.Context, m jetstream.Msg, query string, call
 	return nil, fmt.Errorf("%d attempts: %w", s.o.Attempts, err)
 }
 
-func (s *Service) publish(ctx context.Context, ev missingEvent, kind, subject string, a answer) error {
+// wait takes this replica's limiter, then a slot of the shared window; a
+// shared window that cannot be read leaves this replica's limiter alone.
+func (s *Service) wait(ctx context.Context) error {
+	if err := s.limit.Wait(ctx); err != nil {
+		return err
+	}
+	if err := s.shared.Wait(ctx); err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		s.log.Warn("shared recovery rate not read; this replica's limit alone applies", zap.Error(err))
+	}
+	return nil
+}
+
+func (s *Service) header(j job, a answer) nats.Header {
 	h := nats.Header{}
 	set := func(k, v string) {
 		if v != "" {
 			h.Set(k, v)
 		}
 	}
-	set(publish.HeaderMsgID, "recovered:"+ev.TokenID)
-	set(publish.HeaderKind, kind)
-	set(publish.HeaderShortcode, ev.Shortcode)
-	set(publish.HeaderReference, ev.Reference)
-	set(publish.HeaderTokenID, ev.TokenID)
+	set(publish.HeaderMsgID, j.msgID)
+	set(publish.HeaderKind, j.kind)
+	set(publish.HeaderShortcode, j.shortcode)
+	set(publish.HeaderReference, j.reference)
+	set(publish.HeaderTokenID, j.tokenID)
+	set(publish.HeaderReceipt, j.receipt)
 	set(publish.HeaderReceivedAt, s.o.Now().UTC().Format(time.RFC3339Nano))
 	set(publish.HeaderEdge, s.o.Edge)
 	set(HeaderRecoveredBy, a.query)
 	set(HeaderOutcome, a.outcome)
 	set(HeaderResultTokenID, a.resultToken)
+	if j.reconcile() {
+		set(HeaderMissingSource, SourceReconcile)
+		set(publish.HeaderTransactionID, j.receipt)
+	}
+	return h
+}
+
+// publish stores the answer: one message, or one per transaction a Pull
+// found (those the subject does not hold yet).
+func (s *Service) publish(ctx context.Context, j job, a answer) error {
+	if a.outcome != OutcomeUnrecoverable && a.txs != nil {
+		msgs, err := s.subjectMessages(ctx, j.subject)
+		if err != nil {
+			return err
+		}
+		have := distinctIDs(msgs)
+		for _, tx := range a.txs {
+			h := s.header(j, a)
+			h.Set(publish.HeaderMsgID, "recovered:"+j.kind+":"+tx.Receipt)
+			h.Set(publish.HeaderTransactionID, tx.Receipt)
+			h.Set(publish.HeaderReceipt, tx.Receipt)
+			h.Set(HeaderCount, strconv.Itoa(len(a.txs)))
+			if have[h.Get(publish.HeaderMsgID)] {
+				continue
+			}
+			if _, err := s.o.Publisher.Store(ctx, &nats.Msg{Subject: j.subject, Header: h, Data: tx.Raw}, false); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	h := s.header(j, a)
 	body := a.body
-	if a.outcome == "unrecoverable" {
-		set(HeaderError, clip(a.reason))
-		body, _ = json.Marshal(map[string]string{"token_id": ev.TokenID, "error": a.reason})
+	if a.outcome == OutcomeUnrecoverable {
+		h.Set(HeaderError, clip(a.reason))
+		e := map[string]string{"error": a.reason}
+		if j.reconcile() {
+			e["receipt"] = j.receipt
+		} else {
+			e["token_id"] = j.tokenID
+		}
+		body, _ = json.Marshal(e)
 	} else {
-		var r struct{ ResultCode, CheckoutRequestID, ConversationID, ResponseCode string }
+		var r struct{ ResultCode, CheckoutRequestID, ConversationID string }
 		_ = json.Unmarshal(body, &r)
-		set(publish.HeaderResultCode, r.ResultCode)
-		set(publish.HeaderTransactionID, r.CheckoutRequestID+r.ConversationID)
+		if r.ResultCode != "" {
+			h.Set(publish.HeaderResultCode, r.ResultCode)
+		}
+		if id := r.CheckoutRequestID + r.ConversationID; id != "" && !j.reconcile() {
+			h.Set(publish.HeaderTransactionID, id)
+		}
 	}
-	_, err := s.o.Publisher.Store(ctx, &nats.Msg{Subject: subject, Header: h, Data: body}, true)
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
-	}
+	_, err := s.o.Publisher.Store(ctx, &nats.Msg{Subject: j.subject, Header: h, Data: body}, true)
 	return err
 }
 

@@ -29,12 +29,15 @@ type rig struct {
 	issuer  *verify.Issuer
 	missing *publish.Missing
 	logs    []*observer.ObservedLogs
+	regs    []*prometheus.Registry
+	js      jetstream.JetStream
 	secrets []string
 }
 
 // newRig runs a real NATS with the stream and buckets, the Daraja
-// stand-in, and n recovery replicas, each on its own connection.
-func newRig(t *testing.T, n, attempts int) *rig {
+// stand-in, and n recovery replicas, each on its own connection; tune
+// changes each replica's options before it starts.
+func newRig(t *testing.T, n, attempts int, tune ...func(*Options)) *rig {
 	t.Helper()
 	ns := natstest.Server(t)
 	ctx, cancel := context.WithCancel(context.Background())
@@ -66,13 +69,21 @@ func newRig(t *testing.T, n, attempts int) *rig {
 			}
 		}
 		core, logs := observer.New(zap.DebugLevel)
-		r.logs = append(r.logs, logs)
+		reg := prometheus.NewRegistry()
+		r.logs, r.regs = append(r.logs, logs), append(r.regs, reg)
+		if i == 0 {
+			r.js = js
+		}
 		client := NewClient(d.URL, d.Key, d.Secret, d.Client())
-		svc, err := New(ctx, Options{JS: js, Stream: "DARAJA", Publisher: pub, Subjects: subjects, Edge: "edge-" + string(rune('0'+i)),
+		o := Options{JS: js, Stream: "DARAJA", Publisher: pub, Subjects: subjects, Edge: "edge-" + string(rune('0'+i)),
 			Records: store, Issuer: issuer, Rate: 100, Burst: 10, Attempts: attempts, Backoff: time.Millisecond, MaxBackoff: 4 * time.Millisecond,
-			ResultTTL: time.Hour, Registerer: prometheus.NewRegistry(), Log: zap.New(core),
+			ResultTTL: time.Hour, Registerer: reg, Log: zap.New(core),
 			Shortcodes: map[string]Shortcode{"174379": {Client: client, Passkey: passkey, Initiator: "recovery-api",
-				SecurityCredential: "cred-S3cr3t-base64==", IdentifierType: "4"}}})
+				SecurityCredential: "cred-S3cr3t-base64==", IdentifierType: "4"}}}
+		for _, f := range tune {
+			f(&o)
+		}
+		svc, err := New(ctx, o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -90,7 +101,8 @@ func newRig(t *testing.T, n, attempts int) *rig {
 	return r
 }
 
-// expire issues a token, annotates it and publishes its missing event.
+// expire issues a token, annotates it (unless a is empty) and publishes
+// its missing event.
 func (r *rig) expire(kind daraja.Kind, a verify.Annotation) verify.IssueResponse {
 	r.t.Helper()
 	ctx := context.Background()
@@ -99,8 +111,10 @@ func (r *rig) expire(kind daraja.Kind, a verify.Annotation) verify.IssueResponse
 		r.t.Fatal(err)
 	}
 	r.secrets = append(r.secrets, iss.Token)
-	if _, err := r.store.Annotate(ctx, iss.ID, a); err != nil {
-		r.t.Fatal(err)
+	if a != (verify.Annotation{}) {
+		if _, err := r.store.Annotate(ctx, iss.ID, a); err != nil {
+			r.t.Fatal(err)
+		}
 	}
 	rec, _ := r.store.Get(ctx, iss.ID)
 	sent, err := r.missing.Resolve(ctx, publish.MissingToken{ID: rec.ID, Kinds: []string{string(kind)}, Shortcode: rec.Shortcode,
@@ -141,12 +155,22 @@ func (r *rig) settled() {
 	r.t.Fatal("consumer never settled")
 }
 
+// checkLogs fails the test if any log line holds a secret: the app's key
+// and secret, the passkey, the credential, URL tokens, every OAuth access
+// token the stand-in issued and every STK password it received.
 func (r *rig) checkLogs() {
+	secrets := append(r.secrets, r.d.Tokens()...)
+	for _, q := range r.d.Requests(stkPath) {
+		secrets = append(secrets, q["Password"].(string))
+	}
+	if len(r.d.Tokens()) == 0 {
+		r.t.Log("no access token issued: the scan checks none")
+	}
 	for _, l := range r.logs {
 		for _, e := range l.All() {
 			line, _ := json.Marshal(append([]any{e.Message}, e.ContextMap()))
-			for _, s := range r.secrets {
-				if strings.Contains(string(line), s) {
+			for _, s := range secrets {
+				if s != "" && strings.Contains(string(line), s) {
 					r.t.Errorf("a secret is logged: %s", line)
 				}
 			}
@@ -238,5 +262,154 @@ func TestNotRecorded(t *testing.T) {
 	m := r.recovered(daraja.C2BConfirmation, iss.ID)
 	if m.Header.Get(HeaderOutcome) != "unrecoverable" || !strings.Contains(m.Header.Get(HeaderError), "Pull Transactions") {
 		t.Fatalf("headers %v", m.Header)
+	}
+}
+
+// metric reads a counter's value, or a histogram's sample count, from reg.
+func metric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	next:
+		for _, m := range mf.GetMetric() {
+			for _, lp := range m.GetLabel() {
+				if v, ok := labels[lp.GetName()]; ok && v != lp.GetValue() {
+					continue next
+				}
+			}
+			if h := m.GetHistogram(); h != nil {
+				return float64(h.GetSampleCount())
+			}
+			return m.GetCounter().GetValue()
+		}
+	}
+	return 0
+}
+
+// messages waits until subject holds n messages and returns them; it
+// fails if it holds more.
+func (r *rig) messages(subject string, n int) []*jetstream.RawStreamMsg {
+	r.t.Helper()
+	var out []*jetstream.RawStreamMsg
+	for range 1500 {
+		out = out[:0]
+		for seq := uint64(1); ; {
+			m, err := r.stream.GetMsg(context.Background(), seq, jetstream.WithGetMsgSubject(subject))
+			if err != nil {
+				break
+			}
+			out = append(out, m)
+			seq = m.Sequence + 1
+		}
+		if len(out) >= n {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if len(out) != n {
+		r.t.Fatalf("%d messages on %s, want %d", len(out), subject, n)
+	}
+	return out
+}
+
+// TestNoDuplicateQueriesDuringBackoff: a backoff three times the
+// consumer's ack wait does not hand the event to another worker or
+// replica (the worker tells JetStream it is in progress all along): it is
+// delivered once, and exactly one query per attempt reaches Daraja.
+func TestNoDuplicateQueriesDuringBackoff(t *testing.T) {
+	r := newRig(t, 2, 2, func(o *Options) {
+		o.AckWait, o.Backoff, o.MaxBackoff = 2*time.Second, 6*time.Second, 6*time.Second
+	})
+	r.d.Fail(stkPath, darajatest.Processing)
+	iss := r.expire(daraja.STKCallback, verify.Annotation{CheckoutRequestID: "ws_CO_slow"})
+	m := r.recovered(daraja.STKCallback, iss.ID)
+	if m.Header.Get(HeaderOutcome) != OutcomeAnswered {
+		t.Fatalf("headers %v", m.Header)
+	}
+	r.settled()
+	c, err := r.stream.Consumer(context.Background(), ConsumerName)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := c.Info(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.Delivered.Consumer != 1 {
+		t.Fatalf("the event was delivered %d times, want once (handed to another worker during the backoff)", info.Delivered.Consumer)
+	}
+	if n := r.d.Calls(stkPath); n != 2 {
+		t.Fatalf("%d STK queries for 2 attempts, want 2", n)
+	}
+}
+
+// TestMetrics: attempts by result, outcomes and query latency are counted
+// in the registry.
+func TestMetrics(t *testing.T) {
+	r := newRig(t, 1, 3)
+	reg := r.regs[0]
+	r.d.Fail(stkPath, darajatest.Processing, darajatest.RateLimited, darajatest.ServerError)
+	iss := r.expire(daraja.STKCallback, verify.Annotation{CheckoutRequestID: "ws_CO_m1"})
+	r.recovered(daraja.STKCallback, iss.ID)
+	r.d.Fail(stkPath, darajatest.ServerError)
+	iss = r.expire(daraja.STKCallback, verify.Annotation{CheckoutRequestID: "ws_CO_m2"})
+	r.recovered(daraja.STKCallback, iss.ID)
+	r.d.Fail(stkPath, darajatest.InvalidToken, darajatest.InvalidToken)
+	iss = r.expire(daraja.STKCallback, verify.Annotation{CheckoutRequestID: "ws_CO_m3"})
+	r.recovered(daraja.STKCallback, iss.ID)
+	r.settled()
+	stk := func(kv ...string) map[string]string {
+		m := map[string]string{"query": QuerySTK}
+		for i := 0; i < len(kv); i += 2 {
+			m[kv[i]] = kv[i+1]
+		}
+		return m
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+		want   float64
+	}{
+		{"daraja_edge_recovery_attempts_total", stk("result", "retryable"), 4},
+		{"daraja_edge_recovery_attempts_total", stk("result", "ok"), 1},
+		{"daraja_edge_recovery_attempts_total", stk("result", "failed"), 1},
+		{"daraja_edge_recovery_outcomes_total", stk("outcome", OutcomeUnrecoverable), 2},
+		{"daraja_edge_recovery_outcomes_total", stk("outcome", OutcomeAnswered), 1},
+		{"daraja_edge_recovery_query_seconds", stk(), 6},
+	} {
+		if got := metric(t, reg, c.name, c.labels); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+// TestNoCheckoutRecorded: an STK token whose checkout_request_id was never
+// recorded, and a B2C token without its originator_conversation_id, are
+// published as unrecoverable with the reason, and Daraja is not asked.
+func TestNoCheckoutRecorded(t *testing.T) {
+	r := newRig(t, 1, 2)
+	iss := r.expire(daraja.STKCallback, verify.Annotation{})
+	m := r.recovered(daraja.STKCallback, iss.ID)
+	if m.Header.Get(HeaderOutcome) != OutcomeUnrecoverable || m.Header.Get(HeaderRecoveredBy) != QuerySTK ||
+		!strings.Contains(m.Header.Get(HeaderError), "no checkout_request_id recorded") {
+		t.Fatalf("headers %v", m.Header)
+	}
+	var body map[string]string
+	if err := json.Unmarshal(m.Data, &body); err != nil || body["token_id"] != iss.ID || !strings.Contains(body["error"], "checkout_request_id") {
+		t.Fatalf("body %s", m.Data)
+	}
+	iss = r.expire(daraja.B2CResult, verify.Annotation{})
+	m = r.recovered(daraja.B2CResult, iss.ID)
+	if m.Header.Get(HeaderOutcome) != OutcomeUnrecoverable || !strings.Contains(m.Header.Get(HeaderError), "no originator_conversation_id recorded") {
+		t.Fatalf("headers %v", m.Header)
+	}
+	if n := r.d.Calls(stkPath) + r.d.Calls(statusPath); n != 0 {
+		t.Fatalf("%d queries made", n)
 	}
 }

@@ -11,7 +11,9 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"sync"
+	"time"
 )
 
 // Failure is an error answer the stand-in gives instead of the next
@@ -41,12 +43,28 @@ type Server struct {
 	calls   map[string]int
 	Bodies  map[string][]map[string]any // requests received, per path
 	results map[string]string           // CheckoutRequestID -> ResultCode
+	issued  []string                    // every access token issued
+	pulls   map[string][]PullTransaction
+	// PullPage is the most transactions one Pull answer holds (default
+	// 1000); OffSetValue skips rows.
+	PullPage int
+}
+
+// PullTransaction is one C2B transaction Pull Transactions answers with.
+type PullTransaction struct {
+	Receipt       string
+	Time          time.Time
+	MSISDN        string
+	BillReference string
+	Amount        string
+	Type          string // default c2b-pay-bill-debit
+	Organization  string
 }
 
 // New starts a stand-in on 127.0.0.1 for the app (key, secret).
 func New(key, secret string) *Server {
 	s := &Server{Key: key, Secret: secret, Passkeys: map[string]string{}, tokens: map[string]bool{},
-		fails: map[string][]Failure{}, calls: map[string]int{}, Bodies: map[string][]map[string]any{}, results: map[string]string{}}
+		fails: map[string][]Failure{}, calls: map[string]int{}, Bodies: map[string][]map[string]any{}, results: map[string]string{}, pulls: map[string][]PullTransaction{}, PullPage: 1000}
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /oauth/v1/generate", s.oauth)
 	mux.HandleFunc("POST /mpesa/stkpushquery/v1/query", s.api(s.stk))
@@ -76,6 +94,21 @@ func (s *Server) Revoke() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.tokens = map[string]bool{}
+}
+
+// Tokens returns every access token issued (for secret scans of logs).
+func (s *Server) Tokens() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return append([]string(nil), s.issued...)
+}
+
+// AddPull adds C2B transactions of a shortcode that Pull Transactions
+// answers for a window holding their time.
+func (s *Server) AddPull(shortcode string, txs ...PullTransaction) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.pulls[shortcode] = append(s.pulls[shortcode], txs...)
 }
 
 // SetResult sets the ResultCode an STK query answers for a checkout id
@@ -141,6 +174,7 @@ func (s *Server) oauth(w http.ResponseWriter, r *http.Request) {
 	tok := base64.RawURLEncoding.EncodeToString(b[:])
 	s.mu.Lock()
 	s.tokens[tok] = true
+	s.issued = append(s.issued, tok)
 	s.mu.Unlock()
 	writeJSON(w, http.StatusOK, map[string]string{"access_token": tok, "expires_in": "3599"})
 }
@@ -205,16 +239,48 @@ func (s *Server) stk(w http.ResponseWriter, b map[string]any) {
 
 func (s *Server) status(w http.ResponseWriter, b map[string]any) {
 	if str(b, "CommandID") != "TransactionStatusQuery" || str(b, "Initiator") == "" || str(b, "SecurityCredential") == "" ||
-		str(b, "ResultURL") == "" || str(b, "QueueTimeOutURL") == "" {
+		str(b, "ResultURL") == "" || str(b, "QueueTimeOutURL") == "" || str(b, "PartyA") == "" ||
+		(str(b, "TransactionID") == "") == (str(b, "OriginalConversationID") == "") {
 		writeJSON(w, http.StatusBadRequest, map[string]string{"requestId": requestID(), "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid Request"})
 		return
 	}
-	writeJSON(w, http.StatusOK, map[string]string{"OriginatorConversationID": str(b, "OriginalConversationID"),
+	writeJSON(w, http.StatusOK, map[string]string{"OriginatorConversationID": requestID(),
 		"ConversationID": "AG_20260101_" + requestID(), "ResponseCode": "0", "ResponseDescription": "Accept the service request successfully."})
 }
 
+// eat is Daraja's clock (UTC+3).
+var eat = time.FixedZone("EAT", 3*60*60)
+
 func (s *Server) pull(w http.ResponseWriter, b map[string]any) {
+	const layout = "2006-01-02 15:04:05"
+	from, err1 := time.ParseInLocation(layout, str(b, "StartDate"), eat)
+	to, err2 := time.ParseInLocation(layout, str(b, "EndDate"), eat)
+	offset, err3 := strconv.Atoi(str(b, "OffSetValue"))
+	if err1 != nil || err2 != nil || err3 != nil || offset < 0 || str(b, "ShortCode") == "" {
+		writeJSON(w, http.StatusBadRequest, map[string]string{"requestId": requestID(), "errorCode": "400.002.02", "errorMessage": "Bad Request - Invalid Request"})
+		return
+	}
+	s.mu.Lock()
+	var rows []map[string]string
+	for _, tx := range s.pulls[str(b, "ShortCode")] {
+		if tx.Time.Before(from) || tx.Time.After(to) {
+			continue
+		}
+		typ := tx.Type
+		if typ == "" {
+			typ = "c2b-pay-bill-debit"
+		}
+		rows = append(rows, map[string]string{"transactionId": tx.Receipt, "trxDate": tx.Time.UTC().Format("2006-01-02T15:04:05.000Z"),
+			"msisdn": tx.MSISDN, "sender": "", "transactiontype": typ, "billreference": tx.BillReference, "amount": tx.Amount,
+			"organizationname": tx.Organization})
+	}
+	page := s.PullPage
+	s.mu.Unlock()
+	rows = rows[min(offset, len(rows)):]
+	rows = rows[:min(page, len(rows))]
+	if rows == nil {
+		rows = []map[string]string{}
+	}
 	writeJSON(w, http.StatusOK, map[string]any{"ResponseRefID": requestID(), "ResponseCode": "1000", "ResponseMessage": "Success",
-		"Response": [][]map[string]string{{{"transactionId": "RKL51ZDR4F", "trxDate": "2026-12-01T12:00:00.000Z", "msisdn": "2547******26",
-			"sender": "", "transactiontype": "c2b-pay-bill-debit", "billreference": "INV-1", "amount": "1.0", "organizationname": "Test"}}}})
+		"Response": [][]map[string]string{rows}})
 }
