@@ -25,6 +25,8 @@ type Callback struct {
 	Time       time.Time // when M-Pesa says it happened, else when the edge received it
 	MSISDN     string    // masked
 	Success    bool
+	// Linked is a reversal's OriginalTransactionID: the receipt it reverses.
+	Linked string
 }
 
 // FromMessage reads a stream message. ok is false for messages that are
@@ -76,16 +78,18 @@ func FromMessage(prefix, subject string, headers map[string][]string, body []byt
 	if out.MSISDN == "" && cb.MSISDNHash != "" {
 		out.MSISDN = daraja.MaskMSISDN(cb.MSISDNHash)
 	}
-	out.Time = bodyTime(kind, body)
+	out.Time, out.Linked = bodyInfo(kind, body)
 	if out.Time.IsZero() {
 		out.Time, _ = time.Parse(time.RFC3339Nano, get(publish.HeaderReceivedAt))
 	}
 	return out, true
 }
 
-// bodyTime is the time M-Pesa puts in the body, in East Africa Time: C2B
-// TransTime, STK TransactionDate, TransactionCompletedDateTime of a result.
-func bodyTime(kind daraja.Kind, body []byte) time.Time {
+// bodyInfo reads what Parse does not: the time M-Pesa puts in the body,
+// in East Africa Time (C2B TransTime, STK TransactionDate, a B2C result's
+// TransactionCompletedDateTime, a B2B or reversal result's
+// TransCompletedTime), and a reversal's OriginalTransactionID.
+func bodyInfo(kind daraja.Kind, body []byte) (t time.Time, linked string) {
 	var b struct {
 		TransTime json.RawMessage
 		Body      struct {
@@ -134,20 +138,26 @@ func bodyTime(kind daraja.Kind, body []byte) time.Time {
 		}
 		_ = json.Unmarshal(raw, &params)
 		for _, p := range params {
-			if p.Key == "TransactionCompletedDateTime" || p.Key == "FinalisedTime" {
-				s = text(p.Value)
-				break
+			switch p.Key {
+			case "TransactionCompletedDateTime", "TransCompletedTime", "FinalisedTime":
+				if s == "" {
+					s = text(p.Value)
+				}
+			case "OriginalTransactionID":
+				if v := text(p.Value); linked == "" && safeReceipt(v) {
+					linked = v
+				}
 			}
 		}
 	}
 	if s == "" {
-		return time.Time{}
+		return time.Time{}, linked
 	}
 	t, err := ParseTime(s, EAT)
 	if err != nil {
-		return time.Time{}
+		return time.Time{}, linked
 	}
-	return t
+	return t, linked
 }
 
 // ExportLine is one line of `tail --export` and of --callbacks.

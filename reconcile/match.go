@@ -44,9 +44,12 @@ type Input struct {
 	// Problems of the callback source (export lines that do not parse).
 	CallbackProblems []Problem
 	CallbackSource   string
-	// StreamStart is the time of the stream's first message: statement
-	// lines older than it may have aged out. Zero: unknown.
-	StreamStart time.Time
+	// StreamStart is how far back the stream can hold callbacks: statement
+	// lines older than it have no callback to find. StreamCreated says it
+	// is the stream's creation (nothing aged out yet); otherwise it is the
+	// time of the first message still kept. Zero: unknown (an export file).
+	StreamStart   time.Time
+	StreamCreated bool
 	// Window is how far a callback's time may be from its line's; default 10 min.
 	Window time.Duration
 }
@@ -58,7 +61,8 @@ const (
 	classCharge class = iota
 	classCustomer
 	classB2C
-	classB2B
+	classB2B   // a B2B payment made: the payer's b2b.result
+	classB2BIn // a B2B payment received: the payer, not this shortcode, gets the b2b.result
 	classReversal
 	classInternal
 	classOther
@@ -86,6 +90,9 @@ func classify(l Line, layout string) class {
 	case has("business payment to", "salary payment", "promotion payment", "b2c"):
 		return classB2C
 	case has("business pay bill", "business buy goods", "business to business", "b2b", "merchant to merchant"):
+		if l.In > 0 && l.Out == 0 {
+			return classB2BIn
+		}
 		return classB2B
 	case l.In > 0:
 		return classCustomer
@@ -93,6 +100,8 @@ func classify(l Line, layout string) class {
 	return classOther
 }
 
+// kinds are the callbacks a row of the class expects, one of them
+// (customer payments: a C2B confirmation or an STK callback, or both).
 func (c class) kinds() []daraja.Kind {
 	switch c {
 	case classCustomer:
@@ -107,6 +116,16 @@ func (c class) kinds() []daraja.Kind {
 	return nil
 }
 
+// accepts are callbacks a row of the class may have without expecting
+// one: a B2B payment received may come with a C2B confirmation on the
+// paybill's confirmation URL; Safaricom does not promise one.
+func (c class) accepts() []daraja.Kind {
+	if c == classB2BIn {
+		return []daraja.Kind{daraja.C2BConfirmation}
+	}
+	return nil
+}
+
 // MissingKind is the kind a missing-callback finding is published under.
 func (f Finding) MissingKind() string {
 	k, _, _ := strings.Cut(f.Kind, "|")
@@ -116,6 +135,13 @@ func (f Finding) MissingKind() string {
 type row struct {
 	st *Statement
 	Line
+}
+
+// rowKey identifies a row across statements: the same account exported
+// twice (.csv and .xls, G2 and the newer export) gives rows with the same
+// receipt, time, amounts and direction, whatever its details say.
+func rowKey(l Line) string {
+	return fmt.Sprintf("%s|%d|%d|%d", l.Receipt, l.Time.Unix(), l.In, l.Out)
 }
 
 // Match compares statements with callbacks.
@@ -133,25 +159,29 @@ func Match(in Input) *Report {
 			byReceipt[c.Receipt] = append(byReceipt[c.Receipt], c)
 		}
 	}
-	// Group rows by receipt across statements; the same row in two files
-	// counts once.
+	// Group rows by receipt across statements. A row on two statements
+	// counts once: each key is kept as many times as the statement that
+	// has it most often has it (one statement may hold two equal rows).
 	groups := map[string][]row{}
 	var order []string
-	seen := map[string]bool{}
+	kept := map[string]int{}
 	receipts := map[string]bool{}
 	for _, st := range in.Statements {
 		r.Checks = append(r.Checks, st.Checks()...)
 		r.Statements = append(r.Statements, StatementSummary{Path: st.Path, Layout: st.Layout, Shortcode: st.Shortcode,
-			From: st.From, To: st.To, Rows: len(st.Lines), Unreadable: len(st.Problems)})
+			Account: st.Account, From: st.From, To: st.To, Rows: len(st.Lines), Unreadable: len(st.Problems)})
 		for _, p := range st.Problems {
-			r.add(Finding{Category: Unreadable, Shortcode: st.Shortcode, Source: fmt.Sprintf("%s:%d", st.Path, p.Row), Detail: p.Reason})
+			r.add(Finding{Category: Unreadable, Shortcode: st.Shortcode, Source: fmt.Sprintf("%s:%d", st.Path, p.Row), Detail: MaskText(p.Reason)})
 		}
+		local := map[string]int{}
 		for _, l := range st.Lines {
-			key := fmt.Sprintf("%s|%d|%d|%d|%s", l.Receipt, l.Time.Unix(), l.In, l.Out, l.Details)
-			if seen[key] {
+			key := rowKey(l)
+			local[key]++
+			if local[key] <= kept[key] {
+				r.SharedRows++
 				continue
 			}
-			seen[key] = true
+			kept[key] = local[key]
 			receipts[l.Receipt] = true
 			if _, ok := groups[l.Receipt]; !ok {
 				order = append(order, l.Receipt)
@@ -160,144 +190,10 @@ func Match(in Input) *Report {
 		}
 	}
 	for _, p := range in.CallbackProblems {
-		r.add(Finding{Category: Unreadable, Source: fmt.Sprintf("%s:%d", in.CallbackSource, p.Row), Detail: p.Reason})
+		r.add(Finding{Category: Unreadable, Source: fmt.Sprintf("%s:%d", in.CallbackSource, p.Row), Detail: MaskText(p.Reason)})
 	}
 	for _, receipt := range order {
-		rows := groups[receipt]
-		var principal *row
-		cls := classCharge
-		for i := range rows {
-			c := classify(rows[i].Line, rows[i].st.Layout)
-			if c == classCharge {
-				continue
-			}
-			if principal == nil || abs(rows[i].Amount()) > abs(principal.Amount()) {
-				principal, cls = &rows[i], c
-			}
-		}
-		charges := len(rows) - 1
-		if principal == nil {
-			principal = &rows[0]
-			charges = 0
-		}
-		// Sweeps in and out under one receipt: money moved between the
-		// organisation's own accounts.
-		var sumIn, sumOut Cents
-		for _, x := range rows {
-			if classify(x.Line, x.st.Layout) != classCharge {
-				sumIn += x.In
-				sumOut += x.Out
-			}
-		}
-		if cls != classCharge && sumIn > 0 && sumIn == sumOut {
-			cls = classInternal
-		}
-		p := *principal
-		f := Finding{Receipt: receipt, Shortcode: p.st.Shortcode, Amount: abs(p.Amount()), Time: p.Time,
-			Source: fmt.Sprintf("%s:%d", p.st.Path, p.Row), Party: p.Party}
-		cbs := byReceipt[receipt]
-		for _, c := range cbs {
-			used[c] = true
-		}
-		kinds := cls.kinds()
-		if kinds == nil {
-			f.Category = NoneExpected
-			switch cls {
-			case classCharge:
-				f.Detail = "charge"
-			case classInternal:
-				f.Detail = "internal transfer: " + MaskText(p.Details)
-			default:
-				f.Detail = "not a transaction the edge receives a callback for: " + MaskText(p.Details)
-			}
-			if len(cbs) > 0 {
-				f.Category, f.Detail = Mismatch, fmt.Sprintf("%s, yet a %s callback names it", f.Detail, cbs[0].Kind)
-			}
-			r.add(f)
-			continue
-		}
-		if st := strings.ToLower(p.Status); st != "" && st != "completed" {
-			f.Category, f.Detail = NoneExpected, "transaction status "+MaskText(p.Status)
-			if len(cbs) > 0 {
-				f.Category, f.Detail = Mismatch, fmt.Sprintf("transaction status %s, yet a successful %s callback names it", MaskText(p.Status), cbs[0].Kind)
-			}
-			r.add(f)
-			continue
-		}
-		var match []*Callback
-		var other []*Callback
-		for _, c := range cbs {
-			if kindIn(c.Kind, kinds) {
-				match = append(match, c)
-			} else {
-				other = append(other, c)
-			}
-		}
-		f.Kind = joinKinds(kinds)
-		if len(match) == 0 {
-			switch {
-			case len(other) > 0:
-				f.Category, f.Detail = Mismatch, fmt.Sprintf("kind: the statement line wants %s, the stream has %s", joinKinds(kinds), other[0].Kind)
-			case !in.StreamStart.IsZero() && p.Time.Before(in.StreamStart):
-				f.Category, f.Detail = NotCovered, "older than the stream's retention (first message "+in.StreamStart.In(EAT).Format(time.RFC3339)+")"
-			default:
-				f.Category = Missing
-				f.Detail = "no callback on the stream: query Transaction Status"
-				if cls == classCustomer {
-					f.Detail += " (or STK Push Query)"
-				}
-				f.Detail += " for the receipt, or replay it from the spool"
-			}
-			r.add(f)
-			continue
-		}
-		var names []string
-		count := map[daraja.Kind]int{}
-		for _, c := range match {
-			if count[c.Kind] == 0 {
-				names = append(names, string(c.Kind))
-			}
-			count[c.Kind]++
-		}
-		f.Kind = strings.Join(names, "+")
-		var bad, notes []string
-		for _, c := range match {
-			if c.HasAmount && c.Amount != f.Amount {
-				bad = append(bad, fmt.Sprintf("amount: statement %s, %s %s", f.Amount, c.Kind, c.Amount))
-			}
-			if c.Shortcode != "" && f.Shortcode != "" && c.Shortcode != f.Shortcode {
-				bad = append(bad, fmt.Sprintf("shortcode: statement %s, %s %s", f.Shortcode, c.Kind, c.Shortcode))
-			}
-			if !c.Time.IsZero() {
-				if d := c.Time.Sub(f.Time); d > window || d < -window {
-					bad = append(bad, fmt.Sprintf("time: statement %s, %s %s", f.Time.In(EAT).Format(time.RFC3339), c.Kind, c.Time.In(EAT).Format(time.RFC3339)))
-				}
-			}
-			if f.Party == "" && c.MSISDN != "" {
-				f.Party = c.MSISDN
-			}
-		}
-		if len(names) > 1 {
-			notes = append(notes, "both "+strings.Join(names, " and ")+" (counted once)")
-		}
-		for _, k := range names {
-			if n := count[daraja.Kind(k)]; n > 1 {
-				notes = append(notes, fmt.Sprintf("%s delivered %d times", k, n))
-			}
-		}
-		if charges > 0 {
-			notes = append(notes, fmt.Sprintf("%d charge row(s)", charges))
-		}
-		if cls == classReversal && p.Linked != "" && !receipts[p.Linked] && len(byReceipt[p.Linked]) == 0 {
-			bad = append(bad, "linked transaction "+p.Linked+" is on no statement and no callback")
-		}
-		f.Category = Matched
-		if len(bad) > 0 {
-			f.Category = Mismatch
-			notes = append(bad, notes...)
-		}
-		f.Detail = strings.Join(notes, "; ")
-		r.add(f)
+		r.add(matchReceipt(in, window, receipt, groups[receipt], byReceipt, receipts, used))
 	}
 	// Callbacks no statement line claims.
 	for i := range in.Callbacks {
@@ -306,24 +202,7 @@ func Match(in Input) *Report {
 			continue
 		}
 		f := Finding{Kind: string(c.Kind), Receipt: c.Receipt, Shortcode: c.Shortcode, Amount: c.Amount, Time: c.Time, Source: c.Subject, Party: c.MSISDN}
-		var accounts, covering int
-		for _, st := range in.Statements {
-			if st.Shortcode != "" && st.Shortcode != c.Shortcode {
-				continue
-			}
-			accounts++
-			if !c.Time.IsZero() && !c.Time.Before(st.From) && !c.Time.After(st.To) {
-				covering++
-			}
-		}
-		switch {
-		case accounts == 0:
-			f.Category, f.Detail = NotCovered, "account not supplied: no statement for shortcode "+c.Shortcode
-		case covering == 0:
-			f.Category, f.Detail = NotCovered, "outside the period of the statements for "+c.Shortcode
-		default:
-			f.Category, f.Detail = WithoutStatement, "POSSIBLE FORGERY: on the stream, on no statement line that covers its account and time"
-		}
+		f.Category, f.Detail = uncovered(in.Statements, c)
 		used[c] = true
 		for _, d := range byReceipt[c.Receipt] { // an STK and a C2B of one payment: one finding
 			if d != c && !used[d] {
@@ -335,6 +214,212 @@ func Match(in Input) *Report {
 	}
 	r.finish()
 	return r
+}
+
+// uncovered says what a callback no statement line claims is: not covered
+// when no statement given is of its shortcode, of the account its
+// transaction is on, and of its time; otherwise a possible forgery.
+func uncovered(sts []*Statement, c *Callback) (category, detail string) {
+	var noShortcode, ofShortcode, ofAccount, covering int
+	var accounts []string
+	for _, st := range sts {
+		if st.Shortcode == "" {
+			noShortcode++ // a statement that names no shortcode covers no account
+			continue
+		}
+		if st.Shortcode != c.Shortcode {
+			continue
+		}
+		ofShortcode++
+		if !st.Covers(c.Kind) {
+			accounts = append(accounts, st.Account)
+			continue
+		}
+		ofAccount++
+		if !c.Time.IsZero() && !c.Time.Before(st.From) && !c.Time.After(st.To) {
+			covering++
+		}
+	}
+	switch {
+	case ofShortcode == 0:
+		detail = "account not supplied: no statement for shortcode " + orDash(c.Shortcode)
+		if noShortcode > 0 {
+			detail += fmt.Sprintf(" (%d statement(s) name no shortcode and cover no account)", noShortcode)
+		}
+		return NotCovered, detail
+	case ofAccount == 0:
+		return NotCovered, fmt.Sprintf("account not supplied: a %s is on the statement of the %s of %s; the statements given are of %s",
+			c.Kind, strings.Join(kindAccounts[c.Kind], " or "), c.Shortcode, strings.Join(dedupe(accounts), ", "))
+	case covering == 0:
+		return NotCovered, "outside the period of the statements for " + c.Shortcode
+	}
+	return WithoutStatement, "POSSIBLE FORGERY: on the stream, on no statement line that covers its account and time"
+}
+
+func dedupe(s []string) []string {
+	var out []string
+	seen := map[string]bool{}
+	for _, x := range s {
+		if !seen[x] {
+			seen[x] = true
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// matchReceipt is the finding for one receipt's rows.
+func matchReceipt(in Input, window time.Duration, receipt string, rows []row, byReceipt map[string][]*Callback,
+	receipts map[string]bool, used map[*Callback]bool) Finding {
+	var principal *row
+	cls := classCharge
+	for i := range rows {
+		c := classify(rows[i].Line, rows[i].st.Layout)
+		if c == classCharge {
+			continue
+		}
+		if principal == nil || abs(rows[i].Amount()) > abs(principal.Amount()) {
+			principal, cls = &rows[i], c
+		}
+	}
+	charges := len(rows) - 1
+	if principal == nil {
+		principal = &rows[0]
+		charges = 0
+	}
+	// Sweeps in and out under one receipt: money moved between the
+	// organisation's own accounts.
+	var sumIn, sumOut Cents
+	for _, x := range rows {
+		if classify(x.Line, x.st.Layout) != classCharge {
+			sumIn += x.In
+			sumOut += x.Out
+		}
+	}
+	if cls != classCharge && sumIn > 0 && sumIn == sumOut {
+		cls = classInternal
+	}
+	p := *principal
+	f := Finding{Receipt: receipt, Shortcode: p.st.Shortcode, Amount: abs(p.Amount()), Time: p.Time,
+		Source: fmt.Sprintf("%s:%d", p.st.Path, p.Row), Party: p.Party}
+	cbs := byReceipt[receipt]
+	for _, c := range cbs {
+		used[c] = true
+	}
+	expect, accept := cls.kinds(), cls.accepts()
+	var match, other []*Callback
+	for _, c := range cbs {
+		if kindIn(c.Kind, expect) || kindIn(c.Kind, accept) {
+			match = append(match, c)
+		} else {
+			other = append(other, c)
+		}
+	}
+	if expect == nil && len(match) == 0 {
+		f.Category = NoneExpected
+		switch cls {
+		case classCharge:
+			f.Detail = "charge"
+		case classInternal:
+			f.Detail = "internal transfer: " + MaskText(p.Details)
+		case classB2BIn:
+			f.Detail = "B2B payment received: the paying organisation gets the b2b.result, not this shortcode"
+		default:
+			f.Detail = "not a transaction the edge receives a callback for: " + MaskText(p.Details)
+		}
+		if len(other) > 0 {
+			f.Category, f.Detail = Mismatch, fmt.Sprintf("%s, yet a %s callback names it", f.Detail, other[0].Kind)
+		}
+		return f
+	}
+	if st := strings.ToLower(p.Status); st != "" && st != "completed" {
+		f.Category, f.Detail = NoneExpected, "transaction status "+MaskText(p.Status)
+		if len(cbs) > 0 {
+			f.Category, f.Detail = Mismatch, fmt.Sprintf("transaction status %s, yet a successful %s callback names it", MaskText(p.Status), cbs[0].Kind)
+		}
+		return f
+	}
+	f.Kind = joinKinds(expect)
+	if len(match) == 0 {
+		switch {
+		case len(other) > 0:
+			f.Category, f.Detail = Mismatch, fmt.Sprintf("kind: the statement line wants %s, the stream has %s", joinKinds(expect), other[0].Kind)
+		case !in.StreamStart.IsZero() && p.Time.Before(in.StreamStart) && in.StreamCreated:
+			f.Category, f.Detail = NotCovered, "older than the stream (created "+in.StreamStart.In(EAT).Format(time.RFC3339)+"): no callback of it can be on it"
+		case !in.StreamStart.IsZero() && p.Time.Before(in.StreamStart):
+			f.Category, f.Detail = NotCovered, "older than the stream's retention (first message kept "+in.StreamStart.In(EAT).Format(time.RFC3339)+")"
+		default:
+			f.Category = Missing
+			f.Detail = "no callback on the stream: query Transaction Status"
+			if cls == classCustomer {
+				f.Detail += " (or STK Push Query)"
+			}
+			f.Detail += " for the receipt, or replay it from the spool"
+		}
+		return f
+	}
+	var names []string
+	count := map[daraja.Kind]int{}
+	for _, c := range match {
+		if count[c.Kind] == 0 {
+			names = append(names, string(c.Kind))
+		}
+		count[c.Kind]++
+	}
+	f.Kind = strings.Join(names, "+")
+	var bad, notes []string
+	for _, c := range match {
+		if c.HasAmount && c.Amount != f.Amount {
+			bad = append(bad, fmt.Sprintf("amount: statement %s, %s %s", f.Amount, c.Kind, c.Amount))
+		}
+		if c.Shortcode != "" && f.Shortcode != "" && c.Shortcode != f.Shortcode {
+			bad = append(bad, fmt.Sprintf("shortcode: statement %s, %s %s", f.Shortcode, c.Kind, c.Shortcode))
+		}
+		if !c.Time.IsZero() {
+			if d := c.Time.Sub(f.Time); d > window || d < -window {
+				bad = append(bad, fmt.Sprintf("time: statement %s, %s %s", f.Time.In(EAT).Format(time.RFC3339), c.Kind, c.Time.In(EAT).Format(time.RFC3339)))
+			}
+		}
+		if cls == classReversal && c.Linked != "" && p.Linked != "" && c.Linked != p.Linked {
+			bad = append(bad, fmt.Sprintf("linked transaction: statement %s, %s %s", p.Linked, c.Kind, c.Linked))
+		}
+		if f.Party == "" && c.MSISDN != "" {
+			f.Party = c.MSISDN
+		}
+	}
+	for _, c := range other {
+		bad = append(bad, fmt.Sprintf("kind: a %s callback names it too", c.Kind))
+	}
+	if len(names) > 1 {
+		notes = append(notes, "both "+strings.Join(names, " and ")+" (counted once)")
+	}
+	for _, k := range names {
+		if n := count[daraja.Kind(k)]; n > 1 {
+			notes = append(notes, fmt.Sprintf("%s delivered %d times", k, n))
+		}
+	}
+	if charges > 0 {
+		notes = append(notes, fmt.Sprintf("%d charge row(s)", charges))
+	}
+	if cls == classB2BIn {
+		notes = append(notes, "B2B payment received")
+	}
+	if cls == classReversal {
+		linked := p.Linked
+		if linked == "" {
+			linked = match[0].Linked
+		}
+		if linked != "" && !receipts[linked] && len(byReceipt[linked]) == 0 {
+			bad = append(bad, "linked transaction "+linked+" is on no statement given and no callback: supply the statement of its month")
+		}
+	}
+	f.Category = Matched
+	if len(bad) > 0 {
+		f.Category = Mismatch
+		notes = append(bad, notes...)
+	}
+	f.Detail = strings.Join(notes, "; ")
+	return f
 }
 
 func kindIn(k daraja.Kind, ks []daraja.Kind) bool {
@@ -356,11 +441,31 @@ func joinKinds(ks []daraja.Kind) string {
 
 func abs(c Cents) Cents { return max(c, -c) }
 
-var phoneRun = regexp.MustCompile(`\+?\d[\d *xX]{7,}\d`)
+var (
+	// phoneRun is nine or more digits, spaces and masking marks.
+	phoneRun = regexp.MustCompile(`\+?\d[\d *xX]{7,}\d`)
+	// groupedPhone is a Kenyan number written in groups with dots or
+	// dashes (0712-345-678, +254.712.345.678); a date's groups (01-11-2026)
+	// are not shaped like it.
+	groupedPhone = regexp.MustCompile(`(?:\+?254[ .\-]?|0)?[17]\d{2}[ .\-]?\d{3}[ .\-]?\d{3}`)
+)
 
-// MaskText masks every phone-number-like run in free text (details, names).
+// MaskText masks every phone-number-like run in free text (details, names,
+// a cell a reason quotes).
 func MaskText(s string) string {
-	return phoneRun.ReplaceAllStringFunc(s, func(m string) string { return daraja.MaskMSISDN(strings.TrimSpace(m)) })
+	s = phoneRun.ReplaceAllStringFunc(s, func(m string) string { return daraja.MaskMSISDN(strings.TrimSpace(m)) })
+	return groupedPhone.ReplaceAllStringFunc(s, func(m string) string {
+		digits := strings.Map(func(r rune) rune {
+			if r >= '0' && r <= '9' {
+				return r
+			}
+			return -1
+		}, m)
+		if len(digits) < 9 {
+			return m
+		}
+		return daraja.MaskMSISDN(digits)
+	})
 }
 
 // MaskParty is an "Other Party Info" cell as reported: its phone number
@@ -393,6 +498,9 @@ type Report struct {
 	Totals     map[string]Total
 	Checks     []string // preamble totals that are not the sums of the rows
 	Statements []StatementSummary
+	// SharedRows is how many rows were on more than one statement (the
+	// same account given twice) and counted once.
+	SharedRows int
 }
 
 // Total is a category's count and amount.
@@ -403,9 +511,9 @@ type Total struct {
 
 // StatementSummary is what the report says of each statement.
 type StatementSummary struct {
-	Path, Layout, Shortcode string
-	From, To                time.Time
-	Rows, Unreadable        int
+	Path, Layout, Shortcode, Account string
+	From, To                         time.Time
+	Rows, Unreadable                 int
 }
 
 func (r *Report) add(f Finding) { r.Findings = append(r.Findings, f) }

@@ -16,7 +16,7 @@ import (
 
 var update = flag.Bool("update", false, "rewrite the golden files")
 
-const dir = "../testdata/statements"
+const dir = "testdata/statements"
 
 const pairStatement = "pair/ORG_600638_Utility_Account_20261101-20261130.csv"
 
@@ -27,12 +27,13 @@ func dump(st *Statement) []byte {
 		Receipt, Time, Details, Status, In, Out, Party, Reason, Linked string
 	}
 	out := struct {
-		Layout, Shortcode, From, To      string
+		Layout, Shortcode, Account, From string
+		To                               string
 		TotalIn, TotalOut, SumIn, SumOut string
 		Checks                           []string
 		Lines                            []line
 		Problems                         []Problem
-	}{Layout: st.Layout, Shortcode: st.Shortcode, From: rfc(st.From), To: rfc(st.To), SumIn: st.SumIn.String(), SumOut: st.SumOut.String(), Checks: st.Checks(), Problems: st.Problems}
+	}{Layout: st.Layout, Shortcode: st.Shortcode, Account: st.Account, From: rfc(st.From), To: rfc(st.To), SumIn: st.SumIn.String(), SumOut: st.SumOut.String(), Checks: st.Checks(), Problems: st.Problems}
 	if st.TotalIn != nil {
 		out.TotalIn = st.TotalIn.String()
 	}

@@ -33,11 +33,18 @@ func (r *Report) WriteText(w io.Writer) error {
 	var b strings.Builder
 	b.WriteString("Statements:\n")
 	for _, s := range r.Statements {
-		fmt.Fprintf(&b, "  %s: %s, shortcode %s, %s to %s, %d rows", s.Path, s.Layout, orDash(s.Shortcode), orDash(formatTime(s.From)), orDash(formatTime(s.To)), s.Rows)
+		account := s.Account
+		if account == "" {
+			account = "account unknown"
+		}
+		fmt.Fprintf(&b, "  %s: %s, shortcode %s, %s, %s to %s, %d rows", s.Path, s.Layout, orDash(s.Shortcode), account, orDash(formatTime(s.From)), orDash(formatTime(s.To)), s.Rows)
 		if s.Unreadable > 0 {
 			fmt.Fprintf(&b, ", %d unreadable", s.Unreadable)
 		}
 		b.WriteString("\n")
+	}
+	if r.SharedRows > 0 {
+		fmt.Fprintf(&b, "  %d row(s) on more than one statement, counted once\n", r.SharedRows)
 	}
 	for _, c := range r.Checks {
 		fmt.Fprintf(&b, "CHECK FAILED: %s\n", c)
@@ -90,7 +97,7 @@ func (r *Report) WriteText(w io.Writer) error {
 		}
 	}
 	for _, k := range kinds {
-		fmt.Fprintf(&b, "  matched %-19s %6d\n", k, matched[k])
+		fmt.Fprintf(&b, "  %-27s %6d\n", "matched "+k, matched[k])
 	}
 	_, err := io.WriteString(w, b.String())
 	return err
@@ -118,6 +125,7 @@ type jsonStatement struct {
 	Path       string `json:"path"`
 	Layout     string `json:"layout"`
 	Shortcode  string `json:"shortcode,omitempty"`
+	Account    string `json:"account,omitempty"`
 	From       string `json:"from,omitempty"`
 	To         string `json:"to,omitempty"`
 	Rows       int    `json:"rows"`
@@ -137,14 +145,15 @@ func (r *Report) WriteJSON(w io.Writer) error {
 		Discrepancies bool                 `json:"discrepancies"`
 		Statements    []jsonStatement      `json:"statements"`
 		Checks        []string             `json:"checks_failed"`
+		SharedRows    int                  `json:"shared_rows"`
 		Totals        map[string]jsonTotal `json:"totals"`
 		Findings      []jsonFinding        `json:"findings"`
-	}{Discrepancies: r.Discrepancies(), Checks: r.Checks, Totals: map[string]jsonTotal{}, Findings: []jsonFinding{}, Statements: []jsonStatement{}}
+	}{Discrepancies: r.Discrepancies(), Checks: r.Checks, Totals: map[string]jsonTotal{}, Findings: []jsonFinding{}, Statements: []jsonStatement{}, SharedRows: r.SharedRows}
 	if out.Checks == nil {
 		out.Checks = []string{}
 	}
 	for _, s := range r.Statements {
-		out.Statements = append(out.Statements, jsonStatement{s.Path, s.Layout, s.Shortcode, rfc(s.From), rfc(s.To), s.Rows, s.Unreadable})
+		out.Statements = append(out.Statements, jsonStatement{s.Path, s.Layout, s.Shortcode, s.Account, rfc(s.From), rfc(s.To), s.Rows, s.Unreadable})
 	}
 	for c, t := range r.Totals {
 		out.Totals[c] = jsonTotal{t.Count, t.Amount.String()}

@@ -24,6 +24,7 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/shakinm/xlsReader/xls"
 	"github.com/shakinm/xlsReader/xls/structure"
 	"github.com/xuri/excelize/v2"
@@ -91,17 +92,82 @@ type Problem struct {
 	Reason string
 }
 
+// Accounts of an organisation's shortcode, as statements name them. A
+// statement is of one account; which one decides the callbacks whose
+// transactions it can show.
+const (
+	AccountUtility    = "Utility Account"                 // C2B paid in, B2C paid out, reversals
+	AccountWorking    = "Working Account"                 // MMF: B2B paid out (and C2B on some paybills)
+	AccountMerchant   = "Merchant Account"                // a till's Buy Goods payments
+	AccountSettlement = "Organization Settlement Account" // sweeps to the bank: no callbacks
+	AccountCharges    = "Charges Paid Account"            // charges: no callbacks
+	AccountPull       = "Pull Transactions (C2B only)"    // a Pull Transactions API response
+)
+
+// kindAccounts are the accounts on whose statement a callback's
+// transaction appears: Safaricom's B2B Pay Bill "moves money from your
+// MMF/Working account to the recipient's utility account" (Buy Goods: to
+// its merchant account), B2C pays from the Utility account, customer
+// payments land in the Utility (or, on some paybills, the Working)
+// account or a till's Merchant account.
+var kindAccounts = map[daraja.Kind][]string{
+	daraja.C2BConfirmation: {AccountUtility, AccountWorking, AccountMerchant, AccountPull},
+	daraja.STKCallback:     {AccountUtility, AccountWorking, AccountMerchant, AccountPull},
+	daraja.B2CResult:       {AccountUtility},
+	daraja.B2BResult:       {AccountWorking},
+	daraja.ReversalResult:  {AccountUtility, AccountWorking, AccountMerchant},
+}
+
+// accountOf reads an account name ("Utility Account", "MMF", a file name
+// such as ORG_600638_Utility_Account_…); "" when it names none.
+func accountOf(s string) string {
+	n := norm(s)
+	switch {
+	case strings.Contains(n, "utility"):
+		return AccountUtility
+	case strings.Contains(n, "working"), strings.Contains(n, "mmf"):
+		return AccountWorking
+	case strings.Contains(n, "merchant"):
+		return AccountMerchant
+	case strings.Contains(n, "settlement"):
+		return AccountSettlement
+	case strings.Contains(n, "chargespaid"), strings.Contains(n, "chargesaccount"):
+		return AccountCharges
+	}
+	return ""
+}
+
 // Statement is one statement file, read.
 type Statement struct {
 	Path      string
 	Layout    string
 	Shortcode string
-	From, To  time.Time // the period it covers; zero when unknown
-	Lines     []Line
-	Problems  []Problem
+	// Account is the account the statement is of (AccountUtility, …), from
+	// the G2 preamble's "Account:" or the file name; "" when neither says,
+	// and then the statement may be of any account of its shortcode.
+	Account  string
+	From, To time.Time // the period it covers; zero when unknown
+	Lines    []Line
+	Problems []Problem
 	// Preamble totals, when the file states them, and the sums of the rows.
 	TotalIn, TotalOut *Cents
 	SumIn, SumOut     Cents
+}
+
+// Covers reports whether a transaction of a callback of kind k would be
+// on this statement's account: a b2b.result is on the Working account's
+// statement, never on a Utility one; a Pull Transactions response lists
+// C2B payments only.
+func (s *Statement) Covers(k daraja.Kind) bool {
+	if s.Account == "" {
+		return true
+	}
+	for _, a := range kindAccounts[k] {
+		if a == s.Account {
+			return true
+		}
+	}
+	return false
 }
 
 // Checks are the preamble checks that failed: stated totals that are not
@@ -129,7 +195,9 @@ func (c Cents) String() string {
 }
 
 // ParseAmount reads "1,234.50", "-20.00", "(20.00)", "KES 5", "" (zero).
+// It refuses what is shaped like a phone number rather than an amount.
 func ParseAmount(s string) (Cents, error) {
+	orig := s
 	s = strings.TrimSpace(s)
 	for _, p := range []string{"KES", "KSH", "Ksh", "KShs", "Kshs"} {
 		s = strings.TrimSpace(strings.TrimPrefix(s, p))
@@ -142,9 +210,16 @@ func ParseAmount(s string) (Cents, error) {
 		neg, s = true, s[1:len(s)-1]
 	}
 	s = strings.NewReplacer(",", "", " ", "", "\u00a0", "").Replace(s)
+	// An amount has no sign but a minus, no leading zero, and is under KES
+	// 10 billion: a cell that is a phone number (0712345678,
+	// +254712345678, 254712345678) is not read as one.
+	if strings.HasPrefix(s, "+") || len(s) > 1 && s[0] == '0' && s[1] >= '0' && s[1] <= '9' ||
+		strings.HasPrefix(s, "-0") && len(s) > 2 && s[2] >= '0' && s[2] <= '9' {
+		return 0, fmt.Errorf("amount %q", echo(orig))
+	}
 	f, err := strconv.ParseFloat(s, 64)
-	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > 1e13 {
-		return 0, fmt.Errorf("amount %q", truncate(s, 32))
+	if err != nil || math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) >= 1e10 {
+		return 0, fmt.Errorf("amount %q", echo(orig))
 	}
 	c := Cents(math.Round(f * 100))
 	if neg {
@@ -177,7 +252,14 @@ func ParseTime(s string, loc *time.Location) (time.Time, error) {
 		base := time.Date(1899, 12, 30, 0, 0, 0, 0, loc)
 		return base.Add(time.Duration(math.Round(f*86400)) * time.Second), nil
 	}
-	return time.Time{}, fmt.Errorf("time %q", truncate(s, 32))
+	return time.Time{}, fmt.Errorf("time %q", echo(s))
+}
+
+// echo is a cell as an error quotes it: phone numbers masked before it is
+// cut to 32 bytes (cut first, a number could lose the digits that make
+// it one and pass unmasked).
+func echo(s string) string {
+	return truncate(MaskText(strings.TrimSpace(s)), 32)
 }
 
 func truncate(s string, n int) string {
@@ -403,6 +485,9 @@ func readTable(path string, rows [][]string, o Options) (*Statement, error) {
 	if st.Layout != LayoutG2 {
 		fromFileName(st, o)
 	}
+	if st.Account == "" {
+		st.Account = accountOf(filepath.Base(path))
+	}
 	for i := header + 1; i < len(rows); i++ {
 		r := rows[i]
 		if blank(r) {
@@ -538,6 +623,8 @@ func readPreamble(st *Statement, rows [][]string, o Options) {
 				if d := digitsRun.FindString(val); d != "" {
 					st.Shortcode = d
 				}
+			case strings.HasPrefix(label, "account") && label != "accountholder" && accountOf(val) != "":
+				st.Account = accountOf(val)
 			case strings.HasPrefix(label, "timeperiod"):
 				st.From, st.To = parsePeriod(val, o.loc())
 			case strings.Contains(label, "paidin") && strings.Contains(label, "total"):
@@ -594,7 +681,7 @@ func parsePeriodDate(s string, loc *time.Location, end bool) (time.Time, error) 
 			return t, nil
 		}
 	}
-	return time.Time{}, fmt.Errorf("date %q", s)
+	return time.Time{}, fmt.Errorf("date %q", echo(s))
 }
 
 // fromFileName takes the shortcode and period from "Statements for 600638
@@ -640,7 +727,7 @@ func finishPeriod(st *Statement) {
 // transactionId, at any depth of nested arrays. C2B only: every row is money
 // paid in.
 func readPull(path string, data []byte, o Options) (*Statement, error) {
-	st := &Statement{Path: path, Layout: LayoutPull}
+	st := &Statement{Path: path, Layout: LayoutPull, Account: AccountPull}
 	fromFileName(st, o)
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
@@ -708,23 +795,47 @@ func readPull(path string, data []byte, o Options) (*Statement, error) {
 // unsigned (-5000 reads 1073736824), and the portal's withdrawn amounts are
 // negative: RK cells are decoded here from the record's own four bytes
 // (MS-XLS 2.5.217).
+//
+// The library offers no way to those bytes (record.Rk keeps them in an
+// unexported field, and its GetInt64/GetFloat64 already lost the sign;
+// from a float the sign cannot always be told back), so they are read by
+// reflection. TestXLSRKDecoding builds RK and MULRK records through the
+// library's own Read and fails, naming the library, if an upgrade moves
+// the field; rkBytes then reports !ok and the cell falls back to the
+// library's text (right for every non-negative amount).
 func xlsCell(c structure.CellData) string {
-	if c.GetType() != "*record.Rk" {
+	rk, ok := rkBytes(c)
+	if !ok {
 		return c.GetString()
+	}
+	return strconv.FormatFloat(decodeRK(rk), 'f', -1, 64)
+}
+
+// rkBytes is the RK number of an RK cell, read from xlsReader's record.Rk
+// (field rk, a [4]byte array type). ok is false for any other cell, and
+// for an RK cell of a library version that keeps it otherwise.
+func rkBytes(c structure.CellData) (rk uint32, ok bool) {
+	if c == nil || c.GetType() != "*record.Rk" {
+		return 0, false
 	}
 	v := reflect.ValueOf(c)
-	if v.Kind() != reflect.Pointer || v.Elem().Kind() != reflect.Struct {
-		return c.GetString()
+	if v.Kind() != reflect.Pointer || v.IsNil() || v.Elem().Kind() != reflect.Struct {
+		return 0, false
 	}
 	f := v.Elem().FieldByName("rk")
-	if !f.IsValid() || f.Kind() != reflect.Array || f.Len() != 4 {
-		return c.GetString()
+	if !f.IsValid() || f.Kind() != reflect.Array || f.Len() != 4 || f.Type().Elem().Kind() != reflect.Uint8 {
+		return 0, false
 	}
 	var b [4]byte
 	for i := range b {
 		b[i] = byte(f.Index(i).Uint())
 	}
-	rk := binary.LittleEndian.Uint32(b[:])
+	return binary.LittleEndian.Uint32(b[:]), true
+}
+
+// decodeRK is an RK number's value: bit 1 set, a signed 30-bit integer,
+// else the high 30 bits of an IEEE double; bit 0 set, divided by 100.
+func decodeRK(rk uint32) float64 {
 	var n float64
 	if rk&2 != 0 {
 		n = float64(int32(rk) >> 2)
@@ -734,5 +845,5 @@ func xlsCell(c structure.CellData) string {
 	if rk&1 != 0 {
 		n /= 100
 	}
-	return strconv.FormatFloat(n, 'f', -1, 64)
+	return n
 }
