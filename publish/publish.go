@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -139,6 +140,8 @@ type JetStream struct {
 	nc      *nats.Conn
 	timeout time.Duration
 	mark    *Watermark
+
+	inFlight atomic.Uint64 // 10164 and 10158 answers: another message in flight (tests)
 }
 
 // Remember records every acknowledged sequence in w (embedded NATS).
@@ -149,6 +152,10 @@ func (p *JetStream) Remember(w *Watermark) { p.mark = w }
 func New(nc *nats.Conn, js jetstream.JetStream, stream jetstream.Stream, timeout time.Duration) *JetStream {
 	return &JetStream{js: js, stream: stream, nc: nc, timeout: timeout}
 }
+
+// errCodeDuplicateInProcess is JetStream's "duplicate message id is in
+// process" (10158; nats.go names no constant for it).
+const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
 
 // ErrNotAcked means the stream did not acknowledge the message in time; it
 // may or may not have been stored. Publishing again with the same Msg-Id is
@@ -192,8 +199,10 @@ func (o Outcome) String() string {
 // (Nats-Expected-Last-Subject-Sequence: 0): the one write that stores the
 // callback is also what uses up a single-use (token, kind). When the
 // condition fails, the subject's last message decides: the same Nats-Msg-Id
-// is a Duplicate, another is a Replay. A message that already carries the
-// condition header (a spooled one) keeps it.
+// is a Duplicate, another is a Replay. While another message on the
+// subject is still in flight on a replicated stream, the publish is asked
+// again until that one settles (within the timeout). A message that
+// already carries the condition header (a spooled one) keeps it.
 func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outcome, error) {
 	if first {
 		if msg.Header == nil {
@@ -203,27 +212,47 @@ func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outco
 	}
 	ctx, cancel := context.WithTimeout(ctx, p.timeout)
 	defer cancel()
-	ack, err := p.js.PublishMsg(ctx, msg)
-	if err == nil {
-		p.mark.Acked(ack.Sequence)
-		if ack.Duplicate {
-			return Duplicate, nil
+	for wait := time.Millisecond; ; wait = min(2*wait, 50*time.Millisecond) {
+		ack, err := p.js.PublishMsg(ctx, msg)
+		if err == nil {
+			p.mark.Acked(ack.Sequence)
+			if ack.Duplicate {
+				return Duplicate, nil
+			}
+			return Stored, nil
 		}
-		return Stored, nil
+		var apiErr *jetstream.APIError
+		if !errors.As(err, &apiErr) {
+			return 0, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
+		}
+		switch apiErr.ErrorCode {
+		case jetstream.JSErrCodeStreamWrongLastSequence:
+			return p.resolve(ctx, msg, apiErr)
+		case jetstream.JSErrCodeStreamWrongLastSequenceConstant, errCodeDuplicateInProcess:
+			// A replicated stream's leader answers 10164 (wrong last
+			// sequence, no sequence given) while another message on this
+			// subject is proposed and not yet committed, and 10158 while
+			// a message with this Nats-Msg-Id is: there is nothing to
+			// read yet, and that message's fate decides this one. Ask
+			// again shortly: the answer becomes a duplicate ack or 10071
+			// with the sequence (or a store, should the other one fail).
+			p.inFlight.Add(1)
+			select {
+			case <-ctx.Done():
+				return 0, fmt.Errorf("%w: %s: another message on the subject stayed in flight: %w", ErrNotAcked, msg.Subject, err)
+			case <-time.After(wait):
+			}
+		default:
+			return 0, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
+		}
 	}
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
-		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant) {
-		return p.resolve(ctx, msg, apiErr)
-	}
-	return 0, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
 }
 
 // resolve tells a duplicate from a replay once the stream said the subject
-// already holds a message: on R1 the error names the subject's last
-// sequence (fetched by sequence), replicated streams do not (fetched as the
-// subject's last message). Both go through the stream's message API, not a
-// direct get, which waits behind a sync-always write loop.
+// already holds a message: the error names the subject's last sequence
+// (fetched by sequence); should it not, the subject's last message is
+// fetched. Both go through the stream's message API, not a direct get,
+// which waits behind a sync-always write loop.
 func (p *JetStream) resolve(ctx context.Context, msg *nats.Msg, cause *jetstream.APIError) (Outcome, error) {
 	var last *jetstream.RawStreamMsg
 	var err error
