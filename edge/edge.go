@@ -733,7 +733,24 @@ func (s *Server) ready(ctx context.Context) error {
 	if err := s.spool.Stuck(); err != nil {
 		return fmt.Errorf("spool replay stuck: %w", err)
 	}
+	if err := writable(s.cfg.Spool.Dir); err != nil {
+		return fmt.Errorf("spool directory cannot be written (a callback NATS cannot take now would be answered 503): %w", err)
+	}
 	return nil
+}
+
+// writable reports whether a file can be created, written and removed in
+// dir now, as the spool does when it starts a segment: a directory
+// remounted read-only, replaced, removed or on a full disk fails it.
+func writable(dir string) error {
+	f, err := os.CreateTemp(dir, ".readyz-*")
+	if err != nil {
+		return err
+	}
+	_, werr := f.Write([]byte("readyz\n"))
+	cerr := f.Close()
+	rerr := os.Remove(f.Name())
+	return errors.Join(werr, cerr, rerr)
 }
 
 // background replays the spool and settles expired tokens (missing
