@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -91,6 +90,7 @@ func cmdReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		return err
 	}
 	in := reconcile.Input{Statements: sts}
+	var published map[string]bool // receipts of reconcile's events on the stream
 	var nc *nats.Conn
 	connect := func() (*nats.Conn, error) {
 		if nc != nil {
@@ -136,10 +136,11 @@ func cmdReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 			return err
 		}
 		in.CallbackSource = "stream " + cfg.NATS.Stream.Name
-		in.Callbacks, in.StreamStart, err = readStream(ctx, c, cfg, stderr)
+		sr, err := readStream(ctx, c, cfg, true, *publishMissing, stderr)
 		if err != nil {
 			return &exitError{code: 2, msg: fmt.Sprintf("reconcile: %v", err)}
 		}
+		in.Callbacks, in.StreamStart, in.StreamCreated, published = sr.callbacks, sr.start, sr.created, sr.published
 	}
 	report := reconcile.Match(in)
 	switch *format {
@@ -158,11 +159,19 @@ func cmdReconcile(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		if err != nil {
 			return err
 		}
-		n, err := publishFindings(ctx, c, cfg, report.MissingFindings())
+		if published == nil { // --callbacks: read what is on the stream now
+			sr, err := readStream(ctx, c, cfg, false, true, stderr)
+			if err != nil {
+				return &exitError{code: 2, msg: fmt.Sprintf("reconcile: %v", err)}
+			}
+			published = sr.published
+		}
+		sent, already, err := publishFindings(ctx, c, cfg, report.MissingFindings(), published)
 		if err != nil {
 			return fmt.Errorf("reconcile: publish: %w", err)
 		}
-		fmt.Fprintf(stderr, "reconcile: published %d missing-callback findings\n", n)
+		fmt.Fprintf(stderr, "reconcile: published %d new missing-callback finding(s) on %s.missing.>, %d already there\n",
+			sent, cfg.NATS.SubjectPrefix, already)
 	}
 	if report.Discrepancies() {
 		return &exitError{code: 1}
@@ -211,77 +220,110 @@ func parseColumns(s string) (map[string]string, error) {
 	return m, nil
 }
 
-// readStream reads every callback on <prefix>.cb.> up to the stream's last
-// sequence at start, with an ordered consumer. start is the time of the
-// first message still kept when older ones have aged out (zero when none
-// has).
-func readStream(ctx context.Context, nc *nats.Conn, cfg config.Config, progress io.Writer) (cbs []reconcile.Callback, start time.Time, err error) {
+// streamRead is what reconcile takes from the stream.
+type streamRead struct {
+	callbacks []reconcile.Callback
+	// start is how far back the stream holds callbacks: its creation
+	// (created true) while nothing has aged out, else the time of the
+	// first message still kept.
+	start   time.Time
+	created bool
+	// published are the receipts of reconcile's missing events already on
+	// the stream (read only for --publish).
+	published map[string]bool
+}
+
+// readStream reads, up to the stream's last sequence at start, every
+// callback on <prefix>.cb.> (callbacks) and, with missing, reconcile's
+// events on <prefix>.missing.> (published), with an ordered consumer. It
+// writes a progress line to progress every few seconds and one at the end.
+func readStream(ctx context.Context, nc *nats.Conn, cfg config.Config, callbacks, missing bool, progress io.Writer) (streamRead, error) {
+	out := streamRead{published: map[string]bool{}}
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return nil, start, fmt.Errorf("stream: %w", err)
+		return out, fmt.Errorf("stream: %w", err)
 	}
 	name, prefix := cfg.NATS.Stream.Name, cfg.NATS.SubjectPrefix
 	s, err := js.Stream(ctx, name)
 	if err != nil {
-		return nil, start, fmt.Errorf("stream %s: %w", name, err)
+		return out, fmt.Errorf("stream %s: %w", name, err)
 	}
 	info, err := s.Info(ctx)
 	if err != nil {
-		return nil, start, fmt.Errorf("stream %s: %w", name, err)
+		return out, fmt.Errorf("stream %s: %w", name, err)
+	}
+	switch {
+	case info.State.FirstSeq <= 1:
+		// Nothing has aged out: the stream holds every callback since it
+		// was created, and none from before.
+		out.start, out.created = info.Created, true
+	case info.State.Msgs == 0:
+		out.start = time.Now() // everything aged out
+	default:
+		out.start = info.State.FirstTime
+	}
+	var filters []string
+	if callbacks {
+		filters = append(filters, prefix+".cb.>")
+	}
+	if missing {
+		filters = append(filters, prefix+".missing.>")
 	}
 	last := info.State.LastSeq
-	if info.State.FirstSeq > 1 {
-		start = info.State.FirstTime
-		if info.State.Msgs == 0 {
-			start = time.Now()
-		}
+	if info.State.Msgs == 0 || len(filters) == 0 {
+		return out, nil
 	}
-	if info.State.Msgs == 0 {
-		return nil, start, nil
-	}
-	cons, err := js.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{prefix + ".cb.>"}, DeliverPolicy: jetstream.DeliverAllPolicy,
-	})
+	cons, err := js.OrderedConsumer(ctx, name, jetstream.OrderedConsumerConfig{FilterSubjects: filters, DeliverPolicy: jetstream.DeliverAllPolicy})
 	if err != nil {
-		return nil, start, fmt.Errorf("stream %s: %w", name, err)
+		return out, fmt.Errorf("stream %s: %w", name, err)
 	}
 	ci, err := cons.Info(ctx)
 	if err != nil {
-		return nil, start, fmt.Errorf("stream %s: %w", name, err)
+		return out, fmt.Errorf("stream %s: %w", name, err)
 	}
-	if ci.NumPending == 0 {
-		return nil, start, nil
+	total := ci.NumPending
+	var n uint64
+	defer func() {
+		if callbacks {
+			fmt.Fprintf(progress, "reconcile: read %d messages from stream %s: %d callbacks\n", n, name, len(out.callbacks))
+		}
+	}()
+	if total == 0 {
+		return out, nil
 	}
 	it, err := cons.Messages()
 	if err != nil {
-		return nil, start, fmt.Errorf("stream %s: %w", name, err)
+		return out, fmt.Errorf("stream %s: %w", name, err)
 	}
 	defer it.Stop()
 	stop := context.AfterFunc(ctx, it.Stop)
 	defer stop()
-	total := ci.NumPending
-	var n uint64
 	lastProgress := time.Now()
+	missingPrefix := prefix + ".missing."
 	for {
 		m, err := it.Next()
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, start, ctx.Err()
+				return out, ctx.Err()
 			}
-			return nil, start, fmt.Errorf("stream %s: %w", name, err)
+			return out, fmt.Errorf("stream %s: %w", name, err)
 		}
 		meta, err := m.Metadata()
 		if err != nil {
-			return nil, start, fmt.Errorf("stream %s: %w", name, err)
+			return out, fmt.Errorf("stream %s: %w", name, err)
 		}
 		if meta.Sequence.Stream > last {
 			break
 		}
 		n++
-		if cb, ok := reconcile.FromMessage(prefix, m.Subject(), m.Headers(), m.Data()); ok {
-			cbs = append(cbs, cb)
+		if strings.HasPrefix(m.Subject(), missingPrefix) {
+			if id, ok := strings.CutPrefix(m.Headers().Get(publish.HeaderMsgID), reconcile.MissingMsgID("")); ok {
+				out.published[id] = true
+			}
+		} else if cb, ok := reconcile.FromMessage(prefix, m.Subject(), m.Headers(), m.Data()); ok {
+			out.callbacks = append(out.callbacks, cb)
 		}
-		if total > 1000 && time.Since(lastProgress) > time.Second {
+		if time.Since(lastProgress) > 2*time.Second {
 			lastProgress = time.Now()
 			fmt.Fprintf(progress, "reconcile: read %d of %d messages from stream %s\n", n, total, name)
 		}
@@ -289,45 +331,33 @@ func readStream(ctx context.Context, nc *nats.Conn, cfg config.Config, progress 
 			break
 		}
 	}
-	if total > 1000 {
-		fmt.Fprintf(progress, "reconcile: read %d messages from stream %s, %d callbacks\n", n, name, len(cbs))
-	}
-	return cbs, start, nil
-}
-
-// missingEvent is the body of a reconcile missing-callback finding.
-type missingEvent struct {
-	Source    string   `json:"source"` // "reconcile"
-	Receipt   string   `json:"receipt"`
-	Kind      string   `json:"kind"`
-	Kinds     []string `json:"kinds"`
-	Shortcode string   `json:"shortcode"`
-	Amount    string   `json:"amount"`
-	Time      string   `json:"time"`
-	Statement string   `json:"statement"`
+	return out, nil
 }
 
 // publishFindings puts each missing-callback finding on
-// <prefix>.missing.<kind>.<shortcode>, Nats-Msg-Id reconcile:<receipt>.
-func publishFindings(ctx context.Context, nc *nats.Conn, cfg config.Config, fs []reconcile.Finding) (int, error) {
+// <prefix>.missing.<kind>.<shortcode> with Nats-Msg-Id reconcile:<receipt>,
+// but for receipts whose event is already on the stream (published, read
+// before: the stream's duplicate window may have passed since). sent
+// counts the events stored now; already those that were there.
+func publishFindings(ctx context.Context, nc *nats.Conn, cfg config.Config, fs []reconcile.Finding, published map[string]bool) (sent, already int, err error) {
 	js, err := jetstream.New(nc)
 	if err != nil {
-		return 0, err
+		return 0, 0, fmt.Errorf("jetstream: %w", err)
 	}
-	subj := publish.Subjects{Prefix: cfg.NATS.SubjectPrefix}
-	n := 0
 	for _, f := range fs {
-		sc := f.Shortcode
-		if sc == "" {
-			sc = "unknown"
+		if published[f.Receipt] {
+			already++
+			continue
 		}
-		ev := missingEvent{Source: "reconcile", Receipt: f.Receipt, Kind: f.MissingKind(), Kinds: strings.Split(f.Kind, "|"),
-			Shortcode: f.Shortcode, Amount: f.Amount.String(), Time: f.Time.Format(time.RFC3339), Statement: f.Source}
-		b, _ := json.Marshal(ev)
-		if _, err := js.Publish(ctx, subj.Missing(ev.Kind, sc), b, jetstream.WithMsgID("reconcile:"+f.Receipt)); err != nil {
-			return n, fmt.Errorf("%s: %w", f.Receipt, err)
+		ack, err := js.PublishMsg(ctx, reconcile.MissingMsg(cfg.NATS.SubjectPrefix, f))
+		if err != nil {
+			return sent, already, fmt.Errorf("%s: %w", f.Receipt, err)
 		}
-		n++
+		if ack.Duplicate {
+			already++
+		} else {
+			sent++
+		}
 	}
-	return n, nil
+	return sent, already, nil
 }
