@@ -10,6 +10,7 @@ import (
 	"github.com/nats-io/nats.go"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/reconcile"
 	"github.com/daraja-edge/daraja-edge/recovery/darajatest"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -81,17 +82,13 @@ func TestPullRecovery(t *testing.T) {
 	r.messages(subject, 2)
 }
 
-// reconcileFinding publishes what `daraja-edge reconcile --publish` puts
-// on <prefix>.missing.<kind>.<shortcode>.
-func (r *rig) reconcileFinding(kind, shortcode, receipt string, at time.Time, full bool) {
+// reconcileFinding publishes the event `daraja-edge reconcile --publish`
+// puts on <prefix>.missing.<kind>.<shortcode> for a missing callback
+// (reconcile.MissingMsg itself); kinds is the finding's "a|b" list.
+func (r *rig) reconcileFinding(kinds, shortcode, receipt string, at time.Time) {
 	r.t.Helper()
-	body := map[string]any{"source": "reconcile", "receipt": receipt, "amount": "150.00", "time": at.Format(time.RFC3339)}
-	if full {
-		body["kind"], body["kinds"], body["shortcode"] = kind, []string{kind}, shortcode
-	}
-	data, _ := json.Marshal(body)
-	m := &nats.Msg{Subject: "daraja.missing." + kind + "." + shortcode, Data: data, Header: nats.Header{
-		"Nats-Msg-Id": {"reconcile:" + receipt}, HeaderMissingSource: {SourceReconcile}}}
+	m := reconcile.MissingMsg("daraja", reconcile.Finding{Category: reconcile.Missing, Kind: kinds, Receipt: receipt,
+		Shortcode: shortcode, Amount: 15000, Time: at, Source: "statement.csv:4"})
 	if _, err := r.js.PublishMsg(context.Background(), m); err != nil {
 		r.t.Fatal(err)
 	}
@@ -111,7 +108,7 @@ func TestReconcileFindings(t *testing.T) {
 		darajatest.PullTransaction{Receipt: "TLB0000001", Time: at.Add(-time.Minute), Amount: "5.00"},
 		darajatest.PullTransaction{Receipt: "TLB0000002", Time: at, MSISDN: "254708374149", BillReference: "ACC-7", Amount: "150.00"})
 
-	r.reconcileFinding("c2b.confirmation", "174379", "TLB0000002", at, false)
+	r.reconcileFinding("c2b.confirmation|stk.callback", "174379", "TLB0000002", at)
 	m := r.messages("daraja.recovered.c2b.confirmation.174379.TLB0000002", 1)[0]
 	for k, want := range map[string]string{"Nats-Msg-Id": "recovered:c2b.confirmation:TLB0000002", HeaderRecoveredBy: QueryPull,
 		HeaderOutcome: OutcomeAnswered, HeaderMissingSource: SourceReconcile, "Daraja-Receipt": "TLB0000002",
@@ -129,7 +126,7 @@ func TestReconcileFindings(t *testing.T) {
 		t.Fatalf("pull requests %v", q)
 	}
 
-	r.reconcileFinding("b2c.result", "174379", "TLB0000003", at, true)
+	r.reconcileFinding("b2c.result", "174379", "TLB0000003", at)
 	m = r.messages("daraja.recovered.b2c.result.174379.TLB0000003", 1)[0]
 	if m.Header.Get(HeaderOutcome) != OutcomeAcknowledged || m.Header.Get(HeaderRecoveredBy) != QueryStatus ||
 		m.Header.Get(HeaderMissingSource) != SourceReconcile {
@@ -144,7 +141,7 @@ func TestReconcileFindings(t *testing.T) {
 		t.Fatalf("result token: %+v %v", rec, err)
 	}
 
-	r.reconcileFinding("c2b.confirmation", "600999", "TLB0000004", at, false)
+	r.reconcileFinding("c2b.confirmation|stk.callback", "", "TLB0000004", at) // a statement naming no shortcode
 	r.settled()
 	if got := metric(t, r.regs[0], "daraja_edge_recovery_outcomes_total", map[string]string{"query": "none", "outcome": OutcomeSkipped}); got != 1 {
 		t.Fatalf("skipped %v, want 1", got)
@@ -154,7 +151,7 @@ func TestReconcileFindings(t *testing.T) {
 			t.Fatalf("a reconcile finding was dropped as not understood: %v", e.ContextMap())
 		}
 	}
-	r.messages("daraja.recovered.c2b.confirmation.600999.TLB0000004", 0)
+	r.messages("daraja.recovered.c2b.confirmation.unknown.TLB0000004", 0)
 
 	// Published again (reconcile run over the same statement a day later).
 	m2 := &nats.Msg{Subject: "daraja.missing.c2b.confirmation.174379", Header: nats.Header{HeaderMissingSource: {SourceReconcile}},
