@@ -105,11 +105,11 @@ const (
 )
 
 // kindAccounts are the accounts on whose statement a callback's
-// transaction appears: Safaricom's B2B Pay Bill "moves money from your
-// MMF/Working account to the recipient's utility account" (Buy Goods: to
-// its merchant account), B2C pays from the Utility account, customer
-// payments land in the Utility (or, on some paybills, the Working)
-// account or a till's Merchant account.
+// transaction appears: Safaricom's B2B API debits the payer's MMF/Working
+// account and credits the recipient's Utility account (Buy Goods: its
+// Merchant account), B2C pays from the Utility account, customer payments
+// land in the Utility (or, on some paybills, the Working) account or a
+// till's Merchant account.
 var kindAccounts = map[daraja.Kind][]string{
 	daraja.C2BConfirmation: {AccountUtility, AccountWorking, AccountMerchant, AccountPull},
 	daraja.STKCallback:     {AccountUtility, AccountWorking, AccountMerchant, AccountPull},
