@@ -705,6 +705,54 @@ func (s *Spool) drainSegment(ctx context.Context, seg *segment, publish func(con
 	return n, nil
 }
 
+// Each calls fn with every record not yet replayed, oldest first, without
+// replaying or removing any: a later Drain still replays them all. It
+// stops at fn's first error and returns it. Damaged records are skipped
+// (Drain counts and logs them). A record appended while Each runs may or
+// may not be seen. Drains wait for Each, and Each for a running drain.
+func (s *Spool) Each(fn func(*nats.Msg) error) error {
+	s.drainMu.Lock()
+	defer s.drainMu.Unlock()
+	s.mu.Lock()
+	segs := make([]segment, len(s.segs))
+	for i, seg := range s.segs {
+		segs[i] = *seg // cursor and end as they are now
+	}
+	s.mu.Unlock()
+	for i := range segs {
+		if err := s.each(&segs[i], fn); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *Spool) each(seg *segment, fn func(*nats.Msg) error) error {
+	if seg.cursor >= seg.end {
+		return nil
+	}
+	path := s.path(seg.seq)
+	f, err := s.fs.OpenFile(path, os.O_RDONLY, 0)
+	if err != nil {
+		return fmt.Errorf("spool: open %s: %w", path, err)
+	}
+	defer f.Close()
+	r := newReader(f, seg)
+	for off := seg.cursor; ; {
+		msg, next, _, err := r.next(off)
+		if err != nil {
+			return fmt.Errorf("spool: read %s: %w", path, err)
+		}
+		if next < 0 {
+			return nil
+		}
+		if err := fn(msg); err != nil {
+			return err
+		}
+		off = next
+	}
+}
+
 // Close closes the active segment. Safe twice.
 func (s *Spool) Close() error {
 	s.mu.Lock()
