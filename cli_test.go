@@ -4,10 +4,15 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
+	"unsafe"
 
 	"go.uber.org/zap"
 
@@ -66,37 +71,113 @@ func TestTokenCommands(t *testing.T) {
 }
 
 // TestHelpAndCompletion: --help lists every command of the table; each
-// command's --help has its synopsis, an example and its flags; the bash
-// completion offers the table's words.
+// command's --help has its synopsis, its description, an example and
+// every flag with its default (checkCommandHelp); bash and zsh, run for
+// real, complete the commands, the subcommands and each command's flags.
 func TestHelpAndCompletion(t *testing.T) {
 	var out bytes.Buffer
 	if err := run(context.Background(), []string{"--help"}, &out, &out); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range commands {
-		if !strings.Contains(out.String(), "daraja-edge "+c.name+" ") {
-			t.Errorf("--help lacks %q", c.name)
+	cases := completionCasesFor(checkEveryCommandHelp(t, out.String()))
+	t.Run("bash", func(t *testing.T) {
+		needShell(t, "bash")
+		var script bytes.Buffer
+		if err := run(context.Background(), []string{"completion", "bash"}, &script, &script); err != nil {
+			t.Fatal(err)
 		}
-		var h bytes.Buffer
-		args := append(strings.Fields(c.name), "--help")
-		_ = run(context.Background(), args, &h, &h)
-		if c.name != "version" && c.name != "completion" && (!strings.Contains(h.String(), "Example:") || !strings.Contains(h.String(), "-")) {
-			t.Errorf("%s --help: %s", c.name, h.String())
+		f := t.TempDir() + "/daraja-edge.bash"
+		if err := os.WriteFile(f, script.Bytes(), 0o600); err != nil {
+			t.Fatal(err)
 		}
+		drive := "source " + f + " || exit 3\n"
+		for _, c := range cases {
+			drive += "COMP_WORDS=(daraja-edge " + shellWords(c.words) + `); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); _daraja_edge; echo "${COMPREPLY[*]}"` + "\n"
+		}
+		got, err := exec.Command("bash", "--norc", "--noprofile", "-c", drive).CombinedOutput()
+		compareCompletion(t, "bash", cases, string(got), err)
+	})
+	t.Run("zsh", func(t *testing.T) {
+		needShell(t, "zsh")
+		checkZshCompletion(t, cases)
+	})
+}
+
+// TestLogFormatAutoTerminal: auto (the default) writes the console format
+// when stderr is a terminal: here the follower side of a pseudo-terminal
+// opened through /dev/ptmx (Linux).
+func TestLogFormatAutoTerminal(t *testing.T) {
+	if runtime.GOOS != "linux" {
+		t.Skip("opens a Linux pseudo-terminal")
 	}
-	if _, err := exec.LookPath("bash"); err != nil {
-		t.Skip("no bash")
+	if config.Default().Log.Format != "auto" {
+		t.Errorf("log.format defaults to %q, want auto", config.Default().Log.Format)
 	}
-	var script bytes.Buffer
-	if err := run(context.Background(), []string{"completion", "bash"}, &script, &script); err != nil {
+	leader, follower := openPTY(t)
+	l, err := newLogger(config.Log{Level: "info", Format: config.Default().Log.Format}, zap.NewAtomicLevel(), follower)
+	if err != nil {
 		t.Fatal(err)
 	}
-	f := t.TempDir() + "/c.bash"
-	_ = os.WriteFile(f, script.Bytes(), 0o600)
-	got, err := exec.Command("bash", "-c", `source `+f+`; COMP_WORDS=(daraja-edge token ""); COMP_CWORD=2; _daraja_edge; echo "${COMPREPLY[@]}"`).Output()
-	if err != nil || strings.TrimSpace(string(got)) != strings.Join(subcommands("token"), " ") {
-		t.Errorf("completion after 'token': %q %v", got, err)
+	l.Info("hello from a terminal", zap.String("k", "v"))
+	got := make(chan string, 1)
+	go func() {
+		var out []byte
+		buf := make([]byte, 4096)
+		for !bytes.Contains(out, []byte("\n")) {
+			n, err := leader.Read(buf)
+			out = append(out, buf[:n]...)
+			if err != nil {
+				break
+			}
+		}
+		got <- string(out)
+	}()
+	var line string
+	select {
+	case line = <-got:
+	case <-time.After(60 * time.Second): // only turns a hang into a failure
+		t.Fatal("nothing read from the terminal")
 	}
+	if strings.HasPrefix(line, "{") || !strings.Contains(line, "\tINFO\thello from a terminal\t") || !strings.Contains(line, `{"k": "v"}`) {
+		t.Errorf("auto on a terminal wrote %q, want the console format", line)
+	}
+}
+
+// openPTY opens a pseudo-terminal pair through /dev/ptmx: unlock the
+// follower (TIOCSPTLCK), find its number (TIOCGPTN), open /dev/pts/N. The
+// ioctl numbers are Linux's; callers skip elsewhere.
+func openPTY(t *testing.T) (leader, follower *os.File) {
+	t.Helper()
+	const (
+		tiocsptlck = 0x40045431
+		tiocgptn   = 0x80045430
+	)
+	leader, err := os.OpenFile("/dev/ptmx", os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Skipf("no pseudo-terminals here: %v", err)
+	}
+	t.Cleanup(func() { leader.Close() })
+	raw, err := leader.SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var unlock int32
+	var n uint32
+	var errno syscall.Errno
+	if err := raw.Control(func(fd uintptr) {
+		if _, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, tiocsptlck, uintptr(unsafe.Pointer(&unlock))); errno != 0 {
+			return
+		}
+		_, _, errno = syscall.Syscall(syscall.SYS_IOCTL, fd, tiocgptn, uintptr(unsafe.Pointer(&n)))
+	}); err != nil || errno != 0 {
+		t.Fatalf("unlock the pseudo-terminal: %v %v", err, errno)
+	}
+	follower, err = os.OpenFile(fmt.Sprintf("/dev/pts/%d", n), os.O_RDWR|syscall.O_NOCTTY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { follower.Close() })
+	return leader, follower
 }
 
 // TestLogFormatAuto: auto writes JSON when stderr is not a terminal.

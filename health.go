@@ -26,6 +26,10 @@ func cmdHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return err
 		}
 		base = "http://" + loopbackAddr(cfg.Admin.Listen)
+	} else if _, err := findConfig(*path, false); err != nil {
+		// --admin says where to ask, but a --config (or $DARAJA_EDGE_CONFIG)
+		// that does not exist is still a mistake to report, not to ignore.
+		return err
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

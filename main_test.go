@@ -5,11 +5,13 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -102,6 +104,8 @@ func TestMissingConfigFile(t *testing.T) {
 		{"token", "issue", "--config", missing, "--kinds", "stk.callback", "--shortcode", "174379"},
 		{"tail", "--config", missing},
 		{"health", "--config", missing},
+		// --admin says where to ask; the missing file is still an error.
+		{"health", "--admin", "http://127.0.0.1:1", "--config", missing},
 	} {
 		if _, errs, code := runCLI(t, args...); code != 2 || !strings.Contains(errs, "--config "+missing+": no such file or directory") {
 			t.Errorf("%q: code %d, %s", args, code, errs)
@@ -114,8 +118,10 @@ func TestMissingConfigFile(t *testing.T) {
 }
 
 func TestUsageAndVersion(t *testing.T) {
-	if out, _, code := runCLI(t, "version"); code != 0 || !strings.HasPrefix(out, "daraja-edge ") {
-		t.Errorf("version: %d %q", code, out)
+	for _, arg := range []string{"version", "--version", "-version"} {
+		if out, _, code := runCLI(t, arg); code != 0 || out != "daraja-edge "+version+" (commit "+buildCommit()+")\n" {
+			t.Errorf("%s: %d %q", arg, code, out)
+		}
 	}
 	for _, args := range [][]string{{}, {"bogus"}, {"token"}, {"token", "issue"}, {"serve", "--nope"}, {"check", "extra"}} {
 		if _, _, code := runCLI(t, args...); code != 2 {
@@ -206,4 +212,61 @@ func mustRead(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestServeStartErrorsNameKey (issue 13): serve's start-up failures name
+// the key and its value and keep the cause: an unreachable nats.url says
+// "connection refused" and never shows its credentials; a busy embedded
+// NATS port fails at once (no 30 s wait: the test asserts the error, not
+// the time), naming nats.embedded.listen.
+func TestServeStartErrorsNameKey(t *testing.T) {
+	closed := freePort(t) // freed: nothing listens there
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	for _, tt := range []struct {
+		name, nats string // nats: the nats section, %s the store directory
+		want       []string
+		errno      error
+	}{
+		{"nats.url unreachable", `{url: "nats://edge:pw-secret-42@` + closed + `", embedded: {store_dir: %s}}`,
+			[]string{`nats.url "nats://` + closed + `" (credentials redacted): `, "connection refused"}, syscall.ECONNREFUSED},
+		{"embedded port busy", `{embedded: {listen: "` + busy.Addr().String() + `", store_dir: %s}}`,
+			[]string{`nats.embedded.listen "` + busy.Addr().String() + `": `, "address already in use"}, syscall.EADDRINUSE},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			dir := t.TempDir()
+			path := filepath.Join(dir, "config.yaml")
+			yaml := "listen: 127.0.0.1:0\n" +
+				"admin: {listen: 127.0.0.1:0, api_keys: [serve-errors-admin-key-0123], key_file: " + filepath.Join(dir, "admin.key") + "}\n" +
+				"tls: {storage: " + filepath.Join(dir, "certs") + "}\n" +
+				"spool: {dir: " + filepath.Join(dir, "spool") + "}\n" +
+				"nats: " + fmt.Sprintf(tt.nats, filepath.Join(dir, "nats")) + "\n"
+			if err := os.WriteFile(path, []byte(yaml), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			// The deadline only turns a serve that wrongly starts into a
+			// failure instead of a hang.
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			var logs bytes.Buffer
+			err := run(ctx, []string{"serve", "--config", path}, io.Discard, &logs)
+			if err == nil {
+				t.Fatal("serve started")
+			}
+			for _, w := range tt.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q lacks %q", err, w)
+				}
+			}
+			if !errors.Is(err, tt.errno) {
+				t.Errorf("error %q does not wrap %v", err, tt.errno)
+			}
+			if all := err.Error() + logs.String(); strings.Contains(all, "pw-secret-42") || strings.Contains(all, "edge:") {
+				t.Errorf("the URL's credentials show:\n%s", all)
+			}
+		})
+	}
 }

@@ -6,18 +6,26 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"fmt"
-	"github.com/daraja-edge/daraja-edge/config"
 	"io"
 	"net"
 	"net/http"
 	"os"
 	"path/filepath"
+	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+	"go.yaml.in/yaml/v3"
+
+	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/internal/edgetest"
 )
 
 // TestReloadUnderLoad: SIGHUP swaps the allowlist while callbacks flow on
@@ -203,16 +211,28 @@ func (l *lockedWriter) Write(p []byte) (int, error) {
 }
 
 // TestConfigChanges: a reload names each key that changed with its old and
-// new values, and masks secrets.
+// new values, and masks secrets: keys that hold one, a forward
+// destination's secrets and headers (inside a list), the credentials of a
+// URL.
 func TestConfigChanges(t *testing.T) {
 	a := config.Default()
+	a.Forward.Destinations = []config.Destination{config.DefaultDestination()}
+	a.Forward.Destinations[0].Secrets = []string{"whsec_old-secret-AAAA"}
 	b := a
 	b.Allowlist.CIDRs = []string{"127.0.0.9/32"}
 	b.Listen = ":9443"
 	b.Admin.APIKeys = []string{"a-new-admin-key-0123456789"}
+	b.NATS.URL = "nats://edge:nats-pw-0123@10.0.0.1:4222,nats://nats-tok-0123@10.0.0.2:4222"
+	b.Tokens.DefaultTTL = time.Hour
+	d := config.DefaultDestination()
+	d.Name, d.URL, d.Secrets = "shop", "https://u:url-pw-0123@shop.internal", []string{"whsec_new-secret-BBBB"}
+	d.Headers = map[string]string{"Authorization": "Bearer header-secret-0123"}
+	b.Forward.Destinations = []config.Destination{d}
 	got := map[string]change{}
+	all := ""
 	for _, c := range configChanges(a, b) {
 		got[c.Key] = c
+		all += fmt.Sprintf("%+v\n", c)
 	}
 	if c := got["allowlist.cidrs"]; c.New != `["127.0.0.9/32"]` {
 		t.Errorf("allowlist.cidrs: %+v", c)
@@ -223,8 +243,142 @@ func TestConfigChanges(t *testing.T) {
 	if c := got["admin.api_keys"]; strings.Contains(c.New, "a-new-admin-key") || c.New == "" {
 		t.Errorf("admin.api_keys not masked: %+v", c)
 	}
-	if len(got) != 3 {
-		t.Errorf("changes %v, want 3", got)
+	if c := got["tokens.default_ttl"]; c.Old != `"24h0m0s"` || c.New != `"1h0m0s"` {
+		t.Errorf("tokens.default_ttl (not a secret): %+v", c)
+	}
+	if c := got["nats.url"]; c.New != `"nats://(credentials not shown)@10.0.0.1:4222,nats://(credentials not shown)@10.0.0.2:4222"` {
+		t.Errorf("nats.url: %+v", c)
+	}
+	if c := got["forward.destinations[0].name"]; c.Old != `""` || c.New != `"shop"` {
+		t.Errorf("forward.destinations[0].name: %+v", c)
+	}
+	if c := got["forward.destinations[0].secrets"]; c.Old != "(set, not shown)" || c.New != "(set, not shown)" {
+		t.Errorf("forward.destinations[0].secrets: %+v", c)
+	}
+	if c := got["forward.destinations[0].headers.Authorization"]; c.New != "(set, not shown)" {
+		t.Errorf("forward.destinations[0].headers.Authorization: %+v", c)
+	}
+	for _, secret := range []string{"a-new-admin-key", "nats-pw", "nats-tok", "edge:", "url-pw", "u:", "header-secret", "old-secret", "new-secret"} {
+		if strings.Contains(all, secret) {
+			t.Errorf("changes show %q:\n%s", secret, all)
+		}
+	}
+	if len(got) != 9 {
+		t.Errorf("changes:\n%s want 9", all)
+	}
+}
+
+// TestReloadAppliedAndPending runs the real reload (what SIGHUP calls)
+// against a running edge: the log names the keys it applied and those
+// that need a restart, each with old and new values, secrets masked; the
+// running configuration takes only what was applied;
+// daraja_edge_config_last_reload_success_timestamp_seconds moves on an
+// applied reload, and config_last_reload_successful drops to 0 on a
+// refused one.
+func TestReloadAppliedAndPending(t *testing.T) {
+	cfg := edgetest.Config(t, "")
+	e := edgetest.Start(t, cfg)
+	metric := func(name string) float64 {
+		t.Helper()
+		resp, err := http.Get("http://" + e.Admin + "/metrics")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		m := regexp.MustCompile(`(?m)^` + name + ` (\S+)$`).FindSubmatch(body)
+		if m == nil {
+			t.Fatalf("/metrics has no %s", name)
+		}
+		v, err := strconv.ParseFloat(string(m[1]), 64)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	const (
+		stamp = "daraja_edge_config_last_reload_success_timestamp_seconds"
+		ok    = "daraja_edge_config_last_reload_successful"
+	)
+	before := metric(stamp)
+
+	next := cfg
+	next.Allowlist.CIDRs = []string{"127.0.0.2/32", "127.0.0.5/32"}   // applied
+	next.Log.Level = "debug"                                          // applied
+	next.Limits.ShutdownTimeout = 45 * time.Second                    // needs a restart
+	next.Admin.APIKeys = []string{"reloaded-admin-key-must-not-show"} // needs a restart; a secret
+	path := filepath.Join(t.TempDir(), "config.yaml")
+	data, err := yaml.Marshal(next)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs := &lockedWriter{w: &bytes.Buffer{}}
+	level := zap.NewAtomicLevel()
+	log, err := newLogger(config.Log{Level: "info", Format: "json"}, level, logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	running := reload(path, cfg, e.Srv, level, log)
+
+	var entry struct {
+		Level       string   `json:"level"`
+		Msg         string   `json:"msg"`
+		Applied     []change `json:"applied"`
+		NeedRestart []change `json:"need_restart"`
+	}
+	if err := json.Unmarshal([]byte(logs.String()), &entry); err != nil {
+		t.Fatalf("log %q: %v", logs.String(), err)
+	}
+	if entry.Level != "warn" || entry.Msg != "configuration reloaded in part: some changes need a restart" {
+		t.Errorf("log %s %q", entry.Level, entry.Msg)
+	}
+	keys := func(cs []change) map[string]change {
+		m := map[string]change{}
+		for _, c := range cs {
+			m[c.Key] = c
+		}
+		return m
+	}
+	applied, pending := keys(entry.Applied), keys(entry.NeedRestart)
+	if c := applied["allowlist.cidrs"]; len(applied) != 2 || c.Old != `["127.0.0.2/32"]` || c.New != `["127.0.0.2/32","127.0.0.5/32"]` ||
+		applied["log.level"] != (change{Key: "log.level", Old: `"info"`, New: `"debug"`}) {
+		t.Errorf("applied %+v", entry.Applied)
+	}
+	if len(pending) != 2 || pending["limits.shutdown_timeout"] != (change{Key: "limits.shutdown_timeout", Old: `"30s"`, New: `"45s"`}) ||
+		pending["admin.api_keys"].New != "(set, not shown)" || pending["admin.api_keys"].Old != "(set, not shown)" {
+		t.Errorf("need_restart %+v", entry.NeedRestart)
+	}
+	if l := logs.String(); strings.Contains(l, "reloaded-admin-key") || strings.Contains(l, edgetest.AdminKey) {
+		t.Errorf("the reload log shows an admin key:\n%s", l)
+	}
+	if !slices.Equal(running.Allowlist.CIDRs, next.Allowlist.CIDRs) || running.Log.Level != "debug" || level.Level() != zap.DebugLevel ||
+		running.Limits.ShutdownTimeout != cfg.Limits.ShutdownTimeout || !slices.Equal(running.Admin.APIKeys, cfg.Admin.APIKeys) {
+		t.Errorf("running configuration after the reload: %+v", running)
+	}
+	if after := metric(stamp); after <= before {
+		t.Errorf("%s did not move on an applied reload: %v, then %v", stamp, before, after)
+	}
+	if metric(ok) != 1 {
+		t.Errorf("%s is not 1 after an applied reload", ok)
+	}
+
+	// A refused reload: the running configuration stays, the timestamp
+	// does not move, the success gauge drops.
+	applyStamp := metric(stamp)
+	if err := os.WriteFile(path, []byte("allowlist:\n  cidrs: [10.0.0.0/33]\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if again := reload(path, running, e.Srv, level, log); !slices.Equal(again.Allowlist.CIDRs, running.Allowlist.CIDRs) {
+		t.Errorf("a refused reload changed the allowlist to %q", again.Allowlist.CIDRs)
+	}
+	if metric(ok) != 0 || metric(stamp) != applyStamp {
+		t.Errorf("after a refused reload: %s %v, %s moved", ok, metric(ok), stamp)
+	}
+	if !strings.Contains(logs.String(), "reload refused: the file is invalid; the running configuration stays") {
+		t.Errorf("no refusal logged:\n%s", logs.String())
 	}
 }
 

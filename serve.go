@@ -43,6 +43,9 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := checkEnvironment(*path, cfg, stderr); err != nil {
 		return err
 	}
+	if cfg, err = withFileSecrets(*path, cfg, stderr); err != nil {
+		return err
+	}
 	level := zap.NewAtomicLevel()
 	log, err := newLogger(cfg.Log, level, stderr)
 	if err != nil {
@@ -53,9 +56,13 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		log.Warn("configuration: " + w)
 	}
 
+	// What -ldflags "-X main.version=… -X main.commit=…" set reaches the
+	// start-up log and daraja_edge_build_info (an image built without .git
+	// has no VCS information of its own).
 	if v := strings.TrimPrefix(version, "v"); semver.MatchString(v) {
 		edge.Version = v
 	}
+	edge.Commit = buildCommit()
 	ctx, stopped := stopOnSignals(ctx, log, cfg.Limits.ShutdownTimeout)
 	defer stopped()
 	srv, err := edge.New(ctx, cfg, log)
@@ -76,6 +83,19 @@ func cmdServe(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 	}()
 	return srv.Run(ctx)
+}
+
+// withFileSecrets reads the forward destinations' secrets_file into their
+// secrets (config.WithFileSecrets); a problem is exit 2, one line each.
+func withFileSecrets(path string, cfg config.Config, stderr io.Writer) (config.Config, error) {
+	out, err := cfg.WithFileSecrets()
+	if err != nil {
+		for _, p := range config.Problems(err) {
+			fmt.Fprintf(stderr, "%s: %v\n", path, p)
+		}
+		return cfg, &exitError{code: 2}
+	}
+	return out, nil
 }
 
 // exit ends the process when a stop cannot finish (a variable for tests).
@@ -134,6 +154,11 @@ func stopOnSignals(ctx context.Context, log *zap.Logger, timeout time.Duration) 
 // running configuration stays; changes that need a restart are logged.
 func reload(path string, old config.Config, srv *edge.Server, level zap.AtomicLevel, log *zap.Logger) config.Config {
 	cfg, err := config.LoadFile(path)
+	if err == nil {
+		// The running configuration holds the secrets_file secrets in
+		// secrets: compare like with like.
+		cfg, err = cfg.WithFileSecrets()
+	}
 	if err != nil {
 		var problems []string
 		for _, p := range config.Problems(err) {
@@ -201,8 +226,11 @@ func configChanges(a, b config.Config) []change {
 	return out
 }
 
-// flatten turns a configuration into key paths (tls.acme.email) and their
-// values as YAML flow text.
+// flatten turns a configuration into key paths (tls.acme.email,
+// forward.destinations[0].secrets) and their values as JSON text, URL
+// credentials masked. Lists of
+// mappings are walked entry by entry, so a secret inside one has a key
+// secretKey knows; lists of values are one value (allowlist.cidrs).
 func flatten(c config.Config) map[string]string {
 	data, _ := yaml.Marshal(c)
 	var tree any
@@ -210,22 +238,48 @@ func flatten(c config.Config) map[string]string {
 	out := map[string]string{}
 	var walk func(prefix string, v any)
 	walk = func(prefix string, v any) {
-		if m, ok := v.(map[string]any); ok && len(m) > 0 {
-			for k, sub := range m {
+		switch t := v.(type) {
+		case map[string]any:
+			// An empty mapping holds no value: its keys appear when set.
+			for k, sub := range t {
 				walk(strings.TrimPrefix(prefix+"."+k, "."), sub)
 			}
 			return
+		case []any:
+			if len(t) > 0 {
+				if _, ok := t[0].(map[string]any); ok {
+					for i, sub := range t {
+						walk(fmt.Sprintf("%s[%d]", prefix, i), sub)
+					}
+					return
+				}
+			}
 		}
 		b, _ := json.Marshal(v)
-		out[prefix] = string(b)
+		out[prefix] = urlCredentials.ReplaceAllString(string(b), "://(credentials not shown)@")
 	}
 	walk("", tree)
 	return out
 }
 
+// urlCredentials matches the user information of a URL (nats.url,
+// forward.destinations[].url): a password, or a token standing as the user.
+var urlCredentials = regexp.MustCompile(`://[^/@\s",]+@`)
+
+// secretKey reports whether the key path k holds a secret: a static
+// header (it may carry a bearer token), or a key whose own name says key,
+// secret, password, credential or token — not a *_file key, which holds a
+// path, nor a key of a section so named (tokens.default_ttl).
 func secretKey(k string) bool {
-	for _, w := range []string{"key", "secret", "password", "credential", "headers", "token"} {
-		if strings.Contains(k, w) && !strings.HasSuffix(k, "_file") {
+	if strings.Contains(k, ".headers") {
+		return true
+	}
+	name := k[strings.LastIndexByte(k, '.')+1:]
+	if strings.HasSuffix(name, "_file") {
+		return false
+	}
+	for _, w := range []string{"key", "secret", "password", "credential", "token"} {
+		if strings.Contains(name, w) {
 			return true
 		}
 	}

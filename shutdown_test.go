@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"crypto/tls"
 	"encoding/json"
 	"errors"
@@ -18,6 +19,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"go.uber.org/zap"
+
+	"github.com/daraja-edge/daraja-edge/config"
 )
 
 // TestStopDeadlines runs the real binary and stops it with signals: one
@@ -30,11 +35,7 @@ func TestStopDeadlines(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds and runs the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "daraja-edge")
-	build := exec.Command("go", "build", "-o", bin, ".")
-	if out, err := build.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := buildBinary(t)
 
 	t.Run("one SIGTERM, nothing in flight: exit 0", func(t *testing.T) {
 		e := startBinary(t, bin, "30s")
@@ -77,6 +78,128 @@ func TestStopDeadlines(t *testing.T) {
 			t.Errorf("no error log line for the deadline:\n%s", l)
 		}
 	})
+}
+
+// The version and commit buildBinary stamps, as the Dockerfile does.
+const (
+	testVersion = "v1.2.3"
+	testCommit  = "abc1234"
+)
+
+var built struct {
+	once sync.Once
+	dir  string
+	bin  string
+	err  error
+	out  []byte
+}
+
+// buildBinary builds daraja-edge once per test run, with -ldflags setting
+// main.version and main.commit as the Dockerfile does, and returns its path.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	if testing.Short() {
+		t.Skip("builds and runs the binary")
+	}
+	built.once.Do(func() {
+		built.dir, built.err = os.MkdirTemp("", "daraja-edge-bin-")
+		if built.err != nil {
+			return
+		}
+		built.bin = filepath.Join(built.dir, "daraja-edge")
+		build := exec.Command("go", "build", "-o", built.bin,
+			"-ldflags", "-X main.version="+testVersion+" -X main.commit="+testCommit, ".")
+		built.out, built.err = build.CombinedOutput()
+	})
+	if built.err != nil {
+		t.Fatalf("go build: %v\n%s", built.err, built.out)
+	}
+	return built.bin
+}
+
+// TestMain removes the binary buildBinary built.
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if built.dir != "" {
+		os.RemoveAll(built.dir)
+	}
+	os.Exit(code)
+}
+
+// TestBuildInfo (issue 13): the version and commit set by -ldflags, as the
+// Dockerfile sets them (its build context has no .git), are what
+// `version` prints and what the start-up log and daraja_edge_build_info
+// say.
+func TestBuildInfo(t *testing.T) {
+	bin := buildBinary(t)
+	for _, arg := range []string{"version", "--version"} {
+		out, err := exec.Command(bin, arg).Output()
+		if want := "daraja-edge " + testVersion + " (commit " + testCommit + ")\n"; err != nil || string(out) != want {
+			t.Errorf("%s: %q, %v; want %q", arg, out, err, want)
+		}
+	}
+	e := startBinary(t, bin, "30s")
+	resp, err := http.Get("http://" + e.admin + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	info := regexp.MustCompile(`(?m)^daraja_edge_build_info\{.*\} 1$`).FindString(string(body))
+	if !strings.Contains(info, `commit="`+testCommit+`"`) || !strings.Contains(info, `version="`+strings.TrimPrefix(testVersion, "v")+`"`) {
+		t.Errorf("build_info %q, want commit %s and version %s", info, testCommit, testVersion)
+	}
+	e.signal(t, syscall.SIGTERM)
+	e.wait(t, 60*time.Second)
+	var serving map[string]any
+	for _, line := range strings.Split(e.logs(), "\n") {
+		if strings.Contains(line, `"msg":"daraja-edge serving"`) {
+			_ = json.Unmarshal([]byte(line), &serving)
+		}
+	}
+	if serving["commit"] != testCommit || serving["version"] != strings.TrimPrefix(testVersion, "v") {
+		t.Errorf("start-up log: commit %v, version %v; want %s, %s\n%s", serving["commit"], serving["version"], testCommit, testVersion, e.logs())
+	}
+}
+
+// TestStopHardDeadline: when the graceful stop that the first SIGTERM
+// starts has not finished within limits.shutdown_timeout, stopOnSignals
+// logs an error and exits 1, whatever is still running. The stop here
+// never finishes (the function stopOnSignals returns is not called), and
+// exit is replaced so the test sees the code.
+func TestStopHardDeadline(t *testing.T) {
+	codes := make(chan int, 1)
+	real := exit
+	exit = func(code int) { codes <- code }
+	defer func() { exit = real }()
+	logs := &lockedWriter{w: &bytes.Buffer{}}
+	log, err := newLogger(config.Log{Level: "info", Format: "json"}, zap.NewAtomicLevel(), logs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, stopped := stopOnSignals(context.Background(), log, 300*time.Millisecond)
+	defer stopped()
+	if err := syscall.Kill(os.Getpid(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	// The bounds below only turn a hang into a failure.
+	select {
+	case <-ctx.Done():
+	case <-time.After(60 * time.Second):
+		t.Fatal("SIGTERM did not cancel the context")
+	}
+	select {
+	case code := <-codes:
+		if code != 1 {
+			t.Errorf("exit(%d), want exit(1)", code)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no exit a minute after a 300ms shutdown_timeout:\n%s", logs.String())
+	}
+	if l := logs.String(); !strings.Contains(l, `"level":"error"`) ||
+		!strings.Contains(l, "the stop did not finish within limits.shutdown_timeout: exiting") {
+		t.Errorf("no error log line for the deadline:\n%s", l)
+	}
 }
 
 // allowlistLine is allowlist.cidrs in config.example.yaml.
