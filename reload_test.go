@@ -380,6 +380,34 @@ func TestReloadAppliedAndPending(t *testing.T) {
 	if !strings.Contains(logs.String(), "reload refused: the file is invalid; the running configuration stays") {
 		t.Errorf("no refusal logged:\n%s", logs.String())
 	}
+
+	// A destination's secrets_file: serve runs with its secrets read into
+	// secrets (withFileSecrets); reloading the same file changes nothing.
+	secrets := filepath.Join(t.TempDir(), "shop.secrets")
+	if err := os.WriteFile(secrets, []byte("# shop\nwhsec_MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	withDest := running
+	d := config.DefaultDestination()
+	d.Name, d.URL, d.SecretsFile = "shop", "https://shop.internal", secrets
+	withDest.Forward.Destinations = []config.Destination{d}
+	if data, err = yaml.Marshal(withDest); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	started, err := withFileSecrets(path, withDest, io.Discard)
+	if err != nil || len(started.Forward.Destinations[0].Secrets) != 1 {
+		t.Fatalf("withFileSecrets: %+v, %v", started.Forward.Destinations, err)
+	}
+	logs.mu.Lock()
+	logs.w = &bytes.Buffer{}
+	logs.mu.Unlock()
+	reload(path, started, e.Srv, level, log)
+	if l := logs.String(); !strings.Contains(l, "configuration reloaded: nothing changed") {
+		t.Errorf("reloading the same secrets_file:\n%s", l)
+	}
 }
 
 func (l *lockedWriter) String() string {
