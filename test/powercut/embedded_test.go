@@ -10,6 +10,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
 	"github.com/daraja-edge/daraja-edge/internal/lazyfs"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -97,7 +100,7 @@ func (e *embeddedEdge) restart(t *testing.T) *inProcess {
 	return startInProcess(t, path, e.tls.roots)
 }
 
-// TestEmbeddedMidLoad cuts the power under an edge with embedded NATS in
+// testEmbeddedMidLoad cuts the power under an edge with embedded NATS in
 // the middle of a load of callbacks, each with a token issued just
 // before. With the default nats.embedded.sync (always) nothing answered
 // 200 is lost: on ext4-like metadata ordering (journaled) from a first
@@ -105,26 +108,44 @@ func (e *embeddedEdge) restart(t *testing.T) *inProcess {
 // control, sync every 2 minutes, must lose, and the restarted edge must
 // say so when its acknowledged-sequence record survived ahead of the
 // stream.
-func TestEmbeddedMidLoad(t *testing.T) {
-	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
+//
+// The journaled case also checks missing-callback events across the cut:
+// a few short-lived tokens that get no callback expire before the cut
+// (their events published), a few others get their callback in time; after
+// the restart each expired token has exactly one event (none published
+// again), and the used ones none.
+func testEmbeddedMidLoad(t *testing.T) {
 	for _, c := range []struct {
 		name    string
 		mode    lazyfs.NamespaceMode
 		sync    string
 		warm    bool
 		control bool
+		missing bool
 	}{
-		{name: "journaled", mode: lazyfs.JournaledNamespace},
+		{name: "journaled", mode: lazyfs.JournaledNamespace, missing: true},
 		{name: "strict-warm", mode: lazyfs.StrictNamespace, warm: true},
 		{name: "control-sync-2m", mode: lazyfs.JournaledNamespace, sync: "2m", warm: true, control: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			e := newEmbeddedEdge(t, c.mode, c.sync)
 			if c.warm {
 				e.warm(t)
 			}
 			ch := e.start(t, "edge")
 			ld := &load{}
+			var exp expiring
+			if c.missing {
+				// Their events come within about 11 s (expiry, then
+				// the edge's grace, then its next sweep): waited for before
+				// the load, which would otherwise grow to thousands of
+				// callbacks to check.
+				exp = issueExpiring(t, e.api, ld, 3, 2)
+				_, js := connectJS(t, "nats://"+e.conf.embedded, nats.MaxReconnects(0))
+				got := waitMissing(t, js, exp.idle, 60*time.Second)
+				t.Logf("before the cut: missing events %v", got)
+			}
 			stop, done := make(chan struct{}), make(chan struct{})
 			go func() { ld.run(c.name, []*api{e.api}, workers, stop); close(done) }()
 			ld.waitOK(t, 300, 90*time.Second)
@@ -139,6 +160,13 @@ func TestEmbeddedMidLoad(t *testing.T) {
 			wm := watermark(t, filepath.Join(e.lfs.BackingDir(), "nats"))
 			r := e.restart(t)
 			_, js := connectJS(t, r.srv.NATSURL())
+			var probe verify.IssueResponse
+			if c.missing {
+				var err error
+				if probe, err = r.api.issueTTL(context.Background(), "1s"); err != nil {
+					t.Fatal(err)
+				}
+			}
 			if c.control {
 				s := readStored(t, js)
 				res := count(ld.deliveries(), s)
@@ -165,6 +193,9 @@ func TestEmbeddedMidLoad(t *testing.T) {
 			}
 			res := checkRecovered(t, r.api, js, ld)
 			res.extra = fmt.Sprintf("watermark=%d loss_reported=%t", wm, r.lossReported())
+			if c.missing {
+				res.extra += " " + exp.check(t, js, probe)
+			}
 			report(t, "embedded-mid-load/"+c.name, res)
 			if res.answered < 300 {
 				t.Errorf("only %d answered 200", res.answered)
@@ -176,7 +207,7 @@ func TestEmbeddedMidLoad(t *testing.T) {
 	}
 }
 
-// TestFirstStart cuts the power within a second of an edge's very first
+// testFirstStart cuts the power within a second of an edge's very first
 // start, on an empty data directory: the stream, the token bucket and the
 // marker bucket were all just created. A token issued (201), a callback
 // answered 200 and a second token never used must all be there after the
@@ -189,8 +220,7 @@ func TestEmbeddedMidLoad(t *testing.T) {
 // TestPowerCutNATS/sync-always-strict-first-start pins that); the edge
 // passes the strict case because it fsyncs the store's directories after
 // creating its stream and buckets (broker.SyncStore).
-func TestFirstStart(t *testing.T) {
-	t.Parallel() // at most GOMAXPROCS at once: the cluster case mostly waits on elections
+func testFirstStart(t *testing.T) {
 	for _, c := range []struct {
 		name string
 		mode lazyfs.NamespaceMode
@@ -203,6 +233,7 @@ func TestFirstStart(t *testing.T) {
 		{name: "control-sync-2m", mode: lazyfs.JournaledNamespace, sync: "2m", lose: true},
 	} {
 		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
 			e := newEmbeddedEdge(t, c.mode, c.sync)
 			ch := e.start(t, "edge")
 			started := time.Now()
@@ -259,4 +290,77 @@ func TestFirstStart(t *testing.T) {
 			}
 		})
 	}
+}
+
+// expiring is a set of short-lived tokens: idle ones that get no callback
+// and used ones whose callback was answered 200 before they expired.
+type expiring struct {
+	idle, used []string
+}
+
+// issueExpiring issues idle tokens that expire in a second and used ones
+// whose callbacks (recorded in ld, so the verdict covers them) are
+// answered 200 at once.
+func issueExpiring(t *testing.T, a *api, ld *load, idle, used int) expiring {
+	t.Helper()
+	ctx := context.Background()
+	var x expiring
+	for range idle {
+		tok, err := a.issueTTL(ctx, "1s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		x.idle = append(x.idle, tok.ID)
+	}
+	for i := range used {
+		tok, err := a.issueTTL(ctx, "3s")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tx := fmt.Sprintf("ws_CO_used_%d", i)
+		status := a.post(ctx, tok.Token, tx)
+		if status != http.StatusOK {
+			t.Fatalf("callback for a short-lived token: %d", status)
+		}
+		ld.record(delivery{tok: tok, tx: tx, status: status})
+		x.used = append(x.used, tok.ID)
+	}
+	return x
+}
+
+// check waits for the missing event of probe, a token issued after the
+// restart that expires in a second: once it is there, the restarted edge
+// has swept every token that was due, the ones expired before the cut
+// included, so any second event for them would be there too. Then every
+// idle token must have exactly one event and every used one none. It
+// returns the figures for the POWERCUT line.
+func (x expiring) check(t *testing.T, js jetstream.JetStream, probe verify.IssueResponse) string {
+	t.Helper()
+	got := waitMissing(t, js, []string{probe.ID}, 60*time.Second)
+	dup := 0
+	for _, id := range x.idle {
+		if got[id] != 1 {
+			t.Errorf("token %s expired without a callback before the cut: %d missing events after the restart, want 1", id, got[id])
+		}
+		if got[id] > 1 {
+			dup += got[id] - 1
+		}
+	}
+	for _, id := range x.used {
+		if got[id] != 0 {
+			t.Errorf("token %s got its callback: %d missing events, want none", id, got[id])
+		}
+	}
+	return fmt.Sprintf("expired=%d missing_events=%d missing_duplicated=%d used_with_event=%d",
+		len(x.idle), len(got)-1, dup, countIn(got, x.used))
+}
+
+func countIn(m map[string]int, ids []string) int {
+	n := 0
+	for _, id := range ids {
+		if m[id] > 0 {
+			n++
+		}
+	}
+	return n
 }

@@ -7,8 +7,26 @@
 // survived. Every callback the edge answered 200 must be on the stream
 // exactly once, every token whose callback got 200 must read consumed by
 // that transaction, and every other token must still read issued, so
-// Daraja's retry lands. Each case has a control that must lose (fsync
-// turned off), so the test is shown able to see a loss. Each case prints
+// Daraja's retry lands. Each case has a control that must lose (NATS
+// syncing on an interval, a disk that ignores fsync), so the test is shown
+// able to see a loss. The cases:
+//
+//   - TestSingleNode/EmbeddedMidLoad: embedded NATS, cut mid-load (and
+//     missing-callback events across the cut); control: sync 2m.
+//   - TestSingleNode/FirstStart: cut within a second of a first start;
+//     control: sync 2m.
+//   - TestSingleNode/SpoolMidLoad: NATS down, callbacks spooled, cut;
+//     control: the spool on a disk that ignores fsync.
+//   - TestSingleNode/SpoolReplayCut: cut under the spool and NATS while the
+//     spool is replayed; control: a NATS that acks before its fsync, so the
+//     replay deletes what is not yet durable.
+//   - TestSingleNode/ACMECertificate: an ACME certificate in NATS storage
+//     (Pebble); control: sync 2m.
+//   - TestCluster: an R3 cluster in network namespaces, one node cut, the
+//     leader partitioned and healed, all three cut; TestClusterControl:
+//     nodes that sync every 2 minutes, all three cut.
+//
+// Each case prints
 //
 //	POWERCUT <case> answered=N stored=N lost=N duplicated=N
 //
@@ -16,12 +34,19 @@
 // messages on <prefix>.cb.> after recovery, before any retry; lost:
 // callbacks answered 200 that are not there; duplicated: extra copies of a
 // transaction (the same Daraja-Transaction-Id stored more than once, under
-// one Nats-Msg-Id or several).
+// one Nats-Msg-Id or several). The ACME case prints its orders and whether
+// the certificate survived instead.
 //
 // It needs Linux, root and /dev/fuse (and ip netns for the cluster case);
-// without them it skips, except with CI=true, where a skip is a failure.
+// without them it skips, except with CI=true, where a skip is a failure
+// (TestSingleNode/RequireUnderCI shows both). The whole suite takes about
+// a minute on two cores: the cases run four at a time (defaultParallel),
+// and TestCluster has a deadline of its own.
 //
-// Run with: go test -race -count=1 -tags powercut -v ./test/powercut
+// Run with: go test -race -count=1 -timeout 6m -tags powercut -v ./test/powercut
+//
+// TestMeasureSync (DARAJA_POWERCUT_MEASURE=1, without -race) measures what
+// nats.embedded.sync costs instead.
 package powercut
 
 import (
@@ -32,6 +57,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -41,6 +67,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +98,14 @@ const (
 	envArg  = "DARAJA_POWERCUT_ARG"
 )
 
+// defaultParallel is how many cases run at once unless -test.parallel is
+// given: the two cluster cases (top-level tests of their own, so they
+// start at once, see TestSingleNode) and two single-node cases. They spend
+// most of their time waiting on child processes (edges, NATS nodes,
+// elections); with two at a time (GOMAXPROCS on a two-core machine) the
+// suite would not end within two minutes.
+const defaultParallel = 4
+
 // TestMain doubles as the child processes: an edge (role "edge", argument
 // a YAML config file) and a nats-server cluster node (role "nats", a JSON
 // options file).
@@ -81,7 +116,63 @@ func TestMain(m *testing.M) {
 	case "nats":
 		os.Exit(runChildNATS(os.Getenv(envArg)))
 	}
+	flag.Parse()
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == "test.parallel" })
+	if !given && runtime.GOMAXPROCS(0) < defaultParallel {
+		_ = flag.Set("test.parallel", strconv.Itoa(defaultParallel))
+	}
 	os.Exit(m.Run())
+}
+
+// TestSingleNode runs the cases with one edge (and one NATS server, or its
+// own embedded one), each case and each of its variants in parallel. They
+// are grouped under one top-level test so that there are only three at the
+// top (this one and the two cluster cases) and all three start at once
+// with -test.parallel 3 or more: the order in which Go starts parallel
+// tests is not the order they are declared in, and the longest case, the
+// cluster's, started last would take the suite past two minutes.
+func TestSingleNode(t *testing.T) {
+	t.Parallel()
+	// Its subtests wait for a free slot as soon as this function returns,
+	// and could take the slots before a cluster case has taken its own.
+	waitClusterCases(3 * time.Second)
+	for _, c := range []struct {
+		name string
+		run  func(*testing.T)
+	}{
+		{"EmbeddedMidLoad", testEmbeddedMidLoad},
+		{"SpoolReplayCut", testSpoolReplayCut},
+		{"SpoolMidLoad", testSpoolMidLoad},
+		{"FirstStart", testFirstStart},
+		{"ACMECertificate", testACMECertificate},
+		{"RequireUnderCI", testRequireUnderCI},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			t.Parallel()
+			c.run(t)
+		})
+	}
+}
+
+// clusterCases counts the cluster cases that have started (holding their
+// parallel slot).
+var clusterCases = make(chan struct{}, 2)
+
+// clusterCaseStarted is called by each cluster case once it runs.
+func clusterCaseStarted() { clusterCases <- struct{}{} }
+
+// waitClusterCases waits until both cluster cases have started, or for d
+// (they may be filtered out by -run, or have no free slot).
+func waitClusterCases(d time.Duration) {
+	timeout := time.After(d)
+	for range cap(clusterCases) {
+		select {
+		case <-clusterCases:
+		case <-timeout:
+			return
+		}
+	}
 }
 
 // runChildEdge runs an edge on the config file at path, loaded as serve
@@ -156,15 +247,28 @@ type edgeConf struct {
 	sync          string // nats.embedded.sync; "" is the default (always)
 	replicas      int
 	tls           tlsFiles
-	certStorage   string
+	certStorage   string    // tls.storage: a directory, or "nats"
+	dataDir       string    // the admin key file's directory ("": certStorage)
+	acme          *acmeConf // tls.mode acme instead of files
+}
+
+// acmeConf is tls.acme for an edge in acme mode.
+type acmeConf struct {
+	domain, directory, caRoot, httpListen string
 }
 
 // yaml renders c as the operator would write it.
 func (c edgeConf) yaml() []byte {
 	var b strings.Builder
 	q := func(s string) string { return strconv.Quote(s) }
-	fmt.Fprintf(&b, "public_url: %s\nlisten: %s\n", q("https://localhost:8443"), q(c.public))
-	fmt.Fprintf(&b, "tls:\n  mode: files\n  cert_file: %s\n  key_file: %s\n  storage: %s\n", q(c.tls.cert), q(c.tls.key), q(c.certStorage))
+	if c.acme != nil {
+		fmt.Fprintf(&b, "public_url: %s\nlisten: %s\n", q("https://"+c.acme.domain), q(c.public))
+		fmt.Fprintf(&b, "tls:\n  mode: acme\n  storage: %s\n  acme:\n    domains: [%s]\n    email: %s\n    directory: %s\n    ca_root: %s\n    http_listen: %s\n",
+			q(c.certStorage), q(c.acme.domain), q("ops@edge.test"), q(c.acme.directory), q(c.acme.caRoot), q(c.acme.httpListen))
+	} else {
+		fmt.Fprintf(&b, "public_url: %s\nlisten: %s\n", q("https://localhost:8443"), q(c.public))
+		fmt.Fprintf(&b, "tls:\n  mode: files\n  cert_file: %s\n  key_file: %s\n  storage: %s\n", q(c.tls.cert), q(c.tls.key), q(c.certStorage))
+	}
 	fmt.Fprintf(&b, "allowlist:\n  mode: enforce\n  presets: []\n  cidrs: [%s]\n", q(source+"/32"))
 	fmt.Fprintf(&b, "nats:\n")
 	if c.natsURL != "" {
@@ -178,8 +282,12 @@ func (c edgeConf) yaml() []byte {
 		fmt.Fprintf(&b, "  stream:\n    replicas: %d\n", c.replicas)
 	}
 	fmt.Fprintf(&b, "spool:\n  dir: %s\n", q(c.spoolDir))
+	dataDir := c.dataDir
+	if dataDir == "" {
+		dataDir = c.certStorage
+	}
 	fmt.Fprintf(&b, "admin:\n  listen: %s\n  api_keys: [%s]\n  key_file: %s\n  auth_failures_per_second: 1000\n",
-		q(c.admin), q(adminKey), q(filepath.Join(c.certStorage, "admin.key")))
+		q(c.admin), q(adminKey), q(filepath.Join(dataDir, "admin.key")))
 	fmt.Fprintf(&b, "log:\n  level: info\n")
 	return []byte(b.String())
 }
@@ -356,7 +464,12 @@ func (a *api) close() {
 
 // issue asks the admin API for a single-use STK token.
 func (a *api) issue(ctx context.Context) (verify.IssueResponse, error) {
-	b, _ := json.Marshal(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: shortID, TTL: "1h"})
+	return a.issueTTL(ctx, "1h")
+}
+
+// issueTTL asks for a single-use STK token that expires after ttl.
+func (a *api) issueTTL(ctx context.Context, ttl string) (verify.IssueResponse, error) {
+	b, _ := json.Marshal(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: shortID, TTL: ttl})
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+a.admin+"/v1/tokens", bytes.NewReader(b))
 	req.Header.Set("Authorization", "Bearer "+adminKey)
 	resp, err := a.adm.Do(req)
@@ -492,6 +605,10 @@ type load struct {
 	// next gives each callback its token; nil issues one through the
 	// target's admin API.
 	next func(ctx context.Context, a *api) (verify.IssueResponse, error)
+	// pace is each worker's pause after a callback: it bounds the load
+	// (and so the work of checking it afterwards) in a case that mostly
+	// waits on elections.
+	pace time.Duration
 }
 
 func (l *load) record(d delivery) {
@@ -545,6 +662,12 @@ func (l *load) run(name string, targets []*api, workers int, stop <-chan struct{
 				// The callback itself is not cut short by stop: it gets
 				// whatever answer the edge gives (none once it is killed).
 				l.record(delivery{tok: tok, tx: tx, status: a.post(context.Background(), tok.Token, tx)})
+				if l.pace > 0 {
+					select {
+					case <-ctx.Done():
+					case <-time.After(l.pace):
+					}
+				}
 			}
 		}()
 	}
@@ -583,30 +706,54 @@ func (s stored) duplicated() int {
 // readStored reads every callback message with an ordered consumer.
 func readStored(t *testing.T, js jetstream.JetStream) stored {
 	t.Helper()
+	s := stored{byTx: map[string]int{}, idsByTx: map[string]map[string]int{}}
+	s.lastSeq = readSubjects(t, js, "daraja.cb.>", func(m jetstream.Msg) {
+		s.total++
+		tx, id := m.Headers().Get("Daraja-Transaction-Id"), m.Headers().Get("Nats-Msg-Id")
+		s.byTx[tx]++
+		if s.idsByTx[tx] == nil {
+			s.idsByTx[tx] = map[string]int{}
+		}
+		s.idsByTx[tx][id]++
+	})
+	return s
+}
+
+// readMissing counts the missing-callback events on the stream by token
+// id.
+func readMissing(t *testing.T, js jetstream.JetStream) map[string]int {
+	t.Helper()
+	byToken := map[string]int{}
+	readSubjects(t, js, "daraja.missing.>", func(m jetstream.Msg) { byToken[m.Headers().Get("Daraja-Token-Id")]++ })
+	return byToken
+}
+
+// readSubjects hands every message of the stream on filter to each, in
+// order, with an ordered consumer; it returns the stream's last sequence.
+func readSubjects(t *testing.T, js jetstream.JetStream, filter string, each func(jetstream.Msg)) uint64 {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	s := stored{byTx: map[string]int{}, idsByTx: map[string]map[string]int{}}
 	stream, err := js.Stream(ctx, "DARAJA")
 	if err != nil {
 		t.Fatalf("stream: %v", err)
 	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("daraja.cb.>"))
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(filter))
 	if err != nil {
 		t.Fatalf("stream info: %v", err)
 	}
-	s.lastSeq = info.State.LastSeq
 	want := 0
 	for _, n := range info.State.Subjects {
 		want += int(n)
 	}
 	if want == 0 {
-		return s
+		return info.State.LastSeq
 	}
-	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"daraja.cb.>"}})
+	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
 	if err != nil {
 		t.Fatalf("consumer: %v", err)
 	}
-	for s.total < want {
+	for read := 0; read < want; {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
 			t.Fatalf("fetch: %v", err)
@@ -614,19 +761,37 @@ func readStored(t *testing.T, js jetstream.JetStream) stored {
 		got := 0
 		for m := range batch.Messages() {
 			got++
-			s.total++
-			tx, id := m.Headers().Get("Daraja-Transaction-Id"), m.Headers().Get("Nats-Msg-Id")
-			s.byTx[tx]++
-			if s.idsByTx[tx] == nil {
-				s.idsByTx[tx] = map[string]int{}
-			}
-			s.idsByTx[tx][id]++
+			read++
+			each(m)
 		}
 		if got == 0 && ctx.Err() != nil {
-			t.Fatalf("read %d of %d messages", s.total, want)
+			t.Fatalf("read %d of %d messages on %s", read, want, filter)
 		}
 	}
-	return s
+	return info.State.LastSeq
+}
+
+// waitMissing waits until every token in ids has a missing-callback event
+// on the stream, and returns the events by token id.
+func waitMissing(t *testing.T, js jetstream.JetStream, ids []string, d time.Duration) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := readMissing(t, js)
+		var absent []string
+		for _, id := range ids {
+			if got[id] == 0 {
+				absent = append(absent, id)
+			}
+		}
+		if len(absent) == 0 {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no missing-callback event within %s for tokens %v", d, absent)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }
 
 func connectJS(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
@@ -839,6 +1004,16 @@ func watermark(t *testing.T, storeDir string) uint64 {
 	_, v, _ := strings.Cut(strings.TrimSpace(string(b)), " ")
 	n, _ := strconv.ParseUint(v, 10, 64)
 	return n
+}
+
+// phases logs how long each phase of a case took.
+func phases(t *testing.T) func(what string) {
+	mark := time.Now()
+	return func(what string) {
+		t.Helper()
+		t.Logf("phase %s: %s", what, time.Since(mark).Round(time.Millisecond))
+		mark = time.Now()
+	}
 }
 
 // listTree lists the files under dir with their sizes: evidence of what a

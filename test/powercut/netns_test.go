@@ -14,9 +14,13 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/daraja-edge/daraja-edge/internal/lazyfs"
 )
 
 // The cluster case runs in network namespaces of its own, named
@@ -41,8 +45,19 @@ func ipCmd(args ...string) error {
 	return nil
 }
 
+// envNoNetns, set to a reason, makes netnsAvailable report namespaces as
+// unavailable: how TestRequireNetnsUnderCI shows that newTopology fails
+// under CI=true on a machine without them.
+const envNoNetns = "DARAJA_POWERCUT_NETNS_UNAVAILABLE"
+
+// probes numbers the namespaces netnsAvailable creates and deletes.
+var probes atomic.Int64
+
 // netnsAvailable says why the cluster case cannot build its namespaces.
 func netnsAvailable() error {
+	if why := os.Getenv(envNoNetns); why != "" {
+		return fmt.Errorf("network namespaces unavailable (%s=%s)", envNoNetns, why)
+	}
 	if os.Geteuid() != 0 {
 		return errors.New("network namespaces need root")
 	}
@@ -52,12 +67,16 @@ func netnsAvailable() error {
 	if _, err := exec.LookPath("nsenter"); err != nil {
 		return fmt.Errorf("no nsenter(1): %w", err)
 	}
-	probe := fmt.Sprintf("%s%d-probe", nsPrefix, os.Getpid())
+	probe := fmt.Sprintf("%s%d-probe%d", nsPrefix, os.Getpid(), probes.Add(1))
 	if err := ipCmd("netns", "add", probe); err != nil {
 		return err
 	}
 	return ipCmd("netns", "del", probe)
 }
+
+// sweepOnce runs sweepStaleNetns once per process: the namespaces of
+// this process are its running cases' (they delete their own).
+var sweepOnce sync.Once
 
 // sweepStaleNetns deletes namespaces of this prefix whose test process is
 // gone (a run killed by its timeout), killing what still runs in them.
@@ -77,8 +96,8 @@ func sweepStaleNetns() {
 		if err != nil {
 			continue
 		}
-		if pid != os.Getpid() && processAlive(pid) {
-			continue // another run's
+		if pid == os.Getpid() || processAlive(pid) {
+			continue // this run's, or another live run's
 		}
 		killIn(name)
 		_ = ipCmd("netns", "del", name)
@@ -112,18 +131,27 @@ type topology struct {
 	hubNS *os.File
 }
 
-// newTopology builds the namespaces and their links; they are deleted
-// when the test ends.
-func newTopology(t *testing.T, nodes int) *topology {
+// requireNetns skips t when network namespaces cannot be built here,
+// naming why; with CI=true in the environment it fails t instead, so CI
+// cannot pass by skipping.
+func requireNetns(t *testing.T) {
 	t.Helper()
-	sweepStaleNetns()
 	if err := netnsAvailable(); err != nil {
 		if os.Getenv("CI") == "true" {
 			t.Fatalf("CI=true but %v", err)
 		}
 		t.Skip(err)
 	}
-	base := fmt.Sprintf("%s%d-", nsPrefix, os.Getpid())
+}
+
+// newTopology builds the namespaces (named after name, which must be
+// unique among the cases running at once) and their links; they are
+// deleted when the test ends.
+func newTopology(t *testing.T, name string, nodes int) *topology {
+	t.Helper()
+	sweepOnce.Do(sweepStaleNetns)
+	requireNetns(t)
+	base := fmt.Sprintf("%s%d-%s-", nsPrefix, os.Getpid(), name)
 	topo := &topology{hub: base + "hub"}
 	t.Cleanup(func() {
 		if topo.hubNS != nil {
@@ -254,4 +282,60 @@ func setns(f *os.File) error {
 		return errno
 	}
 	return nil
+}
+
+// TestHelperRequire is the child process of testRequireUnderCI: it runs
+// the check the cases run first (lazyfs.Require, or requireNetns, which
+// newTopology runs) and says so if it let it through.
+func TestHelperRequire(t *testing.T) {
+	switch os.Getenv("DARAJA_POWERCUT_HELPER_REQUIRE") {
+	case "fuse":
+		lazyfs.Require(t)
+	case "netns":
+		requireNetns(t)
+	default:
+		t.Skip("helper process for TestSingleNode/RequireUnderCI")
+	}
+	fmt.Println("REQUIRE PASSED")
+}
+
+// testRequireUnderCI: on a machine without FUSE or without network
+// namespaces (forced here through the environment), a power-cut case is
+// skipped, naming why; with CI=true it fails, so CI cannot pass by
+// skipping.
+func testRequireUnderCI(t *testing.T) {
+	for _, c := range []struct {
+		name, check, env, why string
+	}{
+		{"no-fuse", "fuse", lazyfs.EnvUnavailable, "no FUSE here"},
+		{"no-netns", "netns", envNoNetns, "no netns here"},
+	} {
+		for _, ci := range []string{"true", ""} {
+			t.Run(fmt.Sprintf("%s/CI=%s", c.name, ci), func(t *testing.T) {
+				t.Parallel()
+				self, err := os.Executable()
+				if err != nil {
+					t.Fatal(err)
+				}
+				cmd := exec.Command(self, "-test.run=^TestHelperRequire$", "-test.v", "-test.count=1")
+				cmd.Env = append(os.Environ(), "DARAJA_POWERCUT_HELPER_REQUIRE="+c.check, c.env+"="+c.why, "CI="+ci)
+				out, err := cmd.CombinedOutput()
+				want := "--- SKIP: TestHelperRequire"
+				if ci == "true" {
+					want = "--- FAIL: TestHelperRequire"
+					if err == nil {
+						t.Fatalf("CI=true and %s: the check passed:\n%s", c.why, out)
+					}
+				} else if err != nil {
+					t.Fatalf("without CI, %s: %v (want a skip):\n%s", c.why, err, out)
+				}
+				if !strings.Contains(string(out), want) || !strings.Contains(string(out), c.why) {
+					t.Fatalf("want %q naming %q:\n%s", want, c.why, out)
+				}
+				if strings.Contains(string(out), "REQUIRE PASSED") {
+					t.Fatalf("the check let an unusable machine through:\n%s", out)
+				}
+			})
+		}
+	}
 }
