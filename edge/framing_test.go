@@ -42,29 +42,14 @@ func closedAfter(c *tls.Conn, br *bufio.Reader) bool {
 	return true
 }
 
-// TestFramingCloses: RFC 9112 §6.1 — a request with both Transfer-Encoding
-// and Content-Length is answered and its connection closed, so a proxy that
-// framed it by Content-Length cannot smuggle the next request onto it; and
-// a refusal does not read a large body: it answers at once and closes.
+// TestFramingCloses: an ordinary callback keeps its keep-alive connection,
+// and a refusal does not read a large body: it answers at once and closes
+// (a small one keeps the connection). Content-Length with
+// Transfer-Encoding (RFC 9112 §6.1), on the public and admin listeners, is
+// a case of TestHostileRequests, so that CI's hostile figures count it.
 func TestFramingCloses(t *testing.T) {
 	h := start(t, nil)
 	body := string(fixture(t, "stk_callback_success.json"))
-
-	t.Run("Transfer-Encoding with Content-Length", func(t *testing.T) {
-		tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Token
-		c, br := h.framedConn(allowedSrc)
-		chunked := fmt.Sprintf("%x\r\n%s\r\n0\r\n\r\n", len(body), body)
-		fmt.Fprintf(c, "POST /stk/callback?t=%s HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"+
-			"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n%s", tok, chunked)
-		resp, err := http.ReadResponse(br, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		resp.Body.Close()
-		if !closedAfter(c, br) {
-			t.Fatalf("answered %d and kept the connection open for a smuggled request", resp.StatusCode)
-		}
-	})
 
 	t.Run("plain Content-Length keeps the connection", func(t *testing.T) {
 		tok := h.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Token

@@ -396,6 +396,96 @@ func TestHostileRequests(t *testing.T) {
 		return h.rawStatus(allowedSrc, req("TRACE", "/stk/callback?t="+tok(), nil, ""))
 	})
 
+	// RFC 9112 §6.1: Content-Length together with Transfer-Encoding. A
+	// proxy that frames by Content-Length forwards the chunked body and
+	// whatever follows it as one request; the edge frames by
+	// Transfer-Encoding, so it must answer the first request and close,
+	// never reading what follows as a request of its own (that one could
+	// carry its own X-Forwarded-For, token and body). The smuggled callback
+	// is valid: were it served, it would be answered and published.
+	t.Run("Content-Length with Transfer-Encoding: answered, then closed", func(t *testing.T) {
+		cases++
+		first := bytes.Replace(stk, []byte("ws_CO_191220191020363925"), []byte("ws_CO_smuggle_first"), 1)
+		second := bytes.Replace(stk, []byte("ws_CO_191220191020363925"), []byte("ws_CO_smuggle_second"), 1)
+		published := h.count()
+		c, br := h.framedConn(allowedSrc)
+		smuggled := fmt.Sprintf("POST /stk/callback?t=%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+			"X-Forwarded-For: %s\r\nContent-Length: %d\r\n\r\n%s", tok(), addr, allowedSrc, len(second), second)
+		fmt.Fprintf(c, "POST /stk/callback?t=%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"+
+			"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n%s", tok(), addr, len(first), first, smuggled)
+		requests += 2
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer to the framed request: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 500 {
+			serverErrors++
+		}
+		if resp.StatusCode != http.StatusOK {
+			t.Errorf("the chunked callback: %d, want 200", resp.StatusCode)
+		} else {
+			served++
+		}
+		if !resp.Close {
+			t.Errorf("answered without Connection: close")
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp2, err := http.ReadResponse(br, nil); err == nil {
+			resp2.Body.Close()
+			if resp2.StatusCode >= 500 {
+				serverErrors++
+			}
+			t.Errorf("the smuggled request was served: %d", resp2.StatusCode)
+		}
+		msgs := h.messages()
+		if n := len(msgs) - published; n != 1 {
+			t.Errorf("the stream gained %d messages, want the framed callback alone", n)
+		}
+		for _, m := range msgs[published:] {
+			if m.Header.Get("Nats-Msg-Id") == "stk.callback:ws_CO_smuggle_second" {
+				t.Errorf("the smuggled callback was published")
+			}
+		}
+		stillServes(t)
+	})
+	// The admin listener frames the same way: a request with both headers
+	// is answered and its connection closed, so a proxy that exposes only
+	// some admin paths cannot be walked past to another.
+	t.Run("admin listener: Content-Length with Transfer-Encoding, then closed", func(t *testing.T) {
+		cases++
+		c, err := net.DialTimeout("tcp", h.srv.AdminAddr().String(), 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		fmt.Fprintf(c, "GET /healthz HTTP/1.1\r\nHost: admin\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"+
+			"GET /metrics HTTP/1.1\r\nHost: admin\r\n\r\n")
+		requests += 2
+		br := bufio.NewReader(c)
+		resp, err := http.ReadResponse(br, nil)
+		if err != nil {
+			t.Fatalf("no answer to the framed request: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode >= 500 {
+			serverErrors++
+		}
+		if resp.StatusCode != http.StatusOK || !resp.Close {
+			t.Errorf("the framed request: %d, Connection: close %v; want 200 and close", resp.StatusCode, resp.Close)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		if resp2, err := http.ReadResponse(br, nil); err == nil {
+			resp2.Body.Close()
+			if resp2.StatusCode >= 500 {
+				serverErrors++
+			}
+			t.Errorf("the smuggled admin request was served: %d", resp2.StatusCode)
+		}
+		stillServes(t)
+	})
+
 	for _, c := range h.clients {
 		c.CloseIdleConnections()
 	}
