@@ -35,7 +35,8 @@ var (
 // delivery is one request the app stand-in received.
 type delivery struct {
 	proto       string // HTTP/1.1 or HTTP/2.0
-	at          time.Time
+	arrived, at time.Time
+	concurrent  int // requests in flight when it arrived, itself included
 	path, query string
 	header      http.Header
 	body        []byte
@@ -61,6 +62,9 @@ type app struct {
 	inflightAll int
 	maxInflight int
 	overlaps    int
+	// gate, if set, runs first for each request, outside the lock (a test
+	// holds requests there).
+	gate func(r *http.Request)
 }
 
 func newApp(t *testing.T, secrets ...string) *app {
@@ -78,6 +82,10 @@ func newApp(t *testing.T, secrets ...string) *app {
 }
 
 func (a *app) serve(w http.ResponseWriter, r *http.Request) {
+	if a.gate != nil {
+		a.gate(r)
+	}
+	arrived := time.Now()
 	body, _ := io.ReadAll(r.Body)
 	for i, wh := range a.hooks {
 		if err := wh.Verify(body, r.Header); err != nil {
@@ -93,6 +101,7 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	a.inflight[id]++
 	a.inflightAll++
+	concurrent := a.inflightAll
 	a.maxInflight = max(a.maxInflight, a.inflightAll)
 	delay := a.delay
 	a.mu.Unlock()
@@ -105,7 +114,7 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 	if a.answer != nil {
 		status, hdr = a.answer(n, r)
 	}
-	a.got = append(a.got, delivery{proto: r.Proto, at: time.Now(), path: r.URL.Path, query: r.URL.RawQuery, header: r.Header.Clone(), body: body, status: status})
+	a.got = append(a.got, delivery{proto: r.Proto, arrived: arrived, at: time.Now(), concurrent: concurrent, path: r.URL.Path, query: r.URL.RawQuery, header: r.Header.Clone(), body: body, status: status})
 	a.mu.Unlock()
 	for k, v := range hdr {
 		w.Header().Set(k, v)

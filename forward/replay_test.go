@@ -1,0 +1,121 @@
+package forward
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// TestReplaySelections: a replay by stream sequence, by transaction id
+// and by a time range each deliver exactly the callbacks selected once
+// more (a new round: delivered ones too), and nothing else.
+func TestReplaySelections(t *testing.T) {
+	e := newEnv(t)
+	a := newApp(t, secretA, secretB)
+	d := destination("shop", a.srv.URL)
+	f := e.start(nil, d)
+	ctx := context.Background()
+	seq := map[string]uint64{}
+	for _, tx := range []string{"AG_A", "AG_B", "AG_C"} {
+		seq[tx] = e.store("b2c.result", "600000", tx, "tok_abcdefghijklmnop", body("b2c.result", tx))
+		time.Sleep(20 * time.Millisecond) // distinct stored times for the range below
+	}
+	eventually(t, "three delivered", func() bool {
+		ds, err := f.Deliveries(ctx, "shop", "", StateDelivered, 0)
+		return err == nil && len(ds) == 3
+	})
+	raw, err := e.stream.GetMsg(ctx, seq["AG_B"]) // a range in the middle: AG_C after it is left out
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		req  ReplayRequest
+		want string
+	}{
+		{"sequence", ReplayRequest{Destination: "shop", Sequence: seq["AG_A"]}, "AG_A"},
+		{"transaction id", ReplayRequest{Destination: "shop", TX: "AG_C"}, "AG_C"},
+		{"time range", ReplayRequest{Destination: "shop", Since: raw.Time, Until: raw.Time.Add(time.Millisecond)}, "AG_B"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			before := len(a.deliveries())
+			res, err := f.Replay(ctx, c.req)
+			if err != nil || !slices.Equal(res.Queued, []uint64{seq[c.want]}) {
+				t.Fatalf("queued %v (%v), want [%d]", res.Queued, err, seq[c.want])
+			}
+			eventually(t, "replayed", func() bool {
+				ds, err := f.Deliveries(ctx, "shop", c.want, StateDelivered, 0)
+				return err == nil && len(ds) == 1 && ds[0].Replays == 1 && len(ds[0].Attempts) == 2
+			})
+			got := a.deliveries()[before:]
+			if len(got) != 1 || got[0].header.Get("Daraja-Transaction-Id") != c.want {
+				t.Errorf("replay reached the app as %d requests", len(got))
+			}
+		})
+	}
+	for _, bad := range []ReplayRequest{{Destination: "shop"}, {Destination: "shop", Since: raw.Time, Until: raw.Time.Add(-time.Second)}} {
+		if _, err := f.Replay(ctx, bad); !errors.Is(err, ErrBadReplay) {
+			t.Errorf("%+v: %v", bad, err)
+		}
+	}
+	if res, err := f.Replay(ctx, ReplayRequest{Destination: "shop", TX: "NO_SUCH"}); err != nil || len(res.Queued) != 0 {
+		t.Errorf("unknown transaction: %+v %v", res, err)
+	}
+}
+
+// TestSecondDeadLetterAfterReplay: a callback that fails again after a
+// replay from the dead letters lands on the dead-letter subject a second
+// time, with the attempts of its new round, instead of being dropped as
+// a duplicate of the first dead letter.
+func TestSecondDeadLetterAfterReplay(t *testing.T) {
+	e := newEnv(t)
+	a := newApp(t, secretA, secretB)
+	a.answer = func(int, *http.Request) (int, map[string]string) { return http.StatusBadRequest, nil }
+	d := destination("shop", a.srv.URL)
+	f := e.start(nil, d)
+	ctx := context.Background()
+	const subj = "daraja.dlq.shop.c2b.confirmation.600999"
+	seq := e.store("c2b.confirmation", "600999", "RKTQDM7W6S", "tok_abcdefghijklmnop", body("c2b.confirmation", "RKTQDM7W6S"))
+	count := func() uint64 {
+		info, err := e.stream.Info(ctx, jetstream.WithSubjectFilter(subj))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return info.State.Subjects[subj]
+	}
+	eventually(t, "first dead letter", func() bool { return count() == 1 })
+	res, err := f.Replay(ctx, ReplayRequest{Destination: "shop", DLQ: true})
+	if err != nil || !slices.Equal(res.Queued, []uint64{seq}) {
+		t.Fatalf("replay: %+v %v", res, err)
+	}
+	eventually(t, "second dead letter", func() bool { return count() == 2 })
+	dl, err := e.stream.GetLastMsgForSubject(ctx, subj)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if id := dl.Header.Get("Nats-Msg-Id"); id != "dlq:shop:c2b.confirmation:RKTQDM7W6S:replay-1" {
+		t.Errorf("second dead letter's Nats-Msg-Id %q", id)
+	}
+	var atts []Attempt
+	if err := json.Unmarshal([]byte(dl.Header.Get(HeaderAttempts)), &atts); err != nil || len(atts) != len(d.Retry) {
+		t.Errorf("second dead letter's attempts %q: want the %d of its own round", dl.Header.Get(HeaderAttempts), len(d.Retry))
+	}
+	ds, err := f.Deliveries(ctx, "shop", "RKTQDM7W6S", StateDead, 0)
+	if err != nil || len(ds) != 1 || len(ds[0].Attempts) != 2*len(d.Retry) || ds[0].Replays != 1 {
+		t.Errorf("record: %+v %v", ds, err)
+	}
+	if n := len(a.deliveries()); n != 2*len(d.Retry) {
+		t.Errorf("%d attempts reached the app, want %d", n, 2*len(d.Retry))
+	}
+	// Still dead: the dead letters select it once more (one sequence for
+	// its two dead letters).
+	if res, err := f.Replay(ctx, ReplayRequest{Destination: "shop", DLQ: true}); err != nil || !slices.Equal(res.Queued, []uint64{seq}) {
+		t.Errorf("third replay: %+v %v", res, err)
+	}
+}
