@@ -91,7 +91,7 @@ func printJSON(stdout io.Writer, out []byte) error {
 }
 
 func cmdTokenIssue(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token issue", stderr)
+	fs := commandFlags("token issue", stderr)
 	kinds := fs.String("kinds", "", "comma-separated callback kinds, e.g. b2c.result,b2c.timeout")
 	shortcode := fs.String("shortcode", "", "business shortcode the callbacks are for")
 	reference := fs.String("reference", "", "your reference, carried in the Daraja-Reference header")
@@ -131,7 +131,7 @@ func tokenID(fs *flag.FlagSet, args []string) (string, error) {
 }
 
 func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token status", stderr)
+	fs := commandFlags("token status", stderr)
 	a := addAdminFlags(fs)
 	id, err := tokenID(fs, reorder(args))
 	if err != nil {
@@ -145,7 +145,7 @@ func cmdTokenStatus(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func cmdTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token revoke", stderr)
+	fs := commandFlags("token revoke", stderr)
 	a := addAdminFlags(fs)
 	id, err := tokenID(fs, reorder(args))
 	if err != nil {
@@ -159,7 +159,7 @@ func cmdTokenRevoke(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func cmdTokenRotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token rotate", stderr)
+	fs := commandFlags("token rotate", stderr)
 	overlap := fs.String("overlap", "", "how long the old token stays valid (default 24h)")
 	ttl := fs.String("ttl", "", "lifetime of the successor (default the old token's)")
 	a := addAdminFlags(fs)
@@ -176,7 +176,7 @@ func cmdTokenRotate(ctx context.Context, args []string, stdout, stderr io.Writer
 }
 
 func cmdTokenAnnotate(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token annotate", stderr)
+	fs := commandFlags("token annotate", stderr)
 	checkout := fs.String("checkout-request-id", "", "the CheckoutRequestID Daraja answered an STK push with")
 	originator := fs.String("originator-conversation-id", "", "the OriginatorConversationID Daraja answered a B2C/B2B/reversal request with")
 	a := addAdminFlags(fs)
@@ -193,7 +193,7 @@ func cmdTokenAnnotate(ctx context.Context, args []string, stdout, stderr io.Writ
 }
 
 func cmdTokenList(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("token list", stderr)
+	fs := commandFlags("token list", stderr)
 	reference := fs.String("reference", "", "only tokens with this reference")
 	shortcode := fs.String("shortcode", "", "only tokens for this shortcode")
 	kind := fs.String("kind", "", "only tokens for this kind")
