@@ -130,7 +130,11 @@ func New(o Options) (*Forwarder, error) {
 		if err != nil {
 			return nil, err
 		}
-		s, err := newSigner(c.Secrets)
+		secrets, err := c.SigningSecrets() // secrets, then secrets_file's
+		if err != nil {
+			return nil, fmt.Errorf("forward: destination %s: %w", c.Name, err)
+		}
+		s, err := newSigner(secrets)
 		if err != nil {
 			return nil, fmt.Errorf("forward: destination %s: %w", c.Name, err)
 		}
