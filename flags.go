@@ -11,13 +11,13 @@ import (
 	"strings"
 )
 
+// newFlagSet is a command's flag set: errors to stderr, and --help
+// printed by writeHelp (synopsis, description, example, every flag with
+// its placeholder and default) from the command table.
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), commandHelp(name))
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() { writeHelp(fs.Output(), name, fs) }
 	return fs
 }
 
