@@ -62,8 +62,9 @@ var Commit = func() string {
 	return "unknown"
 }()
 
-// publishTimeout bounds the wait for a JetStream ack on the hot path.
-const publishTimeout = 3 * time.Second
+// publishTimeout bounds the wait for a JetStream ack on the hot path; config
+// checks validation.timeout against the same figure.
+const publishTimeout = config.PublishWait
 
 // filesCheckInterval is how often certificate files are checked for change.
 const filesCheckInterval = 2 * time.Second
@@ -162,7 +163,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	}
 	s.spool, err = spool.Open(cfg.Spool.Dir, cfg.Spool.MaxBytes, log)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("edge: spool.dir %q: %w", cfg.Spool.Dir, err)
 	}
 	s.metrics = metrics.New(metrics.Gauges{
 		Spool:               s.spool.Stats,
@@ -374,7 +375,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	adminMux.Handle("/console/", con)
 	adminMux.Handle("/console", con)
 	adminOpts := admin.Options{
-		Tokens: issuer, APIKeys: keys, Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
+		Tokens: issuer, APIKeys: keys, ReadKeys: cfg.Admin.ReadOnlyKeys(), Ready: s.ready, Metrics: s.metrics.Handler(), Log: log,
 		Limiter: ratelimit.New(cfg.Admin.AuthFailuresPerSecond, max(1, int(10*cfg.Admin.AuthFailuresPerSecond)), 10_000),
 	}
 	if s.forwarder != nil {
@@ -382,7 +383,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	}
 	adminMux.Handle("/", admin.Handler(adminOpts))
 	s.admin = &http.Server{
-		Handler:           adminMux,
+		Handler:           proxy.CloseAfterTransferEncoding(adminMux),
 		ReadHeaderTimeout: 5 * time.Second,
 		ReadTimeout:       10 * time.Second,
 		WriteTimeout:      10 * time.Second,

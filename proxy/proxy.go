@@ -254,9 +254,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	// it by Content-Length could smuggle the next request (with its own
 	// X-Forwarded-For) onto it. Go's server drops Content-Length before the
 	// handler runs, so every request with Transfer-Encoding closes.
-	if len(r.TransferEncoding) > 0 {
-		hdr.Set("Connection", "close")
-	}
+	closeAfterTransferEncoding(hdr, r)
 	w.WriteHeader(status)
 	_, _ = w.Write(answer)
 	rl.status = status
@@ -603,3 +601,23 @@ func (nopMetrics) AllowlistMiss()                        {}
 func (nopMetrics) Published(time.Duration)               {}
 func (nopMetrics) Spooled()                              {}
 func (nopMetrics) Validation(string, string)             {}
+
+// closeAfterTransferEncoding marks the answer to close the connection when
+// r carried Transfer-Encoding (RFC 9112 §6.1, see ServeHTTP).
+func closeAfterTransferEncoding(h http.Header, r *http.Request) {
+	if len(r.TransferEncoding) > 0 {
+		h.Set("Connection", "close")
+	}
+}
+
+// CloseAfterTransferEncoding wraps next so that every answer to a request
+// that carried Transfer-Encoding closes the connection, as the callback
+// handler's own answers do: for listeners other than the public one (the
+// admin API and console), so no listener keeps a connection a proxy may
+// have framed differently.
+func CloseAfterTransferEncoding(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		closeAfterTransferEncoding(w.Header(), r)
+		next.ServeHTTP(w, r)
+	})
+}
