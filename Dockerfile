@@ -2,7 +2,10 @@
 # Build: docker build -t daraja-edge .
 # Run:   docker run -p 8443:8443 -v $PWD/config.yaml:/etc/daraja-edge/config.yaml:ro \
 #          -v daraja-data:/var/lib/daraja-edge daraja-edge
-FROM golang:1.26-bookworm AS build
+# Base images are pinned by digest (the tag says which release it is); to
+# move to a newer one: docker buildx imagetools inspect golang:1.26.8-bookworm
+# (and gcr.io/distroless/static-debian12:nonroot), then replace the digest.
+FROM golang:1.26.8-bookworm@sha256:a688600ca24f8a4d3ca77f95b0dd40704a9fc787c826660eb7ba0b641b8b175d AS build
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
@@ -11,7 +14,7 @@ ARG VERSION=dev
 ARG COMMIT=unknown
 RUN CGO_ENABLED=0 go build -trimpath -ldflags "-s -w -X main.version=${VERSION} -X main.commit=${COMMIT}" -o /out/daraja-edge .
 
-FROM gcr.io/distroless/static-debian12:nonroot
+FROM gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 ARG VERSION=dev
 ARG COMMIT=unknown
 LABEL org.opencontainers.image.title="daraja-edge" \

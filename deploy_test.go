@@ -16,6 +16,10 @@ import (
 // for running it by hand): pinned base images, go.mod copied before the
 // source, a non-root final user, exec-form CMD/ENTRYPOINT/HEALTHCHECK,
 // and a static binary.
+// pinnedImage is a base image pinned by digest, with a tag that names the
+// release for the reader.
+var pinnedImage = regexp.MustCompile(`^[a-z0-9./_-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}$`)
+
 func TestDockerfileLint(t *testing.T) {
 	f, err := os.Open("Dockerfile")
 	if err != nil {
@@ -70,8 +74,8 @@ func TestDockerfileLint(t *testing.T) {
 		t.Errorf("not multi-stage: %v", froms)
 	}
 	for _, img := range froms {
-		if !strings.Contains(img, ":") || strings.HasSuffix(img, ":latest") {
-			t.Errorf("base image %q is not pinned to a tag", img)
+		if !pinnedImage.MatchString(img) || strings.Contains(img, ":latest@") {
+			t.Errorf("base image %q is not pinned: want name:tag@sha256:<64 hex>, the tag not latest", img)
 		}
 	}
 	if !strings.Contains(froms[len(froms)-1], "distroless") && froms[len(froms)-1] != "scratch" {
