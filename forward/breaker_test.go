@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/daraja-edge/daraja-edge/config"
 )
 
 // metric reads one series from a registry: a counter's or gauge's value,
@@ -288,5 +290,35 @@ func TestAnswerSizeCap(t *testing.T) {
 	ans, _, by, ok := f.Validate(context.Background(), validationMsg("600000"))
 	if !ok || by != "fallback" || string(ans) != `{"ResultCode":"0","ResultDesc":"Accepted"}` {
 		t.Errorf("oversized validation answer: %s by %s", ans, by)
+	}
+}
+
+// TestMetricNames: MetricNames lists every series the forwarder exports
+// (what alert rules may name), and nothing else.
+func TestMetricNames(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	f, err := New(Options{Destinations: []config.Destination{destination("shop", "http://127.0.0.1:1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg.MustRegister(f)
+	f.m.attempts.WithLabelValues("shop", "delivered").Inc()
+	f.m.seconds.WithLabelValues("shop").Observe(1)
+	f.m.lag.WithLabelValues("shop").Set(0)
+	f.m.dead.WithLabelValues("shop").Inc()
+	f.m.redelivered.WithLabelValues("shop").Inc()
+	f.m.validations.WithLabelValues("shop", "app").Inc()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gathered []string
+	for _, mf := range mfs {
+		gathered = append(gathered, mf.GetName())
+	}
+	names := MetricNames()
+	slices.Sort(names)
+	if !slices.Equal(gathered, names) {
+		t.Errorf("MetricNames %v, the registry serves %v", names, gathered)
 	}
 }

@@ -1,6 +1,10 @@
 package forward
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"strings"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 const ns = "daraja_edge"
 
@@ -52,4 +56,30 @@ func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
 	for _, c := range f.m.collectors() {
 		c.Collect(ch)
 	}
+}
+
+// MetricNames are the names of the forwarder's metrics, which an edge
+// exports only when forward.destinations is set (for checks of alert
+// rules and dashboards against what really exists).
+func MetricNames() []string {
+	var out []string
+	ch := make(chan *prometheus.Desc, 16)
+	go func() {
+		for _, c := range newMetrics().collectors() {
+			c.Describe(ch)
+		}
+		close(ch)
+	}()
+	for d := range ch {
+		// Desc has no accessor for its name; its String form is
+		// Desc{fqName: "…", …}.
+		s := d.String()
+		if i := strings.Index(s, `fqName: "`); i >= 0 {
+			s = s[i+len(`fqName: "`):]
+			if j := strings.IndexByte(s, '"'); j >= 0 {
+				out = append(out, s[:j])
+			}
+		}
+	}
+	return out
 }
