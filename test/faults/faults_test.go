@@ -243,28 +243,57 @@ func checkUnanswered(t *testing.T, e *runningEdge, js jetstream.JetStream, ta *t
 	return retries, fmt.Sprintf("cut_stored=%d cut_issued=%d retried_ok=%d", cutStored, cutIssued, len(retries.with(http.StatusOK)))
 }
 
+// killRounds bounds the tries at a kill that cuts off a request: each
+// round sends a batch of callbacks and kills the edge in the middle of it.
+const killRounds = 6
+
 // TestEdgeKilled: the edge, a child process in front of a NATS server of
 // its own, is SIGKILLed during a stream of callbacks and restarted. Every
 // callback answered 200 is on the stream exactly once; every callback cut
 // off by the kill is either stored (token consumed) or not (token issued),
-// and sent again it is answered 200 and stored once.
+// and sent again it is answered 200 and stored once. A kill that cuts off
+// nothing proves nothing: the kill is tried again, in a new batch, until
+// one does (at most killRounds times).
+//
+// Tokens that expire in a second, issued before the kill without a
+// callback, expire while the edge restarts: the restarted edge publishes
+// exactly one missing-callback event for each, and none for the
+// short-lived tokens whose callbacks were answered 200 before the kill.
 func TestEdgeKilled(t *testing.T) {
 	const workers = 8
 	node := newNATS(t, "solo", 0, nil)
 	e := childConfig(t, node.url())
 	e.start(t)
-	tokens := issueN(t, &e.runningEdge, 240)
-	ta := send(t, []*runningEdge{&e.runningEdge}, tokens, workers, func(i int) {
-		if i == 120 { // workers are mid-request: their callbacks are cut off
-			e.kill(t)
-			e.start(t)
-		}
-	})
 	_, js := connect(t, node.url())
+	ta := &tally{}
+	var exp expiring
+	rounds := 0
+	for ; rounds < killRounds && len(ta.with(0)) == 0; rounds++ {
+		if rounds == 0 {
+			exp = issueExpiring(t, &e.runningEdge, ta, 3, 2)
+		}
+		tokens := issueN(t, &e.runningEdge, 80)
+		// The kill comes from the dispatcher while every worker is
+		// mid-request, and no new request is handed out until the edge
+		// is back: a callback without an answer was cut off by the kill.
+		ta.add(send(t, []*runningEdge{&e.runningEdge}, tokens, workers, func(i int) {
+			if i == 40 {
+				e.kill(t)
+				e.start(t)
+			}
+		}))
+	}
+	cutOff := len(ta.with(0))
+	t.Logf("%d callbacks cut off by the kill (after %d rounds)", cutOff, rounds)
+	if cutOff == 0 {
+		t.Fatalf("no callback was cut off by the kill in %d rounds: the scenario shows nothing", rounds)
+	}
 	retries, cut := checkUnanswered(t, &e.runningEdge, js, ta)
-	// Only the callbacks in flight at the kill may go unanswered.
-	floor(t, ta, len(tokens)-workers, "only requests in flight at the kill may fail")
-	verifyStream(t, "edge-killed", js, ta, cut, retries)
+	// Only the callbacks in flight at each kill may go unanswered.
+	sent, _, _, _ := ta.counts()
+	floor(t, ta, sent-rounds*workers, "only requests in flight at the kill may fail")
+	missing := exp.check(t, js, e.admin)
+	verifyStream(t, "edge-killed", js, ta, fmt.Sprintf("kill_rounds=%d %s %s", rounds, cut, missing), retries)
 	// SIGTERM is a clean stop: exit status 0.
 	_ = e.cmd.Process.Signal(syscall.SIGTERM)
 	<-e.exited
@@ -276,38 +305,46 @@ func TestEdgeKilled(t *testing.T) {
 // TestEdgeKilledWhileSpooling: NATS is down, so the edge answers from its
 // spool; the edge is SIGKILLed with callbacks in the spool; NATS comes back
 // and the edge is restarted: it replays the spool, and every callback
-// answered 200 (all of them while NATS was down) is on the stream once.
+// answered 200 (all of them while NATS was down) is on the stream once. As
+// in TestEdgeKilled, the kill is tried again until it cuts off a request.
 func TestEdgeKilledWhileSpooling(t *testing.T) {
 	const workers = 4
 	node := newNATS(t, "solo", 0, nil)
 	e := childConfig(t, node.url())
 	e.start(t)
-	tokens := issueN(t, &e.runningEdge, 160)
 	// With NATS up, a first few land directly (and the edge's copy of the
 	// tokens is current).
-	ta := send(t, []*runningEdge{&e.runningEdge}, tokens[:10], workers, nil)
-	node.stop()
+	ta := send(t, []*runningEdge{&e.runningEdge}, issueN(t, &e.runningEdge, 10), workers, nil)
 	var spooledAtKill float64
-	outage := send(t, []*runningEdge{&e.runningEdge}, tokens[10:], workers, func(i int) {
-		switch i {
-		case 75:
-			spooledAtKill, _ = metric(e.admin, "daraja_edge_spool_records")
-		case 80: // 80 callbacks into the outage, workers mid-request
-			e.kill(t)
-			node.start(t)
-			e.start(t)
-		}
-	})
-	ta.add(outage)
-	t.Logf("%v callbacks in the spool shortly before the edge was killed", spooledAtKill)
+	rounds := 0
+	for ; rounds < killRounds && len(ta.with(0)) == 0; rounds++ {
+		tokens := issueN(t, &e.runningEdge, 100)
+		node.stop()
+		ta.add(send(t, []*runningEdge{&e.runningEdge}, tokens, workers, func(i int) {
+			switch i {
+			case 75:
+				spooledAtKill, _ = metric(e.admin, "daraja_edge_spool_records")
+			case 80: // 80 callbacks into the outage, workers mid-request
+				e.kill(t)
+				node.start(t)
+				e.start(t)
+			}
+		}))
+		waitSpoolEmpty(t, &e.runningEdge)
+	}
+	cutOff := len(ta.with(0))
+	t.Logf("%v callbacks in the spool shortly before the last kill; %d callbacks cut off (after %d rounds)", spooledAtKill, cutOff, rounds)
+	if cutOff == 0 {
+		t.Fatalf("no callback was cut off by the kill in %d rounds: the scenario shows nothing", rounds)
+	}
 	if spooledAtKill < 40 {
 		t.Errorf("only %v callbacks in the spool before the kill: the spool was not exercised", spooledAtKill)
 	}
-	waitSpoolEmpty(t, &e.runningEdge)
 	_, js := connect(t, node.url())
 	retries, cut := checkUnanswered(t, &e.runningEdge, js, ta)
-	floor(t, ta, len(tokens)-workers, "the spool answers through the outage; only requests in flight at the kill may fail")
-	verifyStream(t, "edge-killed-nats-down", js, ta, fmt.Sprintf("spooled_at_kill=%v %s", spooledAtKill, cut), retries)
+	sent, _, _, _ := ta.counts()
+	floor(t, ta, sent-rounds*workers, "the spool answers through the outage; only requests in flight at the kill may fail")
+	verifyStream(t, "edge-killed-nats-down", js, ta, fmt.Sprintf("kill_rounds=%d spooled_at_kill=%v %s", rounds, spooledAtKill, cut), retries)
 }
 
 // TestClusterNodeLost: three NATS nodes (R3 stream and bucket), two edges;

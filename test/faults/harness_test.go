@@ -398,3 +398,127 @@ func waitForJetStream(t *testing.T, urls string) {
 	}
 	t.Fatal("JetStream cluster not ready")
 }
+
+// readMissing counts the missing-callback events on the stream by token
+// id (Daraja-Token-Id).
+func readMissing(t *testing.T, js jetstream.JetStream) map[string]int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	byToken := map[string]int{}
+	stream, err := js.Stream(ctx, "DARAJA")
+	if err != nil {
+		t.Fatalf("stream: %v", err)
+	}
+	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("daraja.missing.>"))
+	if err != nil {
+		t.Fatalf("stream info: %v", err)
+	}
+	want := 0
+	for _, n := range info.State.Subjects {
+		want += int(n)
+	}
+	if want == 0 {
+		return byToken
+	}
+	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"daraja.missing.>"}})
+	if err != nil {
+		t.Fatalf("consumer: %v", err)
+	}
+	for read := 0; read < want; {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			t.Fatalf("fetch: %v", err)
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			read++
+			byToken[m.Headers().Get("Daraja-Token-Id")]++
+		}
+		if got == 0 && ctx.Err() != nil {
+			t.Fatalf("read %d of %d missing events", read, want)
+		}
+	}
+	return byToken
+}
+
+// waitMissing waits until every token in ids has a missing-callback event
+// on the stream, and returns the events by token id.
+func waitMissing(t *testing.T, js jetstream.JetStream, ids []string, d time.Duration) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := readMissing(t, js)
+		var absent []string
+		for _, id := range ids {
+			if got[id] == 0 {
+				absent = append(absent, id)
+			}
+		}
+		if len(absent) == 0 {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no missing-callback event within %s for tokens %v", d, absent)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
+}
+
+// expiring is a set of short-lived tokens: idle ones that get no callback
+// and used ones whose callback was answered 200 before they expired.
+type expiring struct {
+	idle, used []string
+}
+
+// issueExpiring issues idle tokens that expire in a second and used ones
+// whose callbacks (recorded in ta) are answered 200 at once.
+func issueExpiring(t *testing.T, e *runningEdge, ta *tally, idle, used int) expiring {
+	t.Helper()
+	var x expiring
+	for range idle {
+		x.idle = append(x.idle, issue(t, e.admin, verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", TTL: "1s"}).ID)
+	}
+	for i := range used {
+		tok := issue(t, e.admin, verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", TTL: "3s"})
+		tx := fmt.Sprintf("ws_CO_used_%d_%s", i, tok.ID)
+		status := post(e.public, daraja.STKCallback, tok.Token, stkBody(tx))
+		if status != http.StatusOK {
+			t.Fatalf("callback for a short-lived token: %d", status)
+		}
+		ta.record(delivery{token: tok, txID: tx, status: status})
+		x.used = append(x.used, tok.ID)
+	}
+	return x
+}
+
+// check waits for every idle token's missing event, then for that of a
+// probe token issued (through adminAddr) only then, expiring in a second:
+// once the probe's event is there, the edge has swept again after the
+// idle tokens' events, so a second event for any of them would be there
+// too. Every idle token must have exactly one event, every used one none.
+// It returns the figures for the FAULTS line.
+func (x expiring) check(t *testing.T, js jetstream.JetStream, adminAddr string) string {
+	t.Helper()
+	waitMissing(t, js, x.idle, 60*time.Second)
+	probe := issue(t, adminAddr, verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", TTL: "1s"})
+	got := waitMissing(t, js, []string{probe.ID}, 60*time.Second)
+	dup, usedWithEvent := 0, 0
+	for _, id := range x.idle {
+		if got[id] != 1 {
+			t.Errorf("token %s expired without a callback: %d missing events, want 1", id, got[id])
+		}
+		if got[id] > 1 {
+			dup += got[id] - 1
+		}
+	}
+	for _, id := range x.used {
+		if got[id] != 0 {
+			t.Errorf("token %s got its callback: %d missing events, want none", id, got[id])
+			usedWithEvent++
+		}
+	}
+	return fmt.Sprintf("expired=%d missing_events=%d missing_duplicated=%d used_with_event=%d",
+		len(x.idle), len(got)-1, dup, usedWithEvent)
+}
