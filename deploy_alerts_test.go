@@ -82,3 +82,50 @@ func TestAlertRulesAndDashboard(t *testing.T) {
 		})
 	}
 }
+
+// pagedMetrics are the metrics whose alert must page (severity: page): a
+// callback answered 200 and then lost (a store behind what was
+// acknowledged), and spool records skipped as damaged (callbacks answered
+// 200 that will not reach the stream as they were).
+var pagedMetrics = []string{"daraja_edge_stream_acknowledged_lost", "daraja_edge_spool_corrupt_total"}
+
+// TestAlertRulesPage: deploy/prometheus/alerts.yaml has, for each of
+// pagedMetrics, an alert rule whose expression reads that metric and whose
+// severity is page: deleting the rule, or lowering it to a ticket, fails
+// here.
+func TestAlertRulesPage(t *testing.T) {
+	p := parser.NewParser(parser.Options{})
+	groups, errs := rulefmt.ParseFile("deploy/prometheus/alerts.yaml", false, model.UTF8Validation, p, slog.New(slog.DiscardHandler))
+	for _, err := range errs {
+		t.Fatal(err)
+	}
+	for _, metric := range pagedMetrics {
+		paged := false
+		var readers []string // alerts reading metric, with their severity
+		for _, g := range groups.Groups {
+			for _, r := range g.Rules {
+				if r.Alert == "" {
+					continue
+				}
+				ast, err := p.ParseExpr(r.Expr)
+				if err != nil {
+					t.Fatalf("%s: %q: %v", r.Alert, r.Expr, err)
+				}
+				reads := false
+				parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
+					if vs, ok := n.(*parser.VectorSelector); ok && vs.Name == metric {
+						reads = true
+					}
+					return nil
+				})
+				if reads {
+					readers = append(readers, r.Alert+" (severity "+r.Labels["severity"]+")")
+					paged = paged || r.Labels["severity"] == "page"
+				}
+			}
+		}
+		if !paged {
+			t.Errorf("no alert rule on %s pages (severity: page); rules reading it: %v", metric, readers)
+		}
+	}
+}
