@@ -178,12 +178,12 @@ func TestDeliveryRecordCompareAndSet(t *testing.T) {
 	cb := &callback{seq: 42, header: map[string][]string{"Nats-Msg-Id": {"b2c.result:AG_1"}, "Daraja-Kind": {"b2c.result"},
 		"Daraja-Transaction-Id": {"AG_1"}, "Daraja-Shortcode": {"600000"}}}
 	key := deliveryKey("shop", "AG_1", 42)
-	rec, rev, act, _, err := d.claim(ctx, key, cb, false, "holder-a")
+	rec, rev, act, _, err := d.claim(ctx, key, cb, false, "holder-a", Delivery{}, 0)
 	if err != nil || act != actAttempt || rev == 0 || rec.Holder != "holder-a" {
 		t.Fatalf("claim: %+v %d %v %v", rec, rev, act, err)
 	}
-	// Another worker sees the lease and waits.
-	if _, _, act, wait, err := d.claim(ctx, key, cb, false, "holder-b"); err != nil || act != actWait || wait <= 0 {
+	// Another worker sees the lease and waits, also from a stale read.
+	if _, _, act, wait, err := d.claim(ctx, key, cb, false, "holder-b", Delivery{}, 0); err != nil || act != actWait || wait <= 0 {
 		t.Fatalf("second claim: %v %s %v", act, wait, err)
 	}
 	// Two writes from the same revision: the second is refused.

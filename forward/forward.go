@@ -409,15 +409,18 @@ func (d *dest) decide(rec *Delivery, cb *callback, replay bool, holder string, n
 // lasts.
 const leaseMargin = 5 * time.Second
 
-// claim re-reads the record just before an attempt, decides again, and
-// when the answer is still "attempt" writes the record back holding a
-// lease for holder, compare-and-set: of two workers with the same
-// callback (a redelivery, a replay), one attempts and the other waits.
-func (d *dest) claim(ctx context.Context, key string, cb *callback, replay bool, holder string) (Delivery, uint64, action, time.Duration, error) {
-	for range 5 {
-		rec, rev, err := d.f.hist.get(ctx, key)
-		if err != nil {
-			return rec, 0, 0, 0, err
+// claim decides again just before an attempt, on the record read at rev
+// (0: none), and when the answer is still "attempt" writes it back holding
+// a lease for holder, compare-and-set: of two workers with the same
+// callback (a redelivery, a replay), one attempts and the other waits. A
+// record changed since it was read is read again.
+func (d *dest) claim(ctx context.Context, key string, cb *callback, replay bool, holder string, rec Delivery, rev uint64) (Delivery, uint64, action, time.Duration, error) {
+	for i := range 5 {
+		if i > 0 {
+			var err error
+			if rec, rev, err = d.f.hist.get(ctx, key); err != nil {
+				return rec, 0, 0, 0, err
+			}
 		}
 		if rev == 0 {
 			rec = d.newRecord(cb)
@@ -428,11 +431,11 @@ func (d *dest) claim(ctx context.Context, key string, cb *callback, replay bool,
 			return rec, rev, act, wait, nil
 		}
 		rec.Holder, rec.Lease = holder, now.Add(d.cfg.Timeout+leaseMargin)
-		rev, err = d.f.hist.write(ctx, rec, rev)
+		n, err := d.f.hist.write(ctx, rec, rev)
 		if errors.Is(err, errConflict) {
 			continue
 		}
-		return rec, rev, act, 0, err
+		return rec, n, act, 0, err
 	}
 	return Delivery{}, 0, 0, 0, errConflict
 }
@@ -504,8 +507,9 @@ func (d *dest) handle(ctx context.Context, m jetstream.Msg, replay bool, stop fu
 	}
 	// A first look, so that a callback with nothing to do now does not
 	// wait for an attempt slot.
-	if act, wait := d.decide(&rec, cb, replay, holder, d.f.now()); act != actAttempt {
-		d.settle(ctx, m, cb, rec, rev, act, wait, stop, log)
+	first := rec // decide changes its argument; claim decides again from the record as read
+	if act, wait := d.decide(&first, cb, replay, holder, d.f.now()); act != actAttempt {
+		d.settle(ctx, m, cb, first, rev, act, wait, stop, log)
 		return
 	}
 	select {
@@ -527,7 +531,7 @@ func (d *dest) handle(ctx context.Context, m jetstream.Msg, replay bool, stop fu
 		_ = m.Nak()
 		return
 	}
-	rec, rev, act, wait, err := d.claim(ctx, key, cb, replay, holder)
+	rec, rev, act, wait, err := d.claim(ctx, key, cb, replay, holder, rec, rev)
 	if err != nil {
 		d.circuit.cancel(probe)
 		log.Warn("forward: delivery record not claimed; retrying", zap.Error(err))

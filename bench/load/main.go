@@ -19,6 +19,7 @@
 //	go run ./bench/load -scenario memory -stored 1000000
 //	go run ./bench/load -scenario soak -rate 20 -duration 30m
 //	go run ./bench/load -scenario idle -idle 10000
+//	go run ./bench/load -scenario forward -runs 3  (delivered to an app vs the edge alone)
 package main
 
 import (
@@ -70,21 +71,25 @@ type options struct {
 	ttl      time.Duration
 	stored   int
 	profile  string
+	// fwdConcurrency is the forward destination's concurrency (scenario
+	// forward).
+	fwdConcurrency int
 }
 
 func main() {
 	var o options
-	flag.StringVar(&o.scenario, "scenario", "keepalive", "keepalive | rate | newconn | durable | refused | memory | soak | idle")
+	flag.StringVar(&o.scenario, "scenario", "keepalive", "keepalive | rate | newconn | durable | refused | memory | soak | idle | forward")
 	flag.DurationVar(&o.duration, "duration", 6*time.Second, "how long each side is loaded (soak: the whole soak)")
 	flag.IntVar(&o.conns, "conns", 16, "concurrent senders")
 	flag.Float64Var(&o.rate, "rate", 0, "requests per second in total, both sides held to it (scenario rate; soak: tokens per second)")
 	flag.IntVar(&o.sources, "sources", 4, "loopback source addresses to send from (127.0.0.2, .3, …)")
 	flag.IntVar(&o.idle, "idle", 10000, "idle keep-alive connections (scenario idle)")
 	flag.IntVar(&o.runs, "runs", 3, "baseline/edge/baseline rounds (throughput scenarios)")
-	flag.StringVar(&o.sync, "sync", "", `nats.embedded.sync for the run: "always" or an interval (default: always for durable, soak, refused; 2m, NATS's own default, otherwise)`)
+	flag.StringVar(&o.sync, "sync", "", `nats.embedded.sync for the run: "always" or an interval (default: always for durable, soak, refused, idle, forward; 2m, NATS's own default, otherwise)`)
 	flag.DurationVar(&o.ttl, "ttl", 2*time.Minute, "token lifetime (soak)")
 	flag.IntVar(&o.stored, "stored", 1_000_000, "stored callbacks (scenario memory)")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the last run's edge load here (load generator labelled side=client)")
+	flag.IntVar(&o.fwdConcurrency, "fwd-concurrency", 8, "the forward destination's concurrency (scenario forward; 8 is the default)")
 	child := flag.String("child", "", "internal: run an edge from this JSON config (child-process scenarios)")
 	flag.Parse()
 	if *child != "" {
@@ -96,7 +101,7 @@ func main() {
 	if o.sync == "" {
 		o.sync = "2m"
 		switch o.scenario {
-		case "durable", "soak", "refused", "idle":
+		case "durable", "soak", "refused", "idle", "forward":
 			o.sync = config.SyncEveryAck
 		}
 	}
@@ -106,6 +111,8 @@ func main() {
 		err = runSeparate(o)
 	case "memory":
 		err = runMemory(o)
+	case "forward":
+		err = runForward(o)
 	default:
 		err = run(o)
 	}
@@ -342,7 +349,11 @@ func plain(n int, tag string) []sample {
 
 func (w *world) request(req verify.IssueRequest, out *verify.IssueResponse) error {
 	b, _ := json.Marshal(req)
-	m, err := w.nc.Request("daraja.tokens.issue", b, 10*time.Second)
+	prefix := w.cfg.NATS.SubjectPrefix
+	if prefix == "" {
+		prefix = "daraja" // a world around a child edge holds no config
+	}
+	m, err := w.nc.Request(prefix+".tokens.issue", b, 10*time.Second)
 	if err != nil {
 		return err
 	}
