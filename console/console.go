@@ -3,7 +3,19 @@
 // edge's health, behind a session opened with an admin API key.
 //
 // Sessions live in memory, per replica: a sign-in on one replica is not
-// known to another, and a restart signs everyone out.
+// known to another, and a restart signs everyone out. Behind a load
+// balancer that spreads requests over several replicas, the admin
+// listener needs sticky sessions (affinity by client address or by the
+// daraja_console cookie), or each request may land on a replica that does
+// not know the session and is sent back to sign-in. What the console
+// shows does not depend on the replica: every one reads the whole stream.
+//
+// Sign-in is guarded against guessing and forgery: every attempt spends
+// one of its source address's budget (Options.Limiter), and past it every
+// attempt is answered 429 without the key being looked at; the form
+// carries a token bound to a pre-session cookie, and cross-origin
+// requests (Sec-Fetch-Site, Origin) are refused on every state-changing
+// route.
 package console
 
 import (
@@ -20,6 +32,8 @@ import (
 	"html/template"
 	"io/fs"
 	"net/http"
+	"net/netip"
+	"regexp"
 	"strings"
 	"sync"
 	"time"
@@ -30,6 +44,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/internal/redact"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -77,8 +92,37 @@ type Options struct {
 	SessionTTL time.Duration
 	// RootCAs verifies the public URL's certificate (nil: system roots).
 	RootCAs *x509.CertPool
-	Log     *zap.Logger
-	now     func() time.Time
+	// Limiter bounds sign-in attempts per client address
+	// (*ratelimit.PerSource); nil: unlimited.
+	Limiter Limiter
+	// Spool reports this edge's spool depth (optional).
+	Spool func() (bytes, records int64)
+	// TokenBucket is the token bucket's name, shown on the health page
+	// (optional).
+	TokenBucket string
+	// Edge names this replica in the live view's state line.
+	Edge string
+	// Deliveries reads the forwarder's delivery records of each of
+	// Destinations (both unset: forwarding is off, no deliveries page).
+	Deliveries   Deliveries
+	Destinations []string
+	Log          *zap.Logger
+
+	now        func() time.Time
+	stateEvery time.Duration // live view state events (default 5s)
+}
+
+// Limiter counts sign-in attempts per client address
+// (*ratelimit.PerSource).
+type Limiter interface {
+	// Allow spends one attempt, reporting whether one was left.
+	Allow(src netip.Addr, now time.Time) bool
+}
+
+// Deliveries is the forwarder's record of deliveries
+// (*forward.Forwarder).
+type Deliveries interface {
+	Deliveries(ctx context.Context, destination, tx, state string, limit int) ([]forward.Delivery, error)
 }
 
 // Console is the console's handler.
@@ -90,6 +134,9 @@ type Console struct {
 	mux   *http.ServeMux
 	tmpl  *template.Template
 	rates *rates
+	// tokenRe finds the token in a query string (tokens.query_param).
+	tokenRe *regexp.Regexp
+	cop     *http.CrossOriginProtection
 
 	mu       sync.Mutex
 	sessions map[string]*session
@@ -101,7 +148,12 @@ type session struct {
 	expires  time.Time
 }
 
-const cookieName = "daraja_console"
+const (
+	cookieName = "daraja_console"
+	// loginCookie carries the sign-in form's token before a session
+	// exists (login CSRF: a forged form cannot carry it).
+	loginCookie = "daraja_console_login"
+)
 
 // New returns the console, mounted at /console/. Its background sampling
 // of the metrics stops with ctx.
@@ -121,12 +173,22 @@ func New(ctx context.Context, o Options) (*Console, error) {
 	if o.now == nil {
 		o.now = time.Now
 	}
+	if o.stateEvery <= 0 {
+		o.stateEvery = 5 * time.Second
+	}
+	if len(o.Destinations) == 0 {
+		o.Deliveries = nil // a typed nil *forward.Forwarder is not a nil interface
+	}
+	if o.Deliveries == nil {
+		o.Destinations = nil
+	}
 	t, err := template.New("").Funcs(funcs).ParseFS(assets, "assets/*.html")
 	if err != nil {
 		return nil, fmt.Errorf("console: templates: %w", err)
 	}
 	c := &Console{o: o, log: o.Log.Named("console"), tmpl: t, sessions: map[string]*session{},
-		keys: hashKeys(o.Keys), rkeys: hashKeys(o.ReadKeys)}
+		keys: hashKeys(o.Keys), rkeys: hashKeys(o.ReadKeys), tokenRe: tokenPattern(o.QueryParam),
+		cop: http.NewCrossOriginProtection()}
 	c.rates = newRates(o.Gatherer)
 	go c.rates.run(ctx)
 	static, _ := fs.Sub(assets, "assets")
@@ -144,6 +206,7 @@ func New(ctx context.Context, o Options) (*Console, error) {
 	m.HandleFunc("GET /console/test", c.authed(c.testPage, false))
 	m.HandleFunc("POST /console/test", c.authed(c.test, true))
 	m.HandleFunc("GET /console/health", c.authed(c.health, false))
+	m.HandleFunc("GET /console/deliveries", c.authed(c.deliveries, false))
 	m.HandleFunc("GET /console", func(w http.ResponseWriter, r *http.Request) {
 		http.Redirect(w, r, "/console/", http.StatusSeeOther)
 	})
@@ -188,6 +251,13 @@ func (c *Console) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h.Set("Referrer-Policy", "no-referrer")
 	if !strings.HasPrefix(r.URL.Path, "/console/static/") {
 		h.Set("Cache-Control", "no-store")
+	}
+	// A browser's cross-origin POST (a forged form on another site) is
+	// refused on every route, sign-in included.
+	if err := c.cop.Check(r); err != nil {
+		c.log.Warn("console: cross-origin request refused", zap.String("path", redact.Path(r.URL.Path)))
+		http.Error(w, "cross-origin request refused", http.StatusForbidden)
+		return
 	}
 	c.mux.ServeHTTP(w, r)
 }
@@ -246,13 +316,45 @@ func (c *Console) authed(next http.HandlerFunc, write bool) http.HandlerFunc {
 
 func sessionOf(r *http.Request) *session { s, _ := r.Context().Value(ctxKey{}).(*session); return s }
 
+// loginPage serves the sign-in form with a fresh form token, also set in
+// a short-lived cookie that only this origin's forms send back.
 func (c *Console) loginPage(w http.ResponseWriter, r *http.Request) {
-	c.render(w, r, http.StatusOK, "login.html", page{Title: "Sign in"})
+	c.renderLogin(w, r, http.StatusOK, "")
 }
 
+func (c *Console) renderLogin(w http.ResponseWriter, r *http.Request, status int, msg string) {
+	tok := randomString()
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: tok, Path: "/console/login", HttpOnly: true,
+		Secure: c.o.SecureCookies || r.TLS != nil, SameSite: http.SameSiteStrictMode, MaxAge: 1800})
+	c.render(w, r, status, "login.html", page{Title: "Sign in", CSRF: tok, Error: msg})
+}
+
+// clientAddr is the request's peer address (zero when unparseable).
+func clientAddr(r *http.Request) netip.Addr {
+	if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+		return ap.Addr().Unmap()
+	}
+	return netip.Addr{}
+}
+
+// login exchanges a key for a session. Every attempt spends one of the
+// source's sign-in budget before anything else is looked at, so past it
+// a right key and a wrong one get the same 429 (and no log line); the
+// form's token must match the pre-session cookie the sign-in page set.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
+	if c.o.Limiter != nil && !c.o.Limiter.Allow(clientAddr(r), c.o.now()) {
+		w.Header().Set("Retry-After", "10")
+		c.renderLogin(w, r, http.StatusTooManyRequests, "Too many sign-in attempts from your address: wait a little and try again.")
+		return
+	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	key := r.PostFormValue("key")
+	ck, err := r.Cookie(loginCookie)
+	if err != nil || ck.Value == "" || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(ck.Value)) != 1 {
+		c.log.Warn("console: sign-in refused: form token missing or wrong", zap.String("source", r.RemoteAddr))
+		c.renderLogin(w, r, http.StatusForbidden, "The sign-in form was stale or did not come from this console: try again.")
+		return
+	}
 	var readOnly bool
 	switch {
 	case key != "" && match(c.keys, key):
@@ -260,7 +362,7 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 		readOnly = true
 	default:
 		c.log.Warn("console: sign-in refused: wrong key", zap.String("source", r.RemoteAddr))
-		c.render(w, r, http.StatusUnauthorized, "login.html", page{Title: "Sign in", Error: "That key is not an admin API key."})
+		c.renderLogin(w, r, http.StatusUnauthorized, "That key is not an admin API key.")
 		return
 	}
 	id := randomString()
@@ -274,8 +376,11 @@ func (c *Console) login(w http.ResponseWriter, r *http.Request) {
 	}
 	c.sessions[id] = s
 	c.mu.Unlock()
+	secure := c.o.SecureCookies || r.TLS != nil
+	http.SetCookie(w, &http.Cookie{Name: loginCookie, Value: "", Path: "/console/login", HttpOnly: true,
+		Secure: secure, SameSite: http.SameSiteStrictMode, MaxAge: -1})
 	http.SetCookie(w, &http.Cookie{Name: cookieName, Value: id, Path: "/console/", HttpOnly: true,
-		Secure: c.o.SecureCookies || r.TLS != nil, SameSite: http.SameSiteStrictMode,
+		Secure: secure, SameSite: http.SameSiteStrictMode,
 		Expires: s.expires, MaxAge: int(c.o.SessionTTL.Seconds())})
 	c.log.Info("console: signed in", zap.Bool("read_only", readOnly), zap.String("source", r.RemoteAddr))
 	http.Redirect(w, r, "/console/", http.StatusSeeOther)
@@ -297,16 +402,20 @@ type page struct {
 	Title    string
 	Nav      string
 	CSRF     string
+	Session  bool // signed in: the navigation is shown
 	ReadOnly bool
-	Error    string
-	Notice   string
-	Data     any
+	// Forwarding: the deliveries page exists.
+	Forwarding bool
+	Error      string
+	Notice     string
+	Data       any
 }
 
 func (c *Console) render(w http.ResponseWriter, r *http.Request, status int, name string, p page) {
 	if s := sessionOf(r); s != nil {
-		p.CSRF, p.ReadOnly = s.csrf, s.readOnly
+		p.CSRF, p.ReadOnly, p.Session = s.csrf, s.readOnly, true
 	}
+	p.Forwarding = len(c.o.Destinations) > 0
 	var b strings.Builder
 	if err := c.tmpl.ExecuteTemplate(&b, name, p); err != nil {
 		c.log.Error("console: render", zap.String("template", name), zap.Error(err))

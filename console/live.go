@@ -1,6 +1,7 @@
 package console
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -40,8 +41,10 @@ type Event struct {
 	Edge          string `json:"edge,omitempty"`
 }
 
-// Describe turns a message on prefix's subjects into an Event, masked.
-func Describe(prefix string, subject string, h nats.Header, data []byte) Event {
+// describe turns a message on the console's subjects into an Event,
+// masked.
+func (c *Console) describe(subject string, h nats.Header, data []byte) Event {
+	prefix := c.o.Prefix
 	var e Event
 	switch {
 	case strings.HasPrefix(subject, prefix+".cb."):
@@ -77,7 +80,7 @@ func Describe(prefix string, subject string, h nats.Header, data []byte) Event {
 			At       string `json:"at"`
 		}
 		_ = json.Unmarshal(data, &ev)
-		e.Reason, e.Source, e.Path, e.TokenID, e.At = ev.Reason, ev.SourceIP, maskQuery(ev.Path), ev.TokenID, ev.At
+		e.Reason, e.Source, e.Path, e.TokenID, e.At = ev.Reason, ev.SourceIP, c.maskQuery(ev.Path), ev.TokenID, ev.At
 		if e.Reason == "" {
 			e.Reason = strings.TrimPrefix(subject, prefix+".rejected.")
 		}
@@ -114,6 +117,38 @@ type liveData struct {
 	Kinds  []daraja.Kind
 }
 
+// State is the live view's periodic `state` event: this replica's
+// readiness, NATS connection and spool.
+type State struct {
+	Type         string `json:"type"` // state
+	At           string `json:"at"`
+	Edge         string `json:"edge,omitempty"`
+	Ready        bool   `json:"ready"`
+	NotReady     string `json:"not_ready,omitempty"`
+	NATS         string `json:"nats"`
+	SpoolRecords int64  `json:"spool_records"`
+	SpoolBytes   int64  `json:"spool_bytes"`
+	SpoolKnown   bool   `json:"spool_known"`
+	SignedOut    bool   `json:"signed_out,omitempty"`
+}
+
+func (c *Console) state(ctx context.Context) State {
+	st := State{Type: "state", At: c.o.now().UTC().Format(time.RFC3339), Edge: c.o.Edge, Ready: true,
+		NATS: c.o.NATS.Status().String()}
+	if c.o.Ready != nil {
+		ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		defer cancel()
+		if err := c.o.Ready(ctx); err != nil {
+			st.Ready, st.NotReady = false, err.Error()
+		}
+	}
+	if c.o.Spool != nil {
+		st.SpoolBytes, st.SpoolRecords = c.o.Spool()
+		st.SpoolKnown = true
+	}
+	return st
+}
+
 func (c *Console) live(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, http.StatusOK, "live.html", page{Title: "Live", Nav: "live", Data: liveData{Filter: filterOf(r), Kinds: daraja.Kinds}})
 }
@@ -125,7 +160,8 @@ const backlog = 15 * time.Minute
 // events streams Events as server-sent events: callbacks and missing
 // events from an ordered consumer on the stream (so every replica's
 // console shows the whole stream), rejections from a core subscription.
-// A comment line every 15 s keeps proxies from closing it.
+// A state event every few seconds (readiness, NATS, spool) keeps proxies
+// from closing it; the stream ends once the session does.
 func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 	fl, ok := w.(http.Flusher)
 	if !ok {
@@ -147,12 +183,15 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	p := c.o.Prefix
-	sub, err := c.o.NATS.Subscribe(p+".rejected.>", func(m *nats.Msg) { send(Describe(p, m.Subject, m.Header, m.Data)) })
+	sub, err := c.o.NATS.Subscribe(p+".rejected.>", func(m *nats.Msg) { send(c.describe(m.Subject, m.Header, m.Data)) })
 	if err != nil {
 		http.Error(w, "NATS: subscribe failed", http.StatusServiceUnavailable)
 		return
 	}
 	defer func() { _ = sub.Unsubscribe() }()
+	// The server knows the interest before the browser hears "live": a
+	// rejection from then on reaches it.
+	_ = c.o.NATS.FlushTimeout(2 * time.Second)
 	start := c.o.now().Add(-backlog)
 	cons, err := c.o.JS.OrderedConsumer(ctx, c.o.Stream, jetstream.OrderedConsumerConfig{
 		FilterSubjects: []string{p + ".cb.>", p + ".missing.>"},
@@ -164,7 +203,7 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	cc, err := cons.Consume(func(m jetstream.Msg) {
-		e := Describe(p, m.Subject(), m.Headers(), m.Data())
+		e := c.describe(m.Subject(), m.Headers(), m.Data())
 		if md, err := m.Metadata(); err == nil {
 			e.Seq = md.Sequence.Stream
 		}
@@ -181,15 +220,30 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	fmt.Fprint(w, ": live\n\n")
+	writeState := func() bool {
+		st := c.state(ctx)
+		if s, _ := c.session(r); s == nil { // signed out or expired meanwhile
+			st.SignedOut = true
+		}
+		b, _ := json.Marshal(st)
+		fmt.Fprintf(w, "event: state\ndata: %s\n\n", b)
+		return !st.SignedOut
+	}
+	writeState()
 	fl.Flush()
-	tick := time.NewTicker(15 * time.Second)
+	// The state events double as the keep-alive that stops proxies from
+	// closing an idle stream.
+	tick := time.NewTicker(c.o.stateEvery)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
-			fmt.Fprint(w, ": keep-alive\n\n")
+			if !writeState() {
+				fl.Flush()
+				return
+			}
 		case e := <-ch:
 			b, _ := json.Marshal(e)
 			fmt.Fprintf(w, "event: %s\ndata: %s\n\n", e.Type, b)
@@ -198,22 +252,24 @@ func (c *Console) events(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-var (
-	// phoneRe finds Kenyan phone numbers (2547…, 2541…, 07…, 01…) in text.
-	phoneRe = regexp.MustCompile(`(?:\+?254|\b0)[17]\d{8}\b`)
-	// tokenRe finds a token in a query string.
-	tokenRe = regexp.MustCompile(`([?&](?:t|token)=)[^&"'\s\\]+`)
-)
+// phoneRe finds Kenyan phone numbers (2547…, 2541…, 07…, 01…) in text.
+var phoneRe = regexp.MustCompile(`(?:\+?254|\b0)[17]\d{8}\b`)
+
+// tokenPattern finds the value of query parameter param (the configured
+// tokens.query_param) in text: after ? or &, also JSON-escaped (\u0026).
+func tokenPattern(param string) *regexp.Regexp {
+	return regexp.MustCompile(`((?:[?&]|\\u0026)` + regexp.QuoteMeta(param) + `=)[^&"'\s\\]+`)
+}
 
 // maskText masks phone numbers and URL tokens in s.
-func maskText(s string) string {
+func (c *Console) maskText(s string) string {
 	s = phoneRe.ReplaceAllStringFunc(s, func(m string) string {
 		return daraja.MaskMSISDN(strings.TrimPrefix(m, "+"))
 	})
-	return tokenRe.ReplaceAllString(s, "${1}…")
+	return c.maskQuery(s)
 }
 
-func maskQuery(p string) string { return tokenRe.ReplaceAllString(p, "${1}…") }
+func (c *Console) maskQuery(p string) string { return c.tokenRe.ReplaceAllString(p, "${1}…") }
 
 type header struct{ Name, Value string }
 
@@ -222,6 +278,10 @@ type callbackData struct {
 	Subject string
 	Headers []header
 	Body    string
+	// Deliveries: this callback's delivery records, one per destination
+	// that took it (forwarding on).
+	Deliveries    []delivery
+	DeliveriesErr string
 }
 
 // callback shows one stored message: its headers and its body, with phone
@@ -241,8 +301,10 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 			if !strings.HasPrefix(m.Subject, c.o.Prefix+".") {
 				err = jetstream.ErrMsgNotFound
 			} else {
+				d := c.describeRaw(seq, m)
+				d.Deliveries, d.DeliveriesErr = c.deliveriesOf(ctx, seq, m.Header.Get(publish.HeaderTransactionID))
 				c.render(w, r, http.StatusOK, "callback.html", page{Title: "Callback " + strconv.FormatUint(seq, 10), Nav: "live",
-					Data: describeRaw(c.o.Prefix, seq, m)})
+					Data: d})
 				return
 			}
 		}
@@ -254,8 +316,8 @@ func (c *Console) callback(w http.ResponseWriter, r *http.Request) {
 	c.render(w, r, status, "error.html", page{Title: "Not found", Error: msg})
 }
 
-func describeRaw(prefix string, seq uint64, m *jetstream.RawStreamMsg) callbackData {
-	e := Describe(prefix, m.Subject, m.Header, m.Data)
+func (c *Console) describeRaw(seq uint64, m *jetstream.RawStreamMsg) callbackData {
+	e := c.describe(m.Subject, m.Header, m.Data)
 	e.Seq = seq
 	kind := daraja.Kind(m.Header.Get(publish.HeaderKind))
 	tx := m.Header.Get(publish.HeaderTransactionID)
@@ -264,7 +326,7 @@ func describeRaw(prefix string, seq uint64, m *jetstream.RawStreamMsg) callbackD
 		if tx != "" && masked != tx {
 			s = strings.ReplaceAll(s, tx, masked)
 		}
-		return maskText(s)
+		return c.maskText(s)
 	}
 	d := callbackData{Event: e, Subject: mask(m.Subject)}
 	names := make([]string, 0, len(m.Header))
@@ -277,12 +339,12 @@ func describeRaw(prefix string, seq uint64, m *jetstream.RawStreamMsg) callbackD
 			d.Headers = append(d.Headers, header{k, mask(v)})
 		}
 	}
+	// Indented as stored: json.Indent keeps every byte of every value
+	// (amounts keep their decimals, nothing is re-escaped).
 	body := m.Data
-	var v any
-	if json.Unmarshal(body, &v) == nil {
-		if b, err := json.MarshalIndent(v, "", "  "); err == nil {
-			body = b
-		}
+	var b bytes.Buffer
+	if json.Indent(&b, body, "", "  ") == nil {
+		body = b.Bytes()
 	}
 	d.Body = mask(string(body))
 	return d

@@ -3,9 +3,11 @@ package edge
 import (
 	"bufio"
 	"context"
+	"io"
 	"net/http"
 	"net/http/cookiejar"
 	"net/url"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -23,13 +25,24 @@ func TestConsoleOnAdminListener(t *testing.T) {
 	base := "http://" + h.srv.AdminAddr().String()
 	jar, _ := cookiejar.New(nil)
 	c := &http.Client{Jar: jar, Timeout: 30 * time.Second}
-	resp, err := c.PostForm(base+"/console/login", url.Values{"key": {testAdminKey}})
+	// The sign-in form carries a token bound to a cookie set with it.
+	resp, err := c.Get(base + "/console/login")
+	if err != nil {
+		t.Fatal(err)
+	}
+	form, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	m := regexp.MustCompile(`name="csrf" value="([^"]+)"`).FindSubmatch(form)
+	if m == nil {
+		t.Fatalf("sign-in page %d without a form token", resp.StatusCode)
+	}
+	resp, err = c.PostForm(base+"/console/login", url.Values{"key": {testAdminKey}, "csrf": {string(m[1])}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("sign in: %d", resp.StatusCode)
+	if resp.StatusCode != http.StatusOK || resp.Request.URL.Path != "/console/" {
+		t.Fatalf("sign in: %d at %s", resp.StatusCode, resp.Request.URL.Path)
 	}
 	if u, _ := url.Parse(base + "/console/"); len(jar.Cookies(u)) == 0 {
 		t.Fatal("no session cookie after sign-in")
@@ -50,17 +63,22 @@ func TestConsoleOnAdminListener(t *testing.T) {
 		t.Fatalf("callback: %d", r.status)
 	}
 	sc := bufio.NewScanner(ev.Body)
-	for sc.Scan() {
+	seen, state := false, false
+	for !seen && sc.Scan() {
 		line := sc.Text()
 		if strings.Contains(line, "254708374149") {
 			t.Fatalf("live view leaked a phone number: %s", line)
 		}
-		if strings.Contains(line, "CONSOLE-1") {
-			break
-		}
+		state = state || strings.HasPrefix(line, "event: state")
+		seen = strings.Contains(line, "CONSOLE-1")
 	}
-	if sc.Err() != nil {
-		t.Fatalf("the delivered callback never reached the live view: %v", sc.Err())
+	// A stream that ends (EOF: Err is nil) or breaks before the callback
+	// came is a failure either way.
+	if !seen {
+		t.Fatalf("the delivered callback never reached the live view (stream ended: %v)", sc.Err())
+	}
+	if !state {
+		t.Error("no state event (readiness, spool) before the callback")
 	}
 	if status, _ := h.admin(http.MethodGet, "/v1/tokens/"+tok.ID, testAdminKey, nil); status != http.StatusOK {
 		t.Errorf("admin API beside the console: %d", status)

@@ -366,7 +366,19 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		},
 		AllowlistSize: func() int { return s.handler.Policy().Allow.Len() },
 		SecureCookies: cfg.Admin.CertFile != "",
-		Log:           log,
+		// Every sign-in attempt spends one of its address's budget.
+		Limiter:     ratelimit.New(cfg.Admin.AuthFailuresPerSecond, max(1, int(10*cfg.Admin.AuthFailuresPerSecond)), 10_000),
+		Spool:       s.spool.Stats,
+		TokenBucket: TokenBucket(cfg.NATS.SubjectPrefix),
+		Edge:        name,
+		Deliveries:  s.forwarder,
+		Destinations: func() (names []string) {
+			for _, d := range cfg.Forward.Destinations {
+				names = append(names, d.Name)
+			}
+			return names
+		}(),
+		Log: log,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("edge: console: %w", err)
