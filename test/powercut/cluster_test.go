@@ -360,6 +360,7 @@ const clusterDeadline = 110 * time.Second
 func TestCluster(t *testing.T) {
 	t.Parallel()
 	clusterCaseStarted()
+	defer markClusterUp()
 	started := time.Now()
 	dl := deadline(started.Add(clusterDeadline))
 	c := startCluster(t, "r3", false, dl)
@@ -367,6 +368,7 @@ func TestCluster(t *testing.T) {
 	apis := c.startEdges(t, 2)
 	waitFor(t, dl, "stream replicas current", 60*time.Second, func() error { return healthy(topo, 1) })
 	t.Logf("cluster and edges ready in %s", time.Since(started).Round(time.Millisecond))
+	markClusterUp()
 	mark := time.Now()
 
 	// While the stream leader is partitioned away, an edge whose NATS
@@ -450,7 +452,14 @@ func TestCluster(t *testing.T) {
 	// 3. Power cut under all three at once.
 	before := ld.ok.Load()
 	c.cutAll(t)
-	waitFor(t, dl, "the cluster back with every replica current", 60*time.Second, func() error { return healthy(topo, 1) })
+	waitFor(t, dl, "the cluster back with a meta leader and every replica current", 60*time.Second, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		if _, err := js.AccountInfo(ctx); err != nil {
+			return fmt.Errorf("account info (meta leader): %w", err)
+		}
+		return healthy(topo, 1)
+	})
 	phase("all three back")
 	more(20)
 	close(stop)

@@ -67,6 +67,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -135,8 +136,9 @@ func TestMain(m *testing.M) {
 func TestSingleNode(t *testing.T) {
 	t.Parallel()
 	// Its subtests wait for a free slot as soon as this function returns,
-	// and could take the slots before a cluster case has taken its own.
-	waitClusterCases(3 * time.Second)
+	// and could take the slots before a cluster case has taken its own;
+	// they also start after the cluster is up (see clusterUp).
+	waitClusterCases(40 * time.Second)
 	for _, c := range []struct {
 		name string
 		run  func(*testing.T)
@@ -162,9 +164,23 @@ var clusterCases = make(chan struct{}, 2)
 // clusterCaseStarted is called by each cluster case once it runs.
 func clusterCaseStarted() { clusterCases <- struct{}{} }
 
-// waitClusterCases waits until both cluster cases have started, or for d
-// (they may be filtered out by -run, or have no free slot).
+// clusterUp is closed once TestCluster's cluster and edges are up (or the
+// case has ended): the single-node cases start then, so that the longest
+// case starts its nodes and edges on a machine not yet busy with theirs.
+var (
+	clusterUp     = make(chan struct{})
+	clusterUpOnce sync.Once
+)
+
+func markClusterUp() { clusterUpOnce.Do(func() { close(clusterUp) }) }
+
+// waitClusterCases waits until both cluster cases have started and
+// TestCluster's cluster is up, if -test.run selects TestCluster at all,
+// for at most d.
 func waitClusterCases(d time.Duration) {
+	if !selected("TestCluster") {
+		return
+	}
 	timeout := time.After(d)
 	for range cap(clusterCases) {
 		select {
@@ -173,6 +189,31 @@ func waitClusterCases(d time.Duration) {
 			return
 		}
 	}
+	select {
+	case <-clusterUp:
+	case <-timeout:
+	}
+}
+
+// selected says whether the top-level test name matches -test.run's first
+// element (and not -test.skip's), as go test matches it.
+func selected(name string) bool {
+	match := func(flagName string) (bool, bool) {
+		f := flag.Lookup(flagName)
+		if f == nil || f.Value.String() == "" {
+			return false, false
+		}
+		first, _, _ := strings.Cut(f.Value.String(), "/")
+		ok, err := regexp.MatchString(first, name)
+		return ok, err == nil
+	}
+	if skip, valid := match("test.skip"); valid && skip {
+		return false
+	}
+	if run, valid := match("test.run"); valid {
+		return run
+	}
+	return true
 }
 
 // runChildEdge runs an edge on the config file at path, loaded as serve
@@ -749,14 +790,32 @@ func readSubjects(t *testing.T, js jetstream.JetStream, filter string, each func
 	if want == 0 {
 		return info.State.LastSeq
 	}
-	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
-	if err != nil {
-		t.Fatalf("consumer: %v", err)
+	// A cluster just back from a power cut under all three nodes may take
+	// a while to place a consumer (its meta layer recovering) although the
+	// stream answers: each attempt is bounded and tried again until ctx
+	// ends.
+	var cons jetstream.Consumer
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		cons, err = js.OrderedConsumer(actx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+		acancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("consumer on %s: %v", filter, err)
+		}
+		t.Logf("consumer on %s: %v; trying again", filter, err)
 	}
 	for read := 0; read < want; {
 		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
 		if err != nil {
-			t.Fatalf("fetch: %v", err)
+			if ctx.Err() != nil {
+				t.Fatalf("fetch on %s after %d of %d messages: %v", filter, read, want, err)
+			}
+			t.Logf("fetch on %s: %v; trying again", filter, err)
+			time.Sleep(200 * time.Millisecond)
+			continue
 		}
 		got := 0
 		for m := range batch.Messages() {
