@@ -12,6 +12,7 @@ import (
 	"github.com/prometheus/prometheus/model/rulefmt"
 	"github.com/prometheus/prometheus/promql/parser"
 
+	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/internal/edgetest"
 )
 
@@ -20,7 +21,8 @@ import (
 // rules and the Grafana dashboard name is one the running edge exports.
 func TestAlertRulesAndDashboard(t *testing.T) {
 	e := edgetest.Start(t, edgetest.Config(t, ""))
-	exported := e.Srv.MetricNames()
+	// The forwarder's collectors register only where forward: is configured.
+	exported := append(e.Srv.MetricNames(), forward.MetricNames()...)
 	if !slices.Contains(exported, "daraja_edge_requests_total") {
 		t.Fatalf("the edge's metric names look wrong: %v", exported)
 	}
