@@ -17,6 +17,7 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/allowlist"
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/internal/redact"
 )
 
 var (
@@ -234,8 +235,10 @@ func (c Config) Validate() error {
 				if !sha256HexRE.MatchString(hash) {
 					v.add(fmt.Sprintf("%s[%d]", keys.name, i), "a sha256: key must be 64 lowercase hex digits")
 				}
-			} else if k != "" && len(k) < 16 {
-				v.add(fmt.Sprintf("%s[%d]", keys.name, i), "is shorter than 16 characters")
+			} else if k != "" && len(k) < redact.MinRun {
+				// A key pasted into a URL by mistake is hidden from the log
+				// only from this length on (redact.Path).
+				v.add(fmt.Sprintf("%s[%d]", keys.name, i), "is shorter than %d characters", redact.MinRun)
 			}
 			if k != "" && keys.name == "admin.read_keys" && slices.Contains(c.Admin.APIKeys, k) {
 				v.add(fmt.Sprintf("%s[%d]", keys.name, i), "is also in admin.api_keys: a key is either read-only or not")

@@ -6,9 +6,11 @@ package redact
 const MaxPath = 128
 
 // MinRun is the shortest run of token characters (A-Z a-z 0-9 - _) that
-// Path hides. Every token (40 characters), token id (20), API key and
-// secret the edge issues or accepts is at least this long, while the
-// segments of the paths it serves are all shorter.
+// Path hides. Every token (40 characters), token id (20), API key (config
+// refuses shorter ones) and secret the edge issues or accepts is at least
+// this long, while the segments of the paths it serves are all shorter. An
+// API key is hidden whole only if it is made of token characters: others
+// are cut into shorter runs (config.example.yaml says so).
 const MinRun = 20
 
 // Placeholder replaces each hidden run.
