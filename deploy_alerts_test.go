@@ -14,6 +14,7 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/forward"
 	"github.com/daraja-edge/daraja-edge/internal/edgetest"
+	"github.com/daraja-edge/daraja-edge/recovery"
 )
 
 // TestAlertRulesAndDashboard: deploy/prometheus/alerts.yaml parses with
@@ -21,8 +22,9 @@ import (
 // rules and the Grafana dashboard name is one the running edge exports.
 func TestAlertRulesAndDashboard(t *testing.T) {
 	e := edgetest.Start(t, edgetest.Config(t, ""))
-	// The forwarder's collectors register only where forward: is configured.
-	exported := append(e.Srv.MetricNames(), forward.MetricNames()...)
+	// The forwarder's and recovery's collectors register only where
+	// forward: and recovery: are configured.
+	exported := slices.Concat(e.Srv.MetricNames(), forward.MetricNames(), recovery.MetricNames())
 	if !slices.Contains(exported, "daraja_edge_requests_total") {
 		t.Fatalf("the edge's metric names look wrong: %v", exported)
 	}

@@ -258,11 +258,11 @@ func New(ctx context.Context, o Options) (*Service, error) {
 	}
 	s := &Service{o: o, log: o.Log.Named("recovery"), limit: rate.NewLimiter(rate.Limit(o.Rate), max(1, o.Burst)), shared: shared,
 		stream: st, consumer: cons,
-		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "daraja_edge_recovery_attempts_total",
+		attempts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: metricAttempts,
 			Help: "Daraja queries made to recover missing callbacks, by query and result (ok, retryable, failed)."}, []string{"query", "result"}),
-		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "daraja_edge_recovery_outcomes_total",
+		outcomes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: metricOutcomes,
 			Help: "Missing events settled by recovery, by query and outcome (answered, acknowledged, unrecoverable, skipped)."}, []string{"query", "outcome"}),
-		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: "daraja_edge_recovery_query_seconds",
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{Name: metricLatency,
 			Help: "Latency of one Daraja recovery query.", Buckets: prometheus.ExponentialBuckets(0.05, 2, 10)}, []string{"query"}),
 	}
 	if o.Registerer != nil {
@@ -843,3 +843,15 @@ func clip(s string) string {
 	}
 	return s
 }
+
+// The recovery service's metric names.
+const (
+	metricAttempts = "daraja_edge_recovery_attempts_total"
+	metricOutcomes = "daraja_edge_recovery_outcomes_total"
+	metricLatency  = "daraja_edge_recovery_query_seconds"
+)
+
+// MetricNames are the names of the recovery service's metrics, which an
+// edge exports only with recovery enabled (for checks of alert rules and
+// dashboards against what really exists).
+func MetricNames() []string { return []string{metricAttempts, metricOutcomes, metricLatency} }
