@@ -7,19 +7,22 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
+
+	"github.com/nats-io/nats-server/v2/server"
 
 	"github.com/daraja-edge/daraja-edge/config"
 )
+
+// pinnedImage is a base image pinned by digest, with a tag that names the
+// release for the reader.
+var pinnedImage = regexp.MustCompile(`^[a-z0-9./_-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}$`)
 
 // TestDockerfileLint checks the Dockerfile against the hadolint rules that
 // matter here (hadolint is not packaged for Debian; see docs/operations.md
 // for running it by hand): pinned base images, go.mod copied before the
 // source, a non-root final user, exec-form CMD/ENTRYPOINT/HEALTHCHECK,
 // and a static binary.
-// pinnedImage is a base image pinned by digest, with a tag that names the
-// release for the reader.
-var pinnedImage = regexp.MustCompile(`^[a-z0-9./_-]+:[A-Za-z0-9._-]+@sha256:[0-9a-f]{64}$`)
-
 func TestDockerfileLint(t *testing.T) {
 	f, err := os.Open("Dockerfile")
 	if err != nil {
@@ -106,6 +109,29 @@ func TestDeployConfigsLoad(t *testing.T) {
 	}
 	if len(files) < 2 {
 		t.Errorf("deploy/ holds %d YAML files", len(files))
+	}
+}
+
+// TestNATSNodeConfigs: the shipped cluster nodes load with nats-server's own
+// parser, fsync every write before acknowledging it, and find a silent
+// partition in seconds.
+func TestNATSNodeConfigs(t *testing.T) {
+	files, _ := filepath.Glob("deploy/nats/*.conf")
+	if len(files) != 3 {
+		t.Fatalf("deploy/nats holds %d node configs, want 3", len(files))
+	}
+	for _, path := range files {
+		o, err := server.ProcessConfigFile(path)
+		if err != nil {
+			t.Errorf("%s: %v", path, err)
+			continue
+		}
+		if !o.JetStream || !o.SyncAlways {
+			t.Errorf("%s: jetstream=%v sync_interval always=%v, want both", path, o.JetStream, o.SyncAlways)
+		}
+		if o.Cluster.PingInterval <= 0 || o.Cluster.PingInterval > 5*time.Second || len(o.Routes) != 3 {
+			t.Errorf("%s: cluster ping_interval %v, %d routes; want a few seconds and 3", path, o.Cluster.PingInterval, len(o.Routes))
+		}
 	}
 }
 
