@@ -75,11 +75,13 @@ func (c *Console) test(w http.ResponseWriter, r *http.Request) {
 		c.checkToken(ctx, tok, kind, &res)
 	}
 	c.reach(ctx, u, &res)
-	if !res.TLSOK || !res.ReachOK {
-		res.Daraja = "no answer from the edge: " + res.Daraja
-		if !res.TLSOK {
-			res.Daraja = "a TLS failure (the call never reaches the edge)"
-		}
+	switch {
+	case !res.TLSOK && res.Daraja != "":
+		res.Daraja = "a TLS failure: the call never reaches the edge. With a certificate Daraja trusts: " + res.Daraja
+	case !res.TLSOK:
+		res.Daraja = "a TLS failure: the call never reaches the edge"
+	case !res.ReachOK:
+		res.Daraja = "no answer from the edge (see reachability); once it is reached: " + res.Daraja
 	}
 	p.Data = res
 	c.render(w, r, http.StatusOK, "test.html", p)

@@ -626,7 +626,8 @@ func TestEventsRejection(t *testing.T) {
 	if err := json.Unmarshal([]byte(line), &e); err != nil || typ != "rejected" {
 		t.Fatalf("%s %s: %v", typ, line, err)
 	}
-	if e.Reason != "token_revoked" || e.Source != "196.201.214.200" || e.TokenID != "tok_abcdefghijklmnop" || strings.Contains(line, "SECRETTOKENVALUE") {
+	if e.Reason != "token_revoked" || e.Source != "196.201.214.200" || e.TokenID != "tok_abcdefghijklmnop" || e.Kind != "stk.callback" ||
+		strings.Contains(line, "SECRETTOKENVALUE") {
 		t.Fatalf("rejection event: %s", line)
 	}
 }

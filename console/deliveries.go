@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net/http"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
@@ -39,7 +40,11 @@ func (c *Console) showDelivery(d forward.Delivery) delivery {
 		out.NextAt = d.NextAt.UTC().Format(time.RFC3339)
 	}
 	for _, a := range d.Attempts {
-		out.Attempts = append(out.Attempts, attempt{At: a.At.UTC().Format(time.RFC3339), Status: a.Status, Error: c.maskText(a.Error)})
+		e := c.maskText(a.Error)
+		if a.Status != 0 && e == "HTTP "+strconv.Itoa(a.Status) {
+			e = "" // the status says it already
+		}
+		out.Attempts = append(out.Attempts, attempt{At: a.At.UTC().Format(time.RFC3339), Status: a.Status, Error: e})
 	}
 	return out
 }

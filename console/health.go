@@ -56,7 +56,7 @@ func (c *Console) health(w http.ResponseWriter, r *http.Request) {
 			d.Bucket = c.o.TokenBucket + ": " + itoa(bs.Values()) + " values, " + itoa(bs.Bytes()) + " bytes, history " +
 				strconv.FormatInt(bs.History(), 10)
 			if ttl := bs.TTL(); ttl > 0 {
-				d.Bucket += ", kept " + ttl.String()
+				d.Bucket += ", kept " + days(ttl)
 			}
 		}
 	}
@@ -80,4 +80,12 @@ func (c *Console) health(w http.ResponseWriter, r *http.Request) {
 	}
 	d.Rates = c.rates.now()
 	c.render(w, r, http.StatusOK, "health.html", page{Title: "Health", Nav: "health", Data: d})
+}
+
+// days writes d in days when it is a whole number of them.
+func days(d time.Duration) string {
+	if d%(24*time.Hour) == 0 {
+		return strconv.FormatInt(int64(d/(24*time.Hour)), 10) + " days"
+	}
+	return d.String()
 }

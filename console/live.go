@@ -84,6 +84,9 @@ func (c *Console) describe(subject string, h nats.Header, data []byte) Event {
 		if e.Reason == "" {
 			e.Reason = strings.TrimPrefix(subject, prefix+".rejected.")
 		}
+		if k, ok := daraja.KindForPath(strings.SplitN(ev.Path, "?", 2)[0]); ok {
+			e.Kind = string(k) // so a kind filter keeps its rejections
+		}
 	default:
 		e.Type = "message"
 	}

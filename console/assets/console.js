@@ -4,20 +4,21 @@
   var body = document.querySelector('#live tbody'), state = document.getElementById('state');
   var edge = document.getElementById('edge-state');
   var pause = document.getElementById('pause'), paused = false, held = [];
+  var labels = Array.prototype.map.call(document.querySelectorAll('#live thead th'), function (th) { return th.textContent; });
   var cols = ['at', 'type', 'kind', 'shortcode', 'transaction_id', 'result_code', 'amount', 'msisdn', 'reference', 'token_id', 'source'];
   function row(e) {
     var tr = document.createElement('tr'); tr.className = e.type;
     if (e.seq) tr.setAttribute('data-seq', e.seq);
-    cols.forEach(function (c) {
+    cols.forEach(function (c, i) {
       var td = document.createElement('td'), v = e[c] || '';
       if (c === 'result_code' && e.type === 'rejected') v = e.reason || '';
-      if (c === 'at') v = v.replace('T', ' ').replace(/\.\d+/, '');
+      if (c === 'at' && v) { td.title = v; v = v.replace(/^.*T/, '').replace(/(\.\d+)?Z$/, ''); }
       if (c === 'transaction_id' && e.type === 'callback' && e.seq) {
         var a = document.createElement('a'); a.href = '/console/callbacks/' + e.seq; a.textContent = v || ('#' + e.seq); td.appendChild(a);
       } else if (c === 'token_id' && v) {
         var t = document.createElement('a'); t.href = '/console/tokens/' + v; t.textContent = v; td.appendChild(t);
       } else td.textContent = v;
-      td.className = 'c-' + c;
+      td.className = 'c-' + c; td.setAttribute('data-label', labels[i]);
       tr.appendChild(td);
     });
     body.insertBefore(tr, body.firstChild);
