@@ -59,7 +59,9 @@ func (c *Console) test(w http.ResponseWriter, r *http.Request) {
 		c.render(w, r, http.StatusOK, "test.html", p)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	// The checks may take longer than the admin server's write timeout.
+	_ = http.NewResponseController(w).SetWriteDeadline(time.Now().Add(30 * time.Second))
+	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
 	defer cancel()
 	kind, ok := daraja.KindForPath(u.Path)
 	res.Kind = kind

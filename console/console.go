@@ -140,6 +140,10 @@ type Console struct {
 
 	mu       sync.Mutex
 	sessions map[string]*session
+
+	stateMu   sync.Mutex // the live view's last state, shared by its streams
+	lastState State
+	stateAt   time.Time
 }
 
 type session struct {

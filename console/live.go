@@ -135,7 +135,20 @@ type State struct {
 	SignedOut    bool   `json:"signed_out,omitempty"`
 }
 
+// state is this replica's state, read at most every half state interval
+// whatever the number of open live views (readiness writes a probe file
+// in the spool directory).
 func (c *Console) state(ctx context.Context) State {
+	c.stateMu.Lock()
+	defer c.stateMu.Unlock()
+	if !c.stateAt.IsZero() && c.o.now().Sub(c.stateAt) < c.o.stateEvery/2 {
+		return c.lastState
+	}
+	c.lastState, c.stateAt = c.readState(ctx), c.o.now()
+	return c.lastState
+}
+
+func (c *Console) readState(ctx context.Context) State {
 	st := State{Type: "state", At: c.o.now().UTC().Format(time.RFC3339), Edge: c.o.Edge, Ready: true,
 		NATS: c.o.NATS.Status().String()}
 	if c.o.Ready != nil {
