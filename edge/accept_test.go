@@ -12,6 +12,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/internal/pebbletest"
 )
 
 // TestRefusedAtAccept: with no trusted proxy and the allowlist enforced, a
@@ -48,7 +49,7 @@ func TestRefusedAtAccept(t *testing.T) {
 // challenge is pending.
 func TestACMEWithRefusalAtAccept(t *testing.T) {
 	publicPort, httpPort := freeTCPPort(t), freeTCPPort(t)
-	p := startPebble(t, httpPort, publicPort)
+	p := pebbletest.Start(t, httpPort, publicPort)
 	h := start(t, func(c *config.Config) {
 		acmeConfig(t, p, publicPort, 0)(c) // TLS-ALPN-01 only
 		c.ClientIP.TrustedProxies = nil    // Pebble validates from 127.0.0.1, not allowlisted
@@ -61,13 +62,13 @@ func TestACMEWithRefusalAtAccept(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}, Timeout: 5 * time.Second}
-	c, err := tls.DialWithDialer(d, "tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.roots})
+	c, err := tls.DialWithDialer(d, "tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.Roots})
 	if err != nil {
 		t.Fatalf("allowlisted client: %v", err)
 	}
 	c.Close()
 	// No challenge pending any more: 127.0.0.1 is refused at accept again.
-	if c, err := tls.Dial("tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.roots}); err == nil {
+	if c, err := tls.Dial("tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.Roots}); err == nil {
 		c.Close()
 		t.Error("a source outside the allowlist completed a handshake after the challenge")
 	}

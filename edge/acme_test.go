@@ -3,94 +3,18 @@ package edge
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"encoding/pem"
 	"fmt"
-	"io"
-	"log"
 	"net"
 	"net/http"
-	"net/http/httptest"
-	"os"
-	"path/filepath"
 	"strings"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	pebbleca "github.com/letsencrypt/pebble/v2/ca"
-	pebbledb "github.com/letsencrypt/pebble/v2/db"
-	pebbleva "github.com/letsencrypt/pebble/v2/va"
-	pebblewfe "github.com/letsencrypt/pebble/v2/wfe"
-	"github.com/miekg/dns"
-
 	"github.com/daraja-edge/daraja-edge/config"
+	"github.com/daraja-edge/daraja-edge/internal/pebbletest"
 )
 
 const acmeDomain = "callbacks.edge.test"
-
-// pebble is an in-process ACME server (Pebble) on loopback, validating
-// challenges against httpPort and tlsPort on 127.0.0.1.
-type pebble struct {
-	dir    string         // directory URL
-	caRoot string         // PEM file of the directory's own TLS certificate
-	roots  *x509.CertPool // Pebble's issuing root: trusted by test clients only
-	orders atomic.Int32   // new-order requests seen
-}
-
-func startPebble(t *testing.T, httpPort, tlsPort int) *pebble {
-	t.Helper()
-	t.Setenv("PEBBLE_VA_NOSLEEP", "1")
-	t.Setenv("PEBBLE_WFE_NONCEREJECT", "0")
-	t.Setenv("PEBBLE_AUTHZREUSE", "0")
-	logger := log.New(io.Discard, "", 0)
-	db := pebbledb.NewMemoryStore()
-	ca := pebbleca.New(logger, db, "", "ecdsa", 0, 1, map[string]pebbleca.Profile{"default": {Description: "default"}})
-	va := pebbleva.New(logger, httpPort, tlsPort, false, startDNS(t), db)
-	wfe := pebblewfe.New(logger, db, va, ca, []string{"pebble.letsencrypt.org"}, false, false, 0, 0)
-	p := &pebble{}
-	h := wfe.Handler()
-	ts := httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.Method == http.MethodPost && r.URL.Path == "/order-plz" {
-			p.orders.Add(1)
-		}
-		h.ServeHTTP(w, r)
-	}))
-	t.Cleanup(ts.Close)
-	p.dir = ts.URL + "/dir"
-	p.caRoot = filepath.Join(t.TempDir(), "acme-ca.pem")
-	if err := os.WriteFile(p.caRoot, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: ts.Certificate().Raw}), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	p.roots = x509.NewCertPool()
-	p.roots.AddCert(ca.GetRootCert(0).Cert)
-	return p
-}
-
-// startDNS answers every A query with 127.0.0.1 (and nothing else), so
-// Pebble's validation of acmeDomain reaches the edge on loopback.
-func startDNS(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &dns.Server{Listener: ln, Net: "tcp", Handler: dns.HandlerFunc(func(w dns.ResponseWriter, r *dns.Msg) {
-		m := new(dns.Msg)
-		m.SetReply(r)
-		for _, q := range r.Question {
-			if q.Qtype == dns.TypeA {
-				m.Answer = append(m.Answer, &dns.A{
-					Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60},
-					A:   net.ParseIP("127.0.0.1"),
-				})
-			}
-		}
-		_ = w.WriteMsg(m)
-	})}
-	go func() { _ = srv.ActivateAndServe() }()
-	t.Cleanup(func() { _ = srv.Shutdown() })
-	return ln.Addr().String()
-}
 
 func freeTCPPort(t *testing.T) int {
 	t.Helper()
@@ -102,12 +26,12 @@ func freeTCPPort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func acmeConfig(t *testing.T, p *pebble, publicPort, httpPort int) func(*config.Config) {
+func acmeConfig(t *testing.T, p *pebbletest.CA, publicPort, httpPort int) func(*config.Config) {
 	return func(c *config.Config) {
 		c.PublicURL = "https://" + acmeDomain
 		c.Listen = net.JoinHostPort("127.0.0.1", itoa(publicPort))
 		c.TLS.Mode = config.TLSACME
-		c.TLS.ACME = config.ACME{Domains: []string{acmeDomain}, Email: "ops@edge.test", Directory: p.dir, CARoot: p.caRoot}
+		c.TLS.ACME = config.ACME{Domains: []string{acmeDomain}, Email: "ops@edge.test", Directory: p.Dir, CARoot: p.CARoot}
 		if httpPort != 0 {
 			c.TLS.ACME.HTTPListen = net.JoinHostPort("127.0.0.1", itoa(httpPort))
 		}
@@ -139,13 +63,13 @@ func waitCert(t *testing.T, s *Server, roots *x509.CertPool) *x509.Certificate {
 // (HTTP-01 or TLS-ALPN-01) and a verifying TLS client accepts it.
 func TestACMEObtainsCertificate(t *testing.T) {
 	publicPort, httpPort := freeTCPPort(t), freeTCPPort(t)
-	p := startPebble(t, httpPort, publicPort)
+	p := pebbletest.Start(t, httpPort, publicPort)
 	h := start(t, acmeConfig(t, p, publicPort, httpPort))
-	leaf := waitCert(t, h.srv, p.roots)
+	leaf := waitCert(t, h.srv, p.Roots)
 	if leaf.Subject.CommonName != acmeDomain && (len(leaf.DNSNames) == 0 || leaf.DNSNames[0] != acmeDomain) {
 		t.Errorf("certificate for %v", leaf.DNSNames)
 	}
-	if n := p.orders.Load(); n != 1 {
+	if n := p.Orders.Load(); n != 1 {
 		t.Errorf("pebble saw %d orders, want 1", n)
 	}
 	// The challenge listener serves challenges only: no redirect, no site.
@@ -158,7 +82,7 @@ func TestACMEObtainsCertificate(t *testing.T) {
 		t.Errorf("challenge listener answered %d to a non-challenge request", resp.StatusCode)
 	}
 	// An old TLS version is refused.
-	if c, err := tls.Dial("tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.roots, MaxVersion: tls.VersionTLS11}); err == nil {
+	if c, err := tls.Dial("tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.Roots, MaxVersion: tls.VersionTLS11}); err == nil {
 		c.Close()
 		t.Error("TLS 1.1 accepted")
 	}
@@ -170,7 +94,7 @@ func TestACMEObtainsCertificate(t *testing.T) {
 // the lock, the first answers its challenge from the shared storage.
 func TestACMESharedStorageOneCertificate(t *testing.T) {
 	publicPort, httpPort := freeTCPPort(t), freeTCPPort(t)
-	p := startPebble(t, httpPort, publicPort)
+	p := pebbletest.Start(t, httpPort, publicPort)
 	shared := func(c *config.Config) { c.TLS.Storage = "nats" }
 	first := start(t, func(c *config.Config) { acmeConfig(t, p, publicPort, httpPort)(c); shared(c) })
 	second := start(t, func(c *config.Config) {
@@ -178,13 +102,13 @@ func TestACMESharedStorageOneCertificate(t *testing.T) {
 		shared(c)
 		c.NATS.URL = first.srv.NATSURL()
 	})
-	a := waitCert(t, first.srv, p.roots)
-	b := waitCert(t, second.srv, p.roots)
+	a := waitCert(t, first.srv, p.Roots)
+	b := waitCert(t, second.srv, p.Roots)
 	if a.SerialNumber.Cmp(b.SerialNumber) != 0 {
 		t.Errorf("the edges serve different certificates: %x and %x", a.SerialNumber, b.SerialNumber)
 	}
 	time.Sleep(time.Second) // a late second order would show now
-	if n := p.orders.Load(); n != 1 {
+	if n := p.Orders.Load(); n != 1 {
 		t.Errorf("pebble saw %d orders, want exactly 1 for two edges", n)
 	}
 }

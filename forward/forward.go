@@ -30,6 +30,7 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/internal/inprogress"
 	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -644,22 +645,7 @@ func (d *dest) pace(ctx context.Context) error {
 // of the ack wait, until stop; stop returns once no in-progress ack can
 // follow (so none is sent after the message is settled). Safe twice.
 func (d *dest) keepAlive(m jetstream.Msg) (stop func()) {
-	done, exited := make(chan struct{}), make(chan struct{})
-	go func() {
-		defer close(exited)
-		t := time.NewTicker(d.ackWait / 3)
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = m.InProgress()
-			}
-		}
-	}()
-	var once sync.Once
-	return func() { once.Do(func() { close(done); <-exited }) }
+	return inprogress.Keep(m, d.ackWait/3)
 }
 
 // deadLetterMsgID is the dead letter's Nats-Msg-Id: DeadLetterMsgID for

@@ -1,9 +1,9 @@
 package forward
 
 import (
-	"strings"
-
 	"github.com/prometheus/client_golang/prometheus"
+
+	edgemetrics "github.com/daraja-edge/daraja-edge/metrics"
 )
 
 const ns = "daraja_edge"
@@ -61,25 +61,4 @@ func (f *Forwarder) Collect(ch chan<- prometheus.Metric) {
 // MetricNames are the names of the forwarder's metrics, which an edge
 // exports only when forward.destinations is set (for checks of alert
 // rules and dashboards against what really exists).
-func MetricNames() []string {
-	var out []string
-	ch := make(chan *prometheus.Desc, 16)
-	go func() {
-		for _, c := range newMetrics().collectors() {
-			c.Describe(ch)
-		}
-		close(ch)
-	}()
-	for d := range ch {
-		// Desc has no accessor for its name; its String form is
-		// Desc{fqName: "…", …}.
-		s := d.String()
-		if i := strings.Index(s, `fqName: "`); i >= 0 {
-			s = s[i+len(`fqName: "`):]
-			if j := strings.IndexByte(s, '"'); j >= 0 {
-				out = append(out, s[:j])
-			}
-		}
-	}
-	return out
-}
+func MetricNames() []string { return edgemetrics.Names(newMetrics().collectors()...) }

@@ -154,9 +154,12 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 // Names lists the name of every metric the registry can export, whether or
 // not it has a sample yet (a labelled counter has none until counted):
 // alert rules and dashboards are checked against it.
-func (m *Metrics) Names() []string {
+func (m *Metrics) Names() []string { return Names(m.collectors...) }
+
+// Names lists the names of the metrics cs describe.
+func Names(cs ...prometheus.Collector) []string {
 	var out []string
-	for _, c := range m.collectors {
+	for _, c := range cs {
 		ch := make(chan *prometheus.Desc, 64)
 		go func() { c.Describe(ch); close(ch) }()
 		for d := range ch {

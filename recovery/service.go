@@ -21,6 +21,7 @@ import (
 
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
+	"github.com/daraja-edge/daraja-edge/internal/inprogress"
 	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -309,23 +310,7 @@ func (s *Service) work(ctx context.Context) {
 // heartbeat tells JetStream every AckWait/4 that m is being worked on,
 // until stop is called.
 func (s *Service) heartbeat(m jetstream.Msg) (stop func()) {
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		t := time.NewTicker(max(s.o.AckWait/4, time.Millisecond))
-		defer t.Stop()
-		for {
-			select {
-			case <-done:
-				return
-			case <-t.C:
-				_ = m.InProgress()
-			}
-		}
-	}()
-	return func() { close(done); wg.Wait() }
+	return inprogress.Keep(m, s.o.AckWait/4)
 }
 
 // missingEvent is a missing event's body: the edge's own (a token that
