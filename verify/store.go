@@ -101,9 +101,15 @@ type Store struct {
 	maxCached int
 	grace     time.Duration
 
-	mu    sync.RWMutex
-	cache map[tokenKey]entry
-	full  bool // the local copy reached maxCached (logged once)
+	// cache is the local copy, in shards with a lock each, so a sweep or a
+	// listing over a million tokens holds up the callbacks of one shard at
+	// a time, for a sixty-fourth of the walk, never all of them at once.
+	cache  [cacheShards]cacheShard
+	cached atomic.Int64 // records in the local copy
+	full   atomic.Bool  // the local copy reached maxCached (logged once)
+	// sweeping, when set (tests), is called by Sweep while it holds shard
+	// n's lock.
+	sweeping func(n int)
 
 	synced chan struct{} // closed once the first watch delivered every record
 	live   atomic.Bool   // a watch is running and has delivered every record
@@ -114,6 +120,24 @@ type Store struct {
 
 // tokenKey is a token id's 80 bits.
 type tokenKey [idBytes]byte
+
+// cacheShards is how many shards hold the local copy; a token's shard is
+// chosen by a byte of its random id.
+const cacheShards = 64
+
+type cacheShard struct {
+	mu sync.RWMutex
+	m  map[tokenKey]entry
+}
+
+func (s *Store) shard(key tokenKey) *cacheShard { return &s.cache[key[0]%cacheShards] }
+
+// initCache makes the local copy's shards.
+func (s *Store) initCache() {
+	for i := range s.cache {
+		s.cache[i].m = map[tokenKey]entry{}
+	}
+}
 
 // entry is what a check needs of a record, 48 bytes plus the reference's
 // bytes: the local copy holds every live token (a map slot with its key is
@@ -220,10 +244,12 @@ func NewStore(ctx context.Context, js jetstream.JetStream, o StoreOptions, log *
 	if o.MissingGrace <= 0 {
 		o.MissingGrace = 10 * time.Second
 	}
-	return &Store{
+	s := &Store{
 		kv: kv, log: log.Named("tokens"), now: time.Now, obs: obs, maxCached: o.MaxCached, grace: o.MissingGrace,
-		cache: map[tokenKey]entry{}, synced: make(chan struct{}), warned: map[string]time.Time{},
-	}, nil
+		synced: make(chan struct{}), warned: map[string]time.Time{},
+	}
+	s.initCache()
+	return s, nil
 }
 
 // Watch keeps the local copy in step with the bucket until ctx ends,
@@ -303,16 +329,18 @@ func (s *Store) apply(e jetstream.KeyValueEntry) {
 		return
 	}
 	if e.Operation() != jetstream.KeyValuePut {
-		s.mu.Lock()
-		delete(s.cache, key)
-		s.mu.Unlock()
+		sh := s.shard(key)
+		sh.mu.Lock()
+		if _, ok := sh.m[key]; ok {
+			delete(sh.m, key)
+			s.cached.Add(-1)
+		}
+		sh.mu.Unlock()
 		return
 	}
 	// This replica's own writes come back through the watch: they are
 	// already remembered, so skip decoding them again.
-	s.mu.RLock()
-	c, ok := s.cache[key]
-	s.mu.RUnlock()
+	c, ok := s.lookup(key)
 	if ok && !newer(uint32(e.Revision()), c.rev) {
 		return
 	}
@@ -335,25 +363,28 @@ func (s *Store) remember(rec *Record, rev uint64) {
 		s.log.Error("token record cannot be held locally (malformed hash, or too many shortcodes)", zap.String("token_id", rec.ID))
 		return
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old, had := s.cache[key]
+	sh := s.shard(key)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	old, had := sh.m[key]
 	if had && !newer(en.rev, old.rev) {
 		return
 	}
-	if !had && len(s.cache) >= s.maxCached {
-		if !s.full {
-			s.full = true
+	if !had && s.cached.Load() >= int64(s.maxCached) {
+		if s.full.CompareAndSwap(false, true) {
 			s.log.Error("local token copy is full: tokens past it are checked against the bucket and get no missing-callback events",
 				zap.Int("max_cached", s.maxCached))
-			s.obs.TokenCache(len(s.cache), true)
+			s.obs.TokenCache(int(s.cached.Load()), true)
 		}
 		return
 	}
 	if old.has(flagSettled) {
 		en.set(flagSettled)
 	}
-	s.cache[key] = en
+	sh.m[key] = en
+	if !had {
+		s.cached.Add(1)
+	}
 }
 
 func (s *Store) compact(rec *Record, rev uint64) (entry, bool) {
@@ -386,9 +417,10 @@ func (s *Store) compact(rec *Record, rev uint64) (entry, bool) {
 }
 
 func (s *Store) lookup(key tokenKey) (entry, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	c, ok := s.cache[key]
+	sh := s.shard(key)
+	sh.mu.RLock()
+	c, ok := sh.m[key]
+	sh.mu.RUnlock()
 	return c, ok
 }
 
@@ -714,36 +746,39 @@ func (s *Store) match(f ListFilter) []string {
 		want = kindBit(f.Kind)
 	}
 	var ids []string
-	s.mu.RLock()
-	for key, en := range s.cache {
-		switch {
-		case f.Reference != "" && en.reference != f.Reference,
-			f.Shortcode != "" && shortcodeName(en.shortcode) != f.Shortcode,
-			want != 0 && en.kinds()&want == 0:
-			continue
+	for n := range s.cache {
+		sh := &s.cache[n]
+		sh.mu.RLock()
+		for key, en := range sh.m {
+			switch {
+			case f.Reference != "" && en.reference != f.Reference,
+				f.Shortcode != "" && shortcodeName(en.shortcode) != f.Shortcode,
+				want != 0 && en.kinds()&want == 0:
+				continue
+			}
+			expired := en.expiresMs() != 0 && now >= en.expiresMs()
+			switch f.State {
+			case StateRevoked:
+				if !en.has(flagRevoked) {
+					continue
+				}
+			case StateExpired:
+				if en.has(flagRevoked) || !expired {
+					continue
+				}
+			case StateIssued:
+				if en.has(flagRevoked) || expired {
+					continue
+				}
+			case StateConsumed: // used, then maybe expired
+				if en.has(flagRevoked) {
+					continue
+				}
+			}
+			ids = append(ids, idFromBytes(key[:]))
 		}
-		expired := en.expiresMs() != 0 && now >= en.expiresMs()
-		switch f.State {
-		case StateRevoked:
-			if !en.has(flagRevoked) {
-				continue
-			}
-		case StateExpired:
-			if en.has(flagRevoked) || !expired {
-				continue
-			}
-		case StateIssued:
-			if en.has(flagRevoked) || expired {
-				continue
-			}
-		case StateConsumed: // used, then maybe expired
-			if en.has(flagRevoked) {
-				continue
-			}
-		}
-		ids = append(ids, idFromBytes(key[:]))
+		sh.mu.RUnlock()
 	}
-	s.mu.RUnlock()
 	slices.Sort(ids)
 	return ids
 }
@@ -772,27 +807,33 @@ func (s *Store) Sweep(ctx context.Context, limit int, resolve func(context.Conte
 	graceMs, dayMs, warnMs := s.grace.Milliseconds(), (24 * time.Hour).Milliseconds(), ExpiryWarning.Milliseconds()
 	var due []tokenKey
 	var expiring []tokenKey
-	s.mu.Lock()
-	for key, en := range s.cache {
-		exp := en.expiresMs()
-		if exp == 0 {
-			continue
+	for n := range s.cache {
+		sh := &s.cache[n]
+		sh.mu.Lock()
+		if s.sweeping != nil {
+			s.sweeping(n)
 		}
-		reusable, settled := en.has(flagReusable), en.has(flagSettled|flagRevoked)
-		switch {
-		case !reusable && !settled && nowMs >= exp+graceMs:
-			if len(due) < limit {
-				due = append(due, key)
+		for key, en := range sh.m {
+			exp := en.expiresMs()
+			if exp == 0 {
+				continue
 			}
-		case reusable && !en.has(flagRevoked|flagRotated) && nowMs < exp && exp-nowMs < warnMs:
-			expiring = append(expiring, key)
-		case nowMs > exp+graceMs+dayMs && (settled || reusable):
-			delete(s.cache, key)
+			reusable, settled := en.has(flagReusable), en.has(flagSettled|flagRevoked)
+			switch {
+			case !reusable && !settled && nowMs >= exp+graceMs:
+				if len(due) < limit {
+					due = append(due, key)
+				}
+			case reusable && !en.has(flagRevoked|flagRotated) && nowMs < exp && exp-nowMs < warnMs:
+				expiring = append(expiring, key)
+			case nowMs > exp+graceMs+dayMs && (settled || reusable):
+				delete(sh.m, key)
+				s.cached.Add(-1)
+			}
 		}
+		sh.mu.Unlock()
 	}
-	size := len(s.cache)
-	s.mu.Unlock()
-	s.obs.TokenCache(size, s.isFull())
+	s.obs.TokenCache(int(s.cached.Load()), s.full.Load())
 	s.obs.ReusableExpiring(len(expiring))
 	s.warnExpiring(now, expiring)
 
@@ -816,19 +857,14 @@ func (s *Store) Sweep(ctx context.Context, limit int, resolve func(context.Conte
 	return sent, nil
 }
 
-func (s *Store) isFull() bool {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	return s.full
-}
-
 func (s *Store) settle(key tokenKey) {
-	s.mu.Lock()
-	if en, ok := s.cache[key]; ok {
+	sh := s.shard(key)
+	sh.mu.Lock()
+	if en, ok := sh.m[key]; ok {
 		en.set(flagSettled)
-		s.cache[key] = en
+		sh.m[key] = en
 	}
-	s.mu.Unlock()
+	sh.mu.Unlock()
 }
 
 // warnExpiring logs each reusable token near its expiry once a day.

@@ -454,8 +454,8 @@ func TestTokenCacheBound(t *testing.T) {
 	obs.mu.Lock()
 	flagged := obs.cacheFull
 	obs.mu.Unlock()
-	if !flagged || len(s.cache) != 2 {
-		t.Fatalf("full flag %v, %d cached; want true, 2", flagged, len(s.cache))
+	if !flagged || s.cached.Load() != 2 {
+		t.Fatalf("full flag %v, %d cached; want true, 2", flagged, s.cached.Load())
 	}
 	for range 2 {
 		before := kv.gets.Load()
@@ -618,7 +618,8 @@ func TestLocalCopyMemory(t *testing.T) {
 	if v := os.Getenv("DARAJA_TOKEN_MEMORY"); v != "" {
 		n, _ = strconv.Atoi(v)
 	}
-	s := &Store{cache: map[tokenKey]entry{}, maxCached: n + 1, obs: nopObserver{}, log: zap.NewNop()}
+	s := &Store{maxCached: n + 1, obs: nopObserver{}, log: zap.NewNop()}
+	s.initCache()
 	recs := make([]Record, 1000)
 	for i := range recs {
 		tok, id := newToken()
@@ -638,8 +639,8 @@ func TestLocalCopyMemory(t *testing.T) {
 	}
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	if len(s.cache) != n {
-		t.Fatalf("cached %d of %d", len(s.cache), n)
+	if int(s.cached.Load()) != n {
+		t.Fatalf("cached %d of %d", s.cached.Load(), n)
 	}
 	per := float64(after.HeapAlloc-before.HeapAlloc) / float64(n)
 	t.Logf("TOKENS local copy: %d live tokens, %.0f bytes each", n, per)
@@ -832,4 +833,48 @@ func mustID(t *testing.T, token string) string {
 		t.Fatal(err)
 	}
 	return id
+}
+
+// TestSweepHoldsOneShard: while Sweep walks one shard of the local copy
+// (with a million live tokens the walk takes milliseconds), tokens of the
+// other shards are still looked up. Red with one lock over the whole copy:
+// the look-up then waits for the whole walk.
+func TestSweepHoldsOneShard(t *testing.T) {
+	s := &Store{maxCached: 100, obs: nopObserver{}, log: zap.NewNop(), now: time.Now, grace: time.Second, warned: map[string]time.Time{}}
+	s.initCache()
+	var keys []tokenKey
+	for len(keys) < 2 {
+		tok, id := newToken()
+		rec := Record{ID: id, Hash: hashToken(tok), Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379",
+			ExpiresAt: time.Now().Add(time.Hour), State: StateIssued}
+		s.remember(&rec, 1)
+		k, _ := keyOf(id)
+		if len(keys) == 0 || s.shard(k) != s.shard(keys[0]) {
+			keys = append(keys, k)
+		}
+	}
+	locked := s.shard(keys[0])
+	checked := false
+	s.sweeping = func(n int) {
+		if &s.cache[n] != locked {
+			return
+		}
+		checked = true
+		done := make(chan bool, 1)
+		go func() { _, ok := s.lookup(keys[1]); done <- ok }()
+		select {
+		case ok := <-done:
+			if !ok {
+				t.Error("the other shard's token is not in the local copy")
+			}
+		case <-time.After(10 * time.Second):
+			t.Error("a look-up in another shard waited for the shard being swept")
+		}
+	}
+	if _, err := s.Sweep(context.Background(), 10, func(context.Context, Record) (bool, error) { return false, nil }); err != nil {
+		t.Fatal(err)
+	}
+	if !checked {
+		t.Fatal("the sweep never walked the first token's shard")
+	}
 }

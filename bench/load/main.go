@@ -127,6 +127,7 @@ type world struct {
 	edge  *edge.Server
 	cfg   config.Config
 	base  string // baseline host:port
+	equiv string // broker-equivalent baseline host:port
 	nc    *nats.Conn
 	js    jetstream.JetStream
 	roots *x509.CertPool
@@ -138,6 +139,9 @@ type world struct {
 const (
 	baselineStream  = "BASELINE"
 	baselineSubject = "baseline.cb"
+	// equivalentSubjects are the broker-equivalent baseline's: one fresh
+	// subject per request, as the edge's per-token subjects.
+	equivalentSubjects = "baseline.tok.>"
 	// headerBenchTx carries the transaction id to the baseline, which
 	// parses nothing: it copies it to Daraja-Transaction-Id for the
 	// verification.
@@ -209,8 +213,18 @@ func setup(o options, sync string) (*world, func(), error) {
 		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, ReadTimeout: cfg.Limits.ReadTimeout,
 		WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout, MaxHeaderBytes: 16 << 10}
 	go func() { _ = base.ServeTLS(ln, "", "") }()
+	eln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return fail(err)
+	}
+	w.equiv = eln.Addr().String()
+	equiv := &http.Server{Handler: brokerEquivalent(w.js), TLSConfig: baselineTLS(cert),
+		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, ReadTimeout: cfg.Limits.ReadTimeout,
+		WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout, MaxHeaderBytes: 16 << 10}
+	go func() { _ = equiv.ServeTLS(eln, "", "") }()
 	return w, func() {
 		_ = base.Close()
+		_ = equiv.Close()
 		w.nc.Close()
 		cancel()
 		<-done
@@ -246,6 +260,45 @@ func baseline(js jetstream.JetStream) http.Handler {
 		msg := &nats.Msg{Subject: baselineSubject, Data: body, Header: nats.Header{
 			jetstream.MsgIDHeader:       {"baseline:" + tx},
 			publish.HeaderTransactionID: {tx},
+		}}
+		if _, err := js.PublishMsg(r.Context(), msg); err != nil {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		_, _ = w.Write([]byte(`{"ResultCode":0,"ResultDesc":"Accepted"}`))
+	})
+}
+
+// brokerEquivalent asks of the broker exactly what the edge asks, and
+// nothing of the edge's own work: each body is published on a subject of
+// its own with Nats-Expected-Last-Subject-Sequence: 0, a Nats-Msg-Id and the
+// edge's eleven Daraja-* headers (values of the edge's sizes), and the ack
+// awaited. No source check, no token, no parsing, no log line. The edge
+// compared with it is the edge's own cost; it compared with the baseline
+// is the broker's cost of single use in one write.
+func brokerEquivalent(js jetstream.JetStream) http.Handler {
+	received := time.Now().UTC().Format(time.RFC3339Nano)
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 65536))
+		if err != nil {
+			w.WriteHeader(http.StatusBadRequest)
+			return
+		}
+		tx := r.Header.Get(headerBenchTx)
+		msg := &nats.Msg{Subject: "baseline.tok.stk.callback.174379." + tx, Data: body, Header: nats.Header{
+			jetstream.MsgIDHeader:               {"stk.callback:" + tx},
+			jetstream.ExpectedLastSubjSeqHeader: {"0"},
+			publish.HeaderKind:                  {"stk.callback"},
+			publish.HeaderShortcode:             {"174379"},
+			publish.HeaderTransactionID:         {tx},
+			publish.HeaderReceipt:               {"TKR0000001"},
+			publish.HeaderResultCode:            {"0"},
+			publish.HeaderReference:             {"ORDER-1042"},
+			publish.HeaderTokenID:               {"tok_6v3r7ypjmnwrytos"},
+			publish.HeaderSourceIP:              {"127.0.0.2"},
+			publish.HeaderReceivedAt:            {received},
+			publish.HeaderEdge:                  {"bench"},
 		}}
 		if _, err := js.PublishMsg(r.Context(), msg); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
@@ -544,8 +597,11 @@ func rssKiB(pid int) int64 {
 // side loads one side and verifies it on its stream.
 func (w *world) side(ctx context.Context, name string, isEdge bool, o options, samples []sample, keepAlive bool) (*result, error) {
 	stream, filter, addr := baselineStream, baselineSubject, w.base
-	if isEdge {
+	switch {
+	case isEdge:
 		stream, filter, addr = w.cfg.NATS.Stream.Name, w.cfg.NATS.SubjectPrefix+".cb.>", w.edge.PublicAddr().String()
+	case name == "equivalent":
+		filter, addr = equivalentSubjects, w.equiv
 	}
 	after, err := lastSeq(ctx, w.js, stream)
 	if err != nil {
@@ -563,10 +619,11 @@ func (w *world) side(ctx context.Context, name string, isEdge bool, o options, s
 	return r, v.check(0.98)
 }
 
-// round is one baseline/edge/baseline measurement.
+// round is one baseline/equivalent/edge/baseline measurement.
 type round struct {
 	base, edge *result
 	b1, b2     *result
+	equiv      *result // the broker-equivalent baseline
 }
 
 func (r round) ratio() float64 { return r.edge.rps() / r.base.rps() }
@@ -644,6 +701,10 @@ func rounds(o options, sync string) ([]round, error) {
 		if err != nil {
 			return nil, err
 		}
+		eq, err := w.side(ctx, "equivalent", false, o, plain(4*n, tag+"q"), keepAlive)
+		if err != nil {
+			return nil, err
+		}
 		var prof *os.File
 		if o.profile != "" && i == o.runs-1 {
 			if prof, err = os.Create(o.profile); err != nil {
@@ -683,7 +744,7 @@ func rounds(o options, sync string) ([]round, error) {
 		if err != nil {
 			return nil, err
 		}
-		r := round{edge: e, base: b1, b1: b1, b2: b2}
+		r := round{edge: e, base: b1, b1: b1, b2: b2, equiv: eq}
 		if b2.rps() > b1.rps() {
 			r.base = b2
 		}
@@ -691,10 +752,18 @@ func rounds(o options, sync string) ([]round, error) {
 		fmt.Printf("  RATIO round %d: throughput edge/baseline = %.2f; p99 edge %s vs baseline %s (%+.2f ms)\n", i+1,
 			r.ratio(), e.pct(0.99).Round(time.Microsecond), r.base.pct(0.99).Round(time.Microsecond),
 			float64(e.pct(0.99)-r.base.pct(0.99))/1e6)
+		fmt.Printf("  RATIO round %d: throughput edge/equivalent = %.2f, equivalent/baseline = %.2f; p99 edge %s vs equivalent %s (%+.2f ms)\n", i+1,
+			e.rps()/eq.rps(), eq.rps()/r.base.rps(), e.pct(0.99).Round(time.Microsecond), eq.pct(0.99).Round(time.Microsecond),
+			float64(e.pct(0.99)-eq.pct(0.99))/1e6)
 		out = append(out, r)
 	}
 	var ratios, erps, brps, p99d, ep99, bp99, cpuR []float64
+	var eqR, brokerR, eqP99d, eqCPU []float64
 	for _, r := range out {
+		eqR = append(eqR, r.edge.rps()/r.equiv.rps())
+		brokerR = append(brokerR, r.equiv.rps()/r.base.rps())
+		eqP99d = append(eqP99d, float64(r.edge.pct(0.99)-r.equiv.pct(0.99))/1e6)
+		eqCPU = append(eqCPU, float64(r.edge.cpuPerReq)/float64(r.equiv.cpuPerReq))
 		cpuR = append(cpuR, float64(r.edge.cpuPerReq)/float64(min(r.b1.cpuPerReq, r.b2.cpuPerReq)))
 		ratios = append(ratios, r.ratio())
 		erps = append(erps, r.edge.rps())
@@ -718,6 +787,12 @@ func rounds(o options, sync string) ([]round, error) {
 	bpm, _, _ := medianSpread(bp99)
 	fmt.Printf("SUMMARY %s sync=%s: p99 edge %.2f ms, baseline %.2f ms (the better of the round's two); edge − baseline median %+.2f ms (spread %+.2f – %+.2f)\n",
 		o.scenario, sync, epm, bpm, pm, plo, phi)
+	qm, qlo, qhi := medianSpread(eqR)
+	bkm, bklo, bkhi := medianSpread(brokerR)
+	qpm, qplo, qphi := medianSpread(eqP99d)
+	qcm, qclo, qchi := medianSpread(eqCPU)
+	fmt.Printf("SUMMARY %s sync=%s: edge/broker-equivalent RATIO median %.2f (spread %.2f–%.2f; %s); broker-equivalent/baseline median %.2f (spread %.2f–%.2f); p99 edge − equivalent median %+.2f ms (spread %+.2f – %+.2f); CPU per request edge/equivalent median %.2f (spread %.2f–%.2f)\n",
+		o.scenario, sync, qm, qlo, qhi, fmtList(eqR, "%.2f"), bkm, bklo, bkhi, qpm, qplo, qphi, qcm, qclo, qchi)
 	if o.scenario == "keepalive" {
 		if err := brokerOnly(ctx, w, o); err != nil {
 			return nil, err
