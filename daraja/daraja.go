@@ -53,6 +53,7 @@ import (
 	"hash/maphash"
 	"strconv"
 	"strings"
+	"sync"
 	"unicode/utf8"
 )
 
@@ -177,15 +178,13 @@ func Parse(k Kind, body []byte) (Callback, error) {
 	default:
 		return Callback{}, fmt.Errorf("%w: unknown kind %q", ErrMalformed, k)
 	}
-	s := scanner{b: body}
-	s.spans = s.spanBuf[:0]
-	if err := s.document(&x); err != nil {
+	s := getScanner(body)
+	err := s.document(&x)
+	putScanner(s)
+	if err != nil {
 		return Callback{}, err
 	}
-	var (
-		cb  Callback
-		err error
-	)
+	var cb Callback
 	switch x.root {
 	case roleC2B:
 		cb, err = x.c2b()
@@ -624,6 +623,27 @@ type scanner struct {
 }
 
 type span struct{ from, to int }
+
+// scanners are reused: a scanner is about 1 KiB (its span buffer), and one
+// is needed for every callback.
+var scanners = sync.Pool{New: func() any { return new(scanner) }}
+
+// getScanner returns a scanner over b, from the pool.
+func getScanner(b []byte) *scanner {
+	s := scanners.Get().(*scanner)
+	s.b, s.i, s.keyWork = b, 0, 0
+	s.spans = s.spanBuf[:0]
+	return s
+}
+
+// putScanner returns s to the pool, holding on to nothing of the body.
+func putScanner(s *scanner) {
+	s.b, s.spans = nil, nil
+	if cap(s.lower) > 4096 {
+		s.lower = nil // an outsized key's buffer is not kept
+	}
+	scanners.Put(s)
+}
 
 func (s *scanner) ws() {
 	for s.i < len(s.b) && isSpace(s.b[s.i]) {

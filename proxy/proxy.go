@@ -204,8 +204,8 @@ var publicAnswers = func() map[int][]byte {
 // publishes nothing.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
-	rl := requestLog{method: r.Method, path: r.URL.Path}
-	answer, err := h.serve(w, r, &rl, start)
+	rl := &requestLog{method: r.Method, path: r.URL.Path}
+	answer, err := h.serve(w, r, rl, start)
 	hdr := w.Header()
 	hdr.Set("Content-Type", "application/json")
 	hdr.Set("Cache-Control", "no-store")
@@ -235,7 +235,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		if status >= 500 {
 			rl.outcome = "failed"
 		} else if !rl.quiet {
-			h.notifyRejected(&rl)
+			h.notifyRejected(rl)
 		}
 		h.o.Metrics.Rejected(rl.reason)
 		// A refusal never reads a body it does not need. A small unread
@@ -263,11 +263,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case rl.quiet:
 	case status >= 500:
-		h.log.Error("callback", zap.Object("req", &rl))
+		h.log.Error("callback", zap.Object("req", rl))
 	case status >= 400:
-		h.log.Warn("callback", zap.Object("req", &rl))
+		h.log.Warn("callback", zap.Object("req", rl))
 	default:
-		h.log.Info("callback", zap.Object("req", &rl))
+		h.log.Info("callback", zap.Object("req", rl))
 	}
 }
 
@@ -331,7 +331,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		return nil, refuse(http.StatusRequestEntityTooLarge, "body_too_large", nil)
 	}
 	rl.bodyRead = true
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, p.MaxBodyBytes))
+	body, err := readBody(w, r, p.MaxBodyBytes)
 	if err != nil {
 		var tooLarge *http.MaxBytesError
 		if errors.As(err, &tooLarge) {
@@ -383,6 +383,30 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	}
 	rl.outcome = outcomeWords[out]
 	return answer, nil
+}
+
+// readBody reads the whole body, at most limit bytes: into one buffer of
+// the announced length when there is one (io.ReadAll would grow its buffer
+// four or five times for a callback), else as it comes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	rd := http.MaxBytesReader(w, r.Body, limit)
+	if n := r.ContentLength; n > 0 && n <= limit {
+		b := make([]byte, n)
+		if _, err := io.ReadFull(rd, b); err != nil {
+			return nil, err
+		}
+		// Read to the end as io.ReadAll does: a stream reset before its
+		// end (HTTP/2) is an unreadable body, not a callback.
+		var one [1]byte
+		if k, err := rd.Read(one[:]); k > 0 || err != io.EOF {
+			if err == nil || err == io.EOF {
+				err = errors.New("body longer than its Content-Length")
+			}
+			return nil, err
+		}
+		return b, nil
+	}
+	return io.ReadAll(rd)
 }
 
 // outcomeWords are the logged outcomes of a stored callback.

@@ -71,6 +71,7 @@ type options struct {
 	ttl      time.Duration
 	stored   int
 	profile  string
+	memprof  string
 	// fwdConcurrency is the forward destination's concurrency (scenario
 	// forward).
 	fwdConcurrency int
@@ -89,6 +90,7 @@ func main() {
 	flag.DurationVar(&o.ttl, "ttl", 2*time.Minute, "token lifetime (soak)")
 	flag.IntVar(&o.stored, "stored", 1_000_000, "stored callbacks (scenario memory)")
 	flag.StringVar(&o.profile, "cpuprofile", "", "write a CPU profile of the last run's edge load here (load generator labelled side=client)")
+	flag.StringVar(&o.memprof, "memprofile", "", "write allocation profiles taken before and after the last run's edge load here (FILE.before, FILE): go tool pprof -sample_index=alloc_space -diff_base FILE.before FILE")
 	flag.IntVar(&o.fwdConcurrency, "fwd-concurrency", 8, "the forward destination's concurrency (scenario forward; 8 is the default)")
 	child := flag.String("child", "", "internal: run an edge from this JSON config (child-process scenarios)")
 	flag.Parse()
@@ -712,6 +714,11 @@ func rounds(o options, sync string) ([]round, error) {
 			}
 			_ = pprof.StartCPUProfile(prof)
 		}
+		if o.memprof != "" && i == o.runs-1 {
+			if err := writeAllocs(o.memprof + ".before"); err != nil {
+				return nil, err
+			}
+		}
 		var e *result
 		var eerr error
 		// The load generator's goroutines (and the HTTP client's, which
@@ -725,6 +732,11 @@ func rounds(o options, sync string) ([]round, error) {
 		}
 		if eerr != nil {
 			return nil, eerr
+		}
+		if o.memprof != "" && i == o.runs-1 {
+			if err := writeAllocs(o.memprof); err != nil {
+				return nil, err
+			}
 		}
 		var b2 *result
 		if o.profile != "" && i == o.runs-1 {
@@ -799,4 +811,16 @@ func rounds(o options, sync string) ([]round, error) {
 		}
 	}
 	return out, nil
+}
+
+// writeAllocs writes the process's allocation profile (cumulative since
+// start) to path.
+func writeAllocs(path string) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	runtime.GC()
+	return pprof.Lookup("allocs").WriteTo(f, 0)
 }
