@@ -370,6 +370,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	}
 	t0 := time.Now()
 	out, err := h.o.Publisher.Store(ctx, nm, !grant.Reusable)
+	rl.ack = time.Since(t0)
 	if err != nil {
 		return nil, refuse(http.StatusServiceUnavailable, "not_durable", err)
 	}
@@ -379,7 +380,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	case publish.Spooled:
 		h.o.Metrics.Spooled()
 	default:
-		h.o.Metrics.Published(time.Since(t0))
+		h.o.Metrics.Published(rl.ack)
 	}
 	rl.outcome = outcomeWords[out]
 	return answer, nil
@@ -570,6 +571,7 @@ type requestLog struct {
 	reason        string
 	err           error
 	latency       time.Duration
+	ack           time.Duration // the wait for the stream's ack (or the spool)
 }
 
 func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
@@ -614,6 +616,11 @@ func (l *requestLog) MarshalLogObject(e zapcore.ObjectEncoder) error {
 		e.AddString("error", l.err.Error())
 	}
 	e.AddDuration("latency", l.latency)
+	if l.ack > 0 {
+		// The part of latency spent waiting for the stream (or the spool):
+		// what is left is the edge's own work.
+		e.AddDuration("ack_latency", l.ack)
+	}
 	return nil
 }
 

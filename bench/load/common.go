@@ -1,9 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"context"
+	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -170,4 +174,75 @@ func fmtList(xs []float64, format string) string {
 		parts[i] = fmt.Sprintf(format, x)
 	}
 	return strings.Join(parts, ", ")
+}
+
+// split is the edge's time per accepted callback, read from its own
+// request log lines: the whole handler ("latency") and the part of it spent
+// waiting for the stream's ack ("ack_latency"); what is left is the edge's
+// own work (source, token, body, log line, message).
+type split struct {
+	n                 int
+	handler, ack, own [3]time.Duration // p50, p99, p999
+}
+
+func (s split) String() string {
+	f := func(d [3]time.Duration) string {
+		return fmt.Sprintf("p50=%s p99=%s p999=%s", d[0].Round(time.Microsecond), d[1].Round(time.Microsecond), d[2].Round(time.Microsecond))
+	}
+	return fmt.Sprintf("edge log, %d accepted: handler %s; of it the stream's ack %s; the edge's own work %s", s.n, f(s.handler), f(s.ack), f(s.own))
+}
+
+// fileSize is path's size (0 when it cannot be read).
+func fileSize(path string) int64 {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return 0
+	}
+	return fi.Size()
+}
+
+// splitLatency reads the accepted-callback lines the edge logged from
+// offset on.
+func splitLatency(path string, offset int64) (split, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return split{}, err
+	}
+	defer f.Close()
+	if _, err := f.Seek(offset, io.SeekStart); err != nil {
+		return split{}, err
+	}
+	var handler, ack, own []time.Duration
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var line struct {
+			Msg string `json:"msg"`
+			Req struct {
+				Outcome    string  `json:"outcome"`
+				Latency    float64 `json:"latency"`
+				AckLatency float64 `json:"ack_latency"`
+			} `json:"req"`
+		}
+		if json.Unmarshal(sc.Bytes(), &line) != nil || line.Msg != "callback" || line.Req.Outcome != "accepted" {
+			continue
+		}
+		h := time.Duration(line.Req.Latency * float64(time.Second))
+		a := time.Duration(line.Req.AckLatency * float64(time.Second))
+		handler, ack, own = append(handler, h), append(ack, a), append(own, h-a)
+	}
+	if err := sc.Err(); err != nil {
+		return split{}, err
+	}
+	q := func(v []time.Duration) (out [3]time.Duration) {
+		if len(v) == 0 {
+			return out
+		}
+		slices.Sort(v)
+		for i, p := range []float64{0.5, 0.99, 0.999} {
+			out[i] = v[min(len(v)-1, int(float64(len(v))*p))]
+		}
+		return out
+	}
+	return split{n: len(handler), handler: q(handler), ack: q(ack), own: q(own)}, nil
 }

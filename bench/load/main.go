@@ -430,6 +430,7 @@ type result struct {
 	rate           float64       // the rate it was held to (0: flat out)
 	behindSchedule int           // requests sent more than 1 ms after they were due
 	cpuPerReq      time.Duration // this process's CPU (load generator included) per request answered 200
+	split          split         // the edge's own log lines: its own work and its wait for the stream
 }
 
 func (r *result) rps() float64 { return float64(r.ok) / r.elapsed.Seconds() }
@@ -609,6 +610,10 @@ func (w *world) side(ctx context.Context, name string, isEdge bool, o options, s
 	if err != nil {
 		return nil, err
 	}
+	var logFrom int64
+	if isEdge {
+		logFrom = fileSize(filepath.Join(w.dir, "edge.log"))
+	}
 	c0 := processCPU()
 	r := w.load(name, addr, o, samples, keepAlive, false)
 	r.cpuPerReq = (processCPU() - c0) / time.Duration(max(1, r.ok))
@@ -618,6 +623,12 @@ func (w *world) side(ctx context.Context, name string, isEdge bool, o options, s
 	}
 	fmt.Println(r)
 	fmt.Printf("  %-9s %s\n", name, v)
+	if isEdge {
+		if r.split, err = splitLatency(filepath.Join(w.dir, "edge.log"), logFrom); err != nil {
+			return nil, err
+		}
+		fmt.Printf("  %-9s %s\n", name, r.split)
+	}
 	return r, v.check(0.98)
 }
 
@@ -799,6 +810,17 @@ func rounds(o options, sync string) ([]round, error) {
 	bpm, _, _ := medianSpread(bp99)
 	fmt.Printf("SUMMARY %s sync=%s: p99 edge %.2f ms, baseline %.2f ms (the better of the round's two); edge − baseline median %+.2f ms (spread %+.2f – %+.2f)\n",
 		o.scenario, sync, epm, bpm, pm, plo, phi)
+	var own99, ack99, hand99 []float64
+	for _, r := range out {
+		own99 = append(own99, float64(r.edge.split.own[1])/1e6)
+		ack99 = append(ack99, float64(r.edge.split.ack[1])/1e6)
+		hand99 = append(hand99, float64(r.edge.split.handler[1])/1e6)
+	}
+	om, olo, ohi := medianSpread(own99)
+	am, alo, ahi := medianSpread(ack99)
+	hm, hlo, hhi := medianSpread(hand99)
+	fmt.Printf("SUMMARY %s sync=%s: edge's log: handler p99 median %.2f ms (%.2f–%.2f), of it the stream's ack p99 %.2f ms (%.2f–%.2f), the edge's own work p99 %.2f ms (%.2f–%.2f)\n",
+		o.scenario, sync, hm, hlo, hhi, am, alo, ahi, om, olo, ohi)
 	qm, qlo, qhi := medianSpread(eqR)
 	bkm, bklo, bkhi := medianSpread(brokerR)
 	qpm, qplo, qphi := medianSpread(eqP99d)
