@@ -61,7 +61,7 @@ func soak(o options, cfg config.Config, pid int, w *world, tlsCfg *tls.Config) e
 	end := start.Add(o.duration)
 	interval := time.Duration(float64(time.Second) / o.rate)
 	samples := []soakSample{}
-	nextSample := start.Add(time.Minute)
+	nextSample := start.Add(soakSampleEvery)
 	admin := cfg.Admin.Listen
 	fmt.Printf("SOAK %s: %.0f tokens/s issued with ttl %s, 3 in 4 called back at once, 1 in 4 left to expire; %d keep-alive senders\n",
 		o.duration, o.rate, o.ttl, o.conns)
@@ -73,8 +73,10 @@ func soak(o options, cfg config.Config, pid int, w *world, tlsCfg *tls.Config) e
 		if now := time.Now(); now.After(nextSample) || now.Equal(nextSample) {
 			s := sampleEdge(pid, admin, time.Since(start))
 			samples = append(samples, s)
-			fmt.Println(s)
-			nextSample = nextSample.Add(time.Minute)
+			if len(samples)%soakPrintEvery == 0 {
+				fmt.Println(s)
+			}
+			nextSample = nextSample.Add(soakSampleEvery)
 		}
 		if wait := time.Until(due); wait > 0 {
 			time.Sleep(wait)
@@ -122,12 +124,14 @@ func soak(o options, cfg config.Config, pid int, w *world, tlsCfg *tls.Config) e
 		}(clients[i%len(clients)])
 	}
 	inflight.Wait()
-	for len(samples) < int(o.duration/time.Minute) {
+	for len(samples) < int(o.duration/soakSampleEvery) {
 		time.Sleep(time.Until(nextSample))
 		s := sampleEdge(pid, admin, time.Since(start))
 		samples = append(samples, s)
-		fmt.Println(s)
-		nextSample = nextSample.Add(time.Minute)
+		if len(samples)%soakPrintEvery == 0 {
+			fmt.Println(s)
+		}
+		nextSample = nextSample.Add(soakSampleEvery)
 	}
 	fmt.Printf("SOAK issued %d tokens (%d issue errors), %d callbacks sent, %d answered 200, %d other status, %d connection errors\n",
 		len(called)+len(silent), issueErrs.Load(), len(sent), len(answered), non200.Load(), sendErrs.Load())
@@ -193,17 +197,30 @@ func sampleEdge(pid int, admin string, at time.Duration) soakSample {
 		heap: metric(admin, "go_memstats_heap_inuse_bytes"), tokens: metric(admin, "daraja_edge_token_cache_records")}
 }
 
+// soakSampleEvery is how often the soak samples the edge: several samples
+// per garbage-collection cycle's worth of heap, so a window's mean does not
+// hang on where in its cycle each sample fell (a minute apart, RSS and heap
+// samples swung by a third with the cycle alone). One a minute is printed.
+const (
+	soakSampleEvery = 10 * time.Second
+	soakPrintEvery  = int(time.Minute / soakSampleEvery)
+)
+
 // soakWindows compares the samples of minutes 10–20 with those of the last
 // ten minutes.
 func soakWindows(samples []soakSample) {
 	var mid, last []soakSample
 	n := len(samples)
-	for i, s := range samples {
-		min := int((s.at + 30*time.Second) / time.Minute) // the minute the sample closes
+	if n == 0 {
+		fmt.Println("SOAK no samples")
+		return
+	}
+	end := samples[n-1].at
+	for _, s := range samples {
 		switch {
-		case i >= n-10:
+		case s.at > end-10*time.Minute:
 			last = append(last, s)
-		case min > 10 && min <= 20:
+		case s.at > 10*time.Minute && s.at <= 20*time.Minute:
 			mid = append(mid, s)
 		}
 	}
