@@ -132,4 +132,34 @@ func TestAlertRulesPage(t *testing.T) {
 			t.Errorf("no alert rule on %s pages (severity: page); rules reading it: %v", metric, readers)
 		}
 	}
+	// Every condition an operator must hear about has a rule at all.
+	read := map[string]bool{}
+	for _, g := range groups.Groups {
+		for _, r := range g.Rules {
+			if ast, err := p.ParseExpr(r.Expr); err == nil && r.Alert != "" {
+				parser.Inspect(ast, func(n parser.Node, _ []parser.Node) error {
+					if vs, ok := n.(*parser.VectorSelector); ok {
+						read[strings.TrimSuffix(vs.Name, "_bucket")] = true
+					}
+					return nil
+				})
+			}
+		}
+	}
+	for _, must := range alertedMetrics {
+		if !read[must] {
+			t.Errorf("no alert rule reads %s", must)
+		}
+	}
+}
+
+// alertedMetrics must each be read by some alert rule: the forwarder's open
+// circuit, lag, dead letters and failing attempts, recovery's outcomes,
+// slow answers, the spool, NATS and the token copy.
+var alertedMetrics = []string{
+	"daraja_edge_forward_circuit_open", "daraja_edge_forward_lag",
+	"daraja_edge_forward_dead_letters_total", "daraja_edge_forward_attempts_total",
+	"daraja_edge_recovery_outcomes_total", "daraja_edge_request_duration_seconds",
+	"daraja_edge_spool_stuck", "daraja_edge_nats_connected", "daraja_edge_token_cache_full",
+	"daraja_edge_certificate_expiry_timestamp_seconds", "daraja_edge_reusable_tokens_expiring",
 }

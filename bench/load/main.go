@@ -206,24 +206,27 @@ func setup(o options, sync string) (*world, func(), error) {
 		return fail(err)
 	}
 	w.roots.AddCert(cert.Leaf)
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	// serve runs h behind the edge's TLS policy and limits on a port of
+	// its own.
+	serve := func(h http.Handler) (string, *http.Server, error) {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return "", nil, err
+		}
+		srv := &http.Server{Handler: h, TLSConfig: baselineTLS(cert),
+			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, ReadTimeout: cfg.Limits.ReadTimeout,
+			WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout, MaxHeaderBytes: 16 << 10}
+		go func() { _ = srv.ServeTLS(ln, "", "") }()
+		return ln.Addr().String(), srv, nil
+	}
+	var base, equiv *http.Server
+	if w.base, base, err = serve(baseline(w.js)); err != nil {
 		return fail(err)
 	}
-	w.base = ln.Addr().String()
-	base := &http.Server{Handler: baseline(w.js), TLSConfig: baselineTLS(cert),
-		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, ReadTimeout: cfg.Limits.ReadTimeout,
-		WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout, MaxHeaderBytes: 16 << 10}
-	go func() { _ = base.ServeTLS(ln, "", "") }()
-	eln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
+	if w.equiv, equiv, err = serve(brokerEquivalent(w.js)); err != nil {
+		_ = base.Close()
 		return fail(err)
 	}
-	w.equiv = eln.Addr().String()
-	equiv := &http.Server{Handler: brokerEquivalent(w.js), TLSConfig: baselineTLS(cert),
-		ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout, ReadTimeout: cfg.Limits.ReadTimeout,
-		WriteTimeout: cfg.Limits.WriteTimeout, IdleTimeout: cfg.Limits.IdleTimeout, MaxHeaderBytes: 16 << 10}
-	go func() { _ = equiv.ServeTLS(eln, "", "") }()
 	return w, func() {
 		_ = base.Close()
 		_ = equiv.Close()
