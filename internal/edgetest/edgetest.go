@@ -18,7 +18,10 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/edge"
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
+	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Source is the allowlisted loopback address callbacks come from.
@@ -111,4 +114,38 @@ func Post(publicAddr string, kind daraja.Kind, token string, body []byte) (int, 
 	defer resp.Body.Close()
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
+}
+
+// ReadMissing counts the missing-callback events on the DARAJA stream by
+// token id.
+func ReadMissing(t testing.TB, js jetstream.JetStream) map[string]int {
+	t.Helper()
+	byToken := map[string]int{}
+	natstest.ReadSubjects(t, js, "DARAJA", "daraja.missing.>", func(m jetstream.Msg) {
+		byToken[m.Headers().Get(publish.HeaderTokenID)]++
+	})
+	return byToken
+}
+
+// WaitMissing waits up to d until every token in ids has a missing-callback
+// event on the stream, and returns the events by token id.
+func WaitMissing(t testing.TB, js jetstream.JetStream, ids []string, d time.Duration) map[string]int {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		got := ReadMissing(t, js)
+		var absent []string
+		for _, id := range ids {
+			if got[id] == 0 {
+				absent = append(absent, id)
+			}
+		}
+		if len(absent) == 0 {
+			return got
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no missing-callback event within %s for tokens %v", d, absent)
+		}
+		time.Sleep(250 * time.Millisecond)
+	}
 }

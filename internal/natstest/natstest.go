@@ -191,3 +191,63 @@ func freePort(t testing.TB) int {
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
 }
+
+// ReadSubjects hands every message of stream on filter to each, in order,
+// with an ordered consumer, and returns the stream's last sequence. A
+// cluster just back from a power cut may take a while to place a consumer
+// although the stream answers, so each attempt (and each empty fetch) is
+// bounded and tried again for up to a minute; then the test fails.
+func ReadSubjects(t testing.TB, js jetstream.JetStream, stream, filter string, each func(jetstream.Msg)) uint64 {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatalf("stream %s: %v", stream, err)
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(filter))
+	if err != nil {
+		t.Fatalf("stream %s info: %v", stream, err)
+	}
+	want := 0
+	for _, n := range info.State.Subjects {
+		want += int(n)
+	}
+	if want == 0 {
+		return info.State.LastSeq
+	}
+	var cons jetstream.Consumer
+	for {
+		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
+		cons, err = js.OrderedConsumer(actx, stream, jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
+		acancel()
+		if err == nil {
+			break
+		}
+		if ctx.Err() != nil {
+			t.Fatalf("consumer on %s: %v", filter, err)
+		}
+		t.Logf("consumer on %s: %v; trying again", filter, err)
+	}
+	for read := 0; read < want; {
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			if ctx.Err() != nil {
+				t.Fatalf("fetch on %s after %d of %d messages: %v", filter, read, want, err)
+			}
+			t.Logf("fetch on %s: %v; trying again", filter, err)
+			time.Sleep(200 * time.Millisecond)
+			continue
+		}
+		got := 0
+		for m := range batch.Messages() {
+			got++
+			read++
+			each(m)
+		}
+		if got == 0 && ctx.Err() != nil {
+			t.Fatalf("read %d of %d messages on %s", read, want, filter)
+		}
+	}
+	return info.State.LastSeq
+}

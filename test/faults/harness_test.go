@@ -38,6 +38,8 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/internal/edgetest"
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
+	"github.com/daraja-edge/daraja-edge/publish"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
@@ -210,48 +212,16 @@ func (s stored) duplicated() int {
 // readStored reads every message on daraja.cb.> with an ordered consumer.
 func readStored(t *testing.T, js jetstream.JetStream) stored {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
 	s := stored{byTx: map[string]int{}, idsByTx: map[string]map[string]int{}}
-	stream, err := js.Stream(ctx, "DARAJA")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("daraja.cb.>"))
-	if err != nil {
-		t.Fatalf("stream info: %v", err)
-	}
-	want := 0
-	for _, n := range info.State.Subjects {
-		want += int(n)
-	}
-	if want == 0 {
-		return s
-	}
-	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"daraja.cb.>"}})
-	if err != nil {
-		t.Fatalf("consumer: %v", err)
-	}
-	for s.total < want {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatalf("fetch: %v", err)
+	natstest.ReadSubjects(t, js, "DARAJA", "daraja.cb.>", func(m jetstream.Msg) {
+		s.total++
+		tx, id := m.Headers().Get(publish.HeaderTransactionID), m.Headers().Get(publish.HeaderMsgID)
+		s.byTx[tx]++
+		if s.idsByTx[tx] == nil {
+			s.idsByTx[tx] = map[string]int{}
 		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			s.total++
-			tx, id := m.Headers().Get("Daraja-Transaction-Id"), m.Headers().Get("Nats-Msg-Id")
-			s.byTx[tx]++
-			if s.idsByTx[tx] == nil {
-				s.idsByTx[tx] = map[string]int{}
-			}
-			s.idsByTx[tx][id]++
-		}
-		if got == 0 && ctx.Err() != nil {
-			t.Fatalf("read %d of %d messages", s.total, want)
-		}
-	}
+		s.idsByTx[tx][id]++
+	})
 	return s
 }
 
@@ -399,73 +369,6 @@ func waitForJetStream(t *testing.T, urls string) {
 	t.Fatal("JetStream cluster not ready")
 }
 
-// readMissing counts the missing-callback events on the stream by token
-// id (Daraja-Token-Id).
-func readMissing(t *testing.T, js jetstream.JetStream) map[string]int {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	byToken := map[string]int{}
-	stream, err := js.Stream(ctx, "DARAJA")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter("daraja.missing.>"))
-	if err != nil {
-		t.Fatalf("stream info: %v", err)
-	}
-	want := 0
-	for _, n := range info.State.Subjects {
-		want += int(n)
-	}
-	if want == 0 {
-		return byToken
-	}
-	cons, err := js.OrderedConsumer(ctx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{"daraja.missing.>"}})
-	if err != nil {
-		t.Fatalf("consumer: %v", err)
-	}
-	for read := 0; read < want; {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			t.Fatalf("fetch: %v", err)
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			read++
-			byToken[m.Headers().Get("Daraja-Token-Id")]++
-		}
-		if got == 0 && ctx.Err() != nil {
-			t.Fatalf("read %d of %d missing events", read, want)
-		}
-	}
-	return byToken
-}
-
-// waitMissing waits until every token in ids has a missing-callback event
-// on the stream, and returns the events by token id.
-func waitMissing(t *testing.T, js jetstream.JetStream, ids []string, d time.Duration) map[string]int {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		got := readMissing(t, js)
-		var absent []string
-		for _, id := range ids {
-			if got[id] == 0 {
-				absent = append(absent, id)
-			}
-		}
-		if len(absent) == 0 {
-			return got
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no missing-callback event within %s for tokens %v", d, absent)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
-}
-
 // expiring is a set of short-lived tokens: idle ones that get no callback
 // and used ones whose callback was answered 200 before they expired.
 type expiring struct {
@@ -501,9 +404,9 @@ func issueExpiring(t *testing.T, e *runningEdge, ta *tally, idle, used int) expi
 // It returns the figures for the FAULTS line.
 func (x expiring) check(t *testing.T, js jetstream.JetStream, adminAddr string) string {
 	t.Helper()
-	waitMissing(t, js, x.idle, 60*time.Second)
+	edgetest.WaitMissing(t, js, x.idle, 60*time.Second)
 	probe := issue(t, adminAddr, verify.IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", TTL: "1s"})
-	got := waitMissing(t, js, []string{probe.ID}, 60*time.Second)
+	got := edgetest.WaitMissing(t, js, []string{probe.ID}, 60*time.Second)
 	dup, usedWithEvent := 0, 0
 	for _, id := range x.idle {
 		if got[id] != 1 {

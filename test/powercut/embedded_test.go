@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/daraja-edge/daraja-edge/internal/edgetest"
 	"github.com/daraja-edge/daraja-edge/internal/lazyfs"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
@@ -143,7 +144,7 @@ func testEmbeddedMidLoad(t *testing.T) {
 				// callbacks to check.
 				exp = issueExpiring(t, e.api, ld, 3, 2)
 				_, js := connectJS(t, "nats://"+e.conf.embedded, nats.MaxReconnects(0))
-				got := waitMissing(t, js, exp.idle, 60*time.Second)
+				got := edgetest.WaitMissing(t, js, exp.idle, 60*time.Second)
 				t.Logf("before the cut: missing events %v", got)
 			}
 			stop, done := make(chan struct{}), make(chan struct{})
@@ -336,7 +337,7 @@ func issueExpiring(t *testing.T, a *api, ld *load, idle, used int) expiring {
 // returns the figures for the POWERCUT line.
 func (x expiring) check(t *testing.T, js jetstream.JetStream, probe verify.IssueResponse) string {
 	t.Helper()
-	got := waitMissing(t, js, []string{probe.ID}, 60*time.Second)
+	got := edgetest.WaitMissing(t, js, []string{probe.ID}, 60*time.Second)
 	dup := 0
 	for _, id := range x.idle {
 		if got[id] != 1 {

@@ -86,6 +86,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/edge"
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
@@ -748,7 +749,7 @@ func (s stored) duplicated() int {
 func readStored(t *testing.T, js jetstream.JetStream) stored {
 	t.Helper()
 	s := stored{byTx: map[string]int{}, idsByTx: map[string]map[string]int{}}
-	s.lastSeq = readSubjects(t, js, "daraja.cb.>", func(m jetstream.Msg) {
+	s.lastSeq = natstest.ReadSubjects(t, js, "DARAJA", "daraja.cb.>", func(m jetstream.Msg) {
 		s.total++
 		tx, id := m.Headers().Get("Daraja-Transaction-Id"), m.Headers().Get("Nats-Msg-Id")
 		s.byTx[tx]++
@@ -758,99 +759,6 @@ func readStored(t *testing.T, js jetstream.JetStream) stored {
 		s.idsByTx[tx][id]++
 	})
 	return s
-}
-
-// readMissing counts the missing-callback events on the stream by token
-// id.
-func readMissing(t *testing.T, js jetstream.JetStream) map[string]int {
-	t.Helper()
-	byToken := map[string]int{}
-	readSubjects(t, js, "daraja.missing.>", func(m jetstream.Msg) { byToken[m.Headers().Get("Daraja-Token-Id")]++ })
-	return byToken
-}
-
-// readSubjects hands every message of the stream on filter to each, in
-// order, with an ordered consumer; it returns the stream's last sequence.
-func readSubjects(t *testing.T, js jetstream.JetStream, filter string, each func(jetstream.Msg)) uint64 {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	stream, err := js.Stream(ctx, "DARAJA")
-	if err != nil {
-		t.Fatalf("stream: %v", err)
-	}
-	info, err := stream.Info(ctx, jetstream.WithSubjectFilter(filter))
-	if err != nil {
-		t.Fatalf("stream info: %v", err)
-	}
-	want := 0
-	for _, n := range info.State.Subjects {
-		want += int(n)
-	}
-	if want == 0 {
-		return info.State.LastSeq
-	}
-	// A cluster just back from a power cut under all three nodes may take
-	// a while to place a consumer (its meta layer recovering) although the
-	// stream answers: each attempt is bounded and tried again until ctx
-	// ends.
-	var cons jetstream.Consumer
-	for {
-		actx, acancel := context.WithTimeout(ctx, 10*time.Second)
-		cons, err = js.OrderedConsumer(actx, "DARAJA", jetstream.OrderedConsumerConfig{FilterSubjects: []string{filter}})
-		acancel()
-		if err == nil {
-			break
-		}
-		if ctx.Err() != nil {
-			t.Fatalf("consumer on %s: %v", filter, err)
-		}
-		t.Logf("consumer on %s: %v; trying again", filter, err)
-	}
-	for read := 0; read < want; {
-		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
-		if err != nil {
-			if ctx.Err() != nil {
-				t.Fatalf("fetch on %s after %d of %d messages: %v", filter, read, want, err)
-			}
-			t.Logf("fetch on %s: %v; trying again", filter, err)
-			time.Sleep(200 * time.Millisecond)
-			continue
-		}
-		got := 0
-		for m := range batch.Messages() {
-			got++
-			read++
-			each(m)
-		}
-		if got == 0 && ctx.Err() != nil {
-			t.Fatalf("read %d of %d messages on %s", read, want, filter)
-		}
-	}
-	return info.State.LastSeq
-}
-
-// waitMissing waits until every token in ids has a missing-callback event
-// on the stream, and returns the events by token id.
-func waitMissing(t *testing.T, js jetstream.JetStream, ids []string, d time.Duration) map[string]int {
-	t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		got := readMissing(t, js)
-		var absent []string
-		for _, id := range ids {
-			if got[id] == 0 {
-				absent = append(absent, id)
-			}
-		}
-		if len(absent) == 0 {
-			return got
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no missing-callback event within %s for tokens %v", d, absent)
-		}
-		time.Sleep(250 * time.Millisecond)
-	}
 }
 
 func connectJS(t *testing.T, url string, opts ...nats.Option) (*nats.Conn, jetstream.JetStream) {
