@@ -69,10 +69,24 @@ type Node struct {
 
 // NewNode starts a restartable server (see Server); it stops when the test
 // ends.
-func NewNode(t testing.TB) *Node {
+func NewNode(t testing.TB) *Node { return NewNodeWith(t, &server.Options{}) }
+
+// NewNodeWith is NewNode with options of the test's own (a name, a
+// cluster); loopback, JetStream, a temporary store and quiet logs are
+// filled in where o leaves them empty.
+func NewNodeWith(t testing.TB, o *server.Options) *Node {
 	t.Helper()
-	n := &Node{t: t, opts: &server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-		StoreDir: t.TempDir(), NoSigs: true, NoLog: true}}
+	if o.Host == "" {
+		o.Host = "127.0.0.1"
+	}
+	if o.Port == 0 {
+		o.Port = server.RANDOM_PORT
+	}
+	if o.StoreDir == "" {
+		o.StoreDir = t.TempDir()
+	}
+	o.JetStream, o.NoSigs, o.NoLog = true, true, true
+	n := &Node{t: t, opts: o}
 	n.Start()
 	t.Cleanup(n.Stop)
 	return n

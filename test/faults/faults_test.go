@@ -24,6 +24,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/edge"
 	"github.com/daraja-edge/daraja-edge/internal/edgetest"
+	"github.com/daraja-edge/daraja-edge/internal/natstest"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
@@ -61,20 +62,20 @@ func send(t *testing.T, edges []*runningEdge, tokens []verify.IssueResponse, wor
 // answered 200 is on the stream once, its token consumed.
 func TestNATSOutage(t *testing.T) {
 	node := newNATS(t, "solo", 0, nil)
-	e := startEdge(t, edgeConfig(t, node.url()))
+	e := startEdge(t, edgeConfig(t, node.URL()))
 	tokens := issueN(t, e, 90)
 	var spooled float64
 	ta := send(t, []*runningEdge{e}, tokens, 3, func(i int) {
 		switch i {
 		case 30:
-			node.stop()
+			node.Stop()
 		case 45:
 			if st := readyz(e.admin); st != http.StatusServiceUnavailable {
 				t.Errorf("readyz during the outage: %d", st)
 			}
 		case 60:
 			spooled, _ = metric(e.admin, "daraja_edge_spooled_total")
-			node.start(t)
+			node.Start()
 		}
 	})
 	t.Logf("during the outage: %v callbacks spooled", spooled)
@@ -85,7 +86,7 @@ func TestNATSOutage(t *testing.T) {
 	if st := readyz(e.admin); st != http.StatusOK {
 		t.Errorf("readyz after the outage: %d", st)
 	}
-	_, js := connect(t, node.url())
+	_, js := connect(t, node.URL())
 	// The spool makes the outage invisible to Daraja: every callback is
 	// answered 200, in the outage too. The floor leaves room for the three
 	// in flight when NATS stopped.
@@ -262,9 +263,9 @@ const killRounds = 6
 func TestEdgeKilled(t *testing.T) {
 	const workers = 8
 	node := newNATS(t, "solo", 0, nil)
-	e := childConfig(t, node.url())
+	e := childConfig(t, node.URL())
 	e.start(t)
-	_, js := connect(t, node.url())
+	_, js := connect(t, node.URL())
 	ta := &tally{}
 	var exp expiring
 	rounds := 0
@@ -310,7 +311,7 @@ func TestEdgeKilled(t *testing.T) {
 func TestEdgeKilledWhileSpooling(t *testing.T) {
 	const workers = 4
 	node := newNATS(t, "solo", 0, nil)
-	e := childConfig(t, node.url())
+	e := childConfig(t, node.URL())
 	e.start(t)
 	// With NATS up, a first few land directly (and the edge's copy of the
 	// tokens is current).
@@ -319,14 +320,14 @@ func TestEdgeKilledWhileSpooling(t *testing.T) {
 	rounds := 0
 	for ; rounds < killRounds && len(ta.with(0)) == 0; rounds++ {
 		tokens := issueN(t, &e.runningEdge, 100)
-		node.stop()
+		node.Stop()
 		ta.add(send(t, []*runningEdge{&e.runningEdge}, tokens, workers, func(i int) {
 			switch i {
 			case 75:
 				spooledAtKill, _ = metric(e.admin, "daraja_edge_spool_records")
 			case 80: // 80 callbacks into the outage, workers mid-request
 				e.kill(t)
-				node.start(t)
+				node.Start()
 				e.start(t)
 			}
 		}))
@@ -340,7 +341,7 @@ func TestEdgeKilledWhileSpooling(t *testing.T) {
 	if spooledAtKill < 40 {
 		t.Errorf("only %v callbacks in the spool before the kill: the spool was not exercised", spooledAtKill)
 	}
-	_, js := connect(t, node.url())
+	_, js := connect(t, node.URL())
 	retries, cut := checkUnanswered(t, &e.runningEdge, js, ta)
 	sent, _, _, _ := ta.counts()
 	floor(t, ta, sent-rounds*workers, "the spool answers through the outage; only requests in flight at the kill may fail")
@@ -352,11 +353,11 @@ func TestEdgeKilledWhileSpooling(t *testing.T) {
 func TestClusterNodeLost(t *testing.T) {
 	const workers = 4
 	ports := []int{freePort(t), freePort(t), freePort(t)}
-	var nodes []*natsNode
+	var nodes []*natstest.Node
 	for i, p := range ports {
 		nodes = append(nodes, newNATS(t, "n"+strconv.Itoa(i), p, ports))
 	}
-	urls := nodes[0].url() + "," + nodes[1].url() + "," + nodes[2].url()
+	urls := nodes[0].URL() + "," + nodes[1].URL() + "," + nodes[2].URL()
 	waitForJetStream(t, urls)
 	var edges []*runningEdge
 	for range 2 {
@@ -367,14 +368,14 @@ func TestClusterNodeLost(t *testing.T) {
 	tokens := issueN(t, edges[0], 150)
 	ta := send(t, edges, tokens, workers, func(i int) {
 		if i == 50 {
-			nodes[2].stop()
+			nodes[2].Stop()
 		}
 	})
 	waitSpoolEmpty(t, edges...)
 	// Two of three nodes keep quorum, and the spool covers the election:
 	// every callback is answered 200.
 	floor(t, ta, len(tokens), "two of three nodes keep quorum and the spool covers the rest")
-	_, js := connect(t, nodes[0].url()+","+nodes[1].url())
+	_, js := connect(t, nodes[0].URL()+","+nodes[1].URL())
 	verifyStream(t, "cluster-node-lost", js, ta, "")
 }
 
@@ -384,8 +385,8 @@ func TestClusterNodeLost(t *testing.T) {
 // other's all get 403 (replay), and the stream holds the winner once.
 func TestReplicasRaceOneToken(t *testing.T) {
 	node := newNATS(t, "solo", 0, nil)
-	edges := []*runningEdge{startEdge(t, edgeConfig(t, node.url())), startEdge(t, edgeConfig(t, node.url()))}
-	_, js := connect(t, node.url())
+	edges := []*runningEdge{startEdge(t, edgeConfig(t, node.URL())), startEdge(t, edgeConfig(t, node.URL()))}
+	_, js := connect(t, node.URL())
 	const rounds = 5
 	ta := &tally{}
 	var losers []string
@@ -449,8 +450,8 @@ func TestReplicasRaceOneToken(t *testing.T) {
 // produces none.
 func TestMissingOncePerToken(t *testing.T) {
 	node := newNATS(t, "solo", 0, nil)
-	edges := []*runningEdge{startEdge(t, edgeConfig(t, node.url())), startEdge(t, edgeConfig(t, node.url()))}
-	_, js := connect(t, node.url())
+	edges := []*runningEdge{startEdge(t, edgeConfig(t, node.URL())), startEdge(t, edgeConfig(t, node.URL()))}
+	_, js := connect(t, node.URL())
 	var want []string
 	for i := range 6 {
 		tok := issue(t, edges[i%2].admin, verify.IssueRequest{

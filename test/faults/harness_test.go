@@ -53,53 +53,19 @@ func freePort(t testing.TB) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// natsNode is a nats-server outside every edge that can be stopped and
-// started again on the same port and store.
-type natsNode struct {
-	opts *server.Options
-	srv  *server.Server
-}
-
-func newNATS(t testing.TB, name string, clusterPort int, routes []int) *natsNode {
+// newNATS starts a nats-server outside every edge that can be stopped and
+// started again on the same port and store, alone or as one of a cluster.
+func newNATS(t testing.TB, name string, clusterPort int, routes []int) *natstest.Node {
 	t.Helper()
-	o := &server.Options{
-		ServerName: name, Host: "127.0.0.1", Port: freePort(t),
-		JetStream: true, StoreDir: t.TempDir(), NoSigs: true, NoLog: true,
-	}
+	o := &server.Options{ServerName: name}
 	if clusterPort != 0 {
 		o.Cluster = server.ClusterOpts{Name: "faults", Host: "127.0.0.1", Port: clusterPort}
 		for _, p := range routes {
 			o.Routes = append(o.Routes, server.RoutesFromStr("nats://127.0.0.1:"+strconv.Itoa(p))...)
 		}
 	}
-	n := &natsNode{opts: o}
-	n.start(t)
-	t.Cleanup(n.stop)
-	return n
+	return natstest.NewNodeWith(t, o)
 }
-
-func (n *natsNode) start(t testing.TB) {
-	t.Helper()
-	s, err := server.NewServer(n.opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(20 * time.Second) {
-		t.Fatalf("nats %s did not start", n.opts.ServerName)
-	}
-	n.srv = s
-}
-
-func (n *natsNode) stop() {
-	if n.srv != nil {
-		n.srv.Shutdown()
-		n.srv.WaitForShutdown()
-		n.srv = nil
-	}
-}
-
-func (n *natsNode) url() string { return fmt.Sprintf("nats://127.0.0.1:%d", n.opts.Port) }
 
 func edgeConfig(t testing.TB, natsURL string) config.Config { return edgetest.Config(t, natsURL) }
 
