@@ -370,7 +370,11 @@ func (s *Store) remember(rec *Record, rev uint64) {
 	if had && !newer(en.rev, old.rev) {
 		return
 	}
-	if !had && s.cached.Load() >= int64(s.maxCached) {
+	// A new token reserves its place in the count before it is held: a
+	// check under this shard's lock and a later count would let every
+	// shard take the last place at once.
+	if !had && s.cached.Add(1) > int64(s.maxCached) {
+		s.cached.Add(-1)
 		if s.full.CompareAndSwap(false, true) {
 			s.log.Error("local token copy is full: tokens past it are checked against the bucket and get no missing-callback events",
 				zap.Int("max_cached", s.maxCached))
@@ -382,9 +386,6 @@ func (s *Store) remember(rec *Record, rev uint64) {
 		en.set(flagSettled)
 	}
 	sh.m[key] = en
-	if !had {
-		s.cached.Add(1)
-	}
 }
 
 func (s *Store) compact(rec *Record, rev uint64) (entry, bool) {

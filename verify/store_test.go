@@ -878,3 +878,44 @@ func TestSweepHoldsOneShard(t *testing.T) {
 		t.Fatal("the sweep never walked the first token's shard")
 	}
 }
+
+// TestTokenCacheBoundConcurrent fills the copy to one below its bound and
+// lets a token for every shard arrive at once: the bound holds across
+// shards (a check under one shard's lock and a later count overshot it by
+// up to one token a shard).
+func TestTokenCacheBoundConcurrent(t *testing.T) {
+	const bound = 10
+	for range 100 {
+		s := &Store{maxCached: bound, obs: nopObserver{}, log: zap.NewNop(), now: time.Now}
+		s.initCache()
+		var recs []Record
+		seen := map[*cacheShard]bool{}
+		for len(recs) < cacheShards {
+			tok, id := newToken()
+			k, _ := keyOf(id)
+			if seen[s.shard(k)] {
+				continue
+			}
+			seen[s.shard(k)] = true
+			recs = append(recs, Record{ID: id, Hash: hashToken(tok), Kinds: []daraja.Kind{daraja.STKCallback},
+				Shortcode: "174379", ExpiresAt: time.Now().Add(time.Hour), State: StateIssued})
+		}
+		for i := range bound - 1 {
+			s.remember(&recs[i], 1)
+		}
+		var wg sync.WaitGroup
+		start := make(chan struct{})
+		for i := bound - 1; i < len(recs); i++ {
+			wg.Go(func() { <-start; s.remember(&recs[i], 1) })
+		}
+		close(start)
+		wg.Wait()
+		held := 0
+		for i := range s.cache {
+			held += len(s.cache[i].m)
+		}
+		if c := s.cached.Load(); c != bound || held != bound {
+			t.Fatalf("bound %d: counted %d, held %d", bound, c, held)
+		}
+	}
+}
