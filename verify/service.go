@@ -57,7 +57,8 @@ type RotateRequest struct {
 // DefaultOverlap is how long a rotated token stays valid by default.
 const DefaultOverlap = 24 * time.Hour
 
-// Rotate issues a successor to req.ID; both are valid for the overlap.
+// Rotate issues a successor to req.ID, which must be live (not revoked,
+// expired or, for a single-use token, used); both are valid for the overlap.
 func (i *Issuer) Rotate(ctx context.Context, req RotateRequest) (IssueResponse, error) {
 	overlap := DefaultOverlap
 	if req.Overlap != "" {
@@ -66,6 +67,15 @@ func (i *Issuer) Rotate(ctx context.Context, req RotateRequest) (IssueResponse, 
 			return IssueResponse{}, badRequest("overlap: %q is not a duration like 1h", req.Overlap)
 		}
 		overlap = d
+	}
+	// The bucket says issued until a single-use token expires: whether a
+	// callback used it is on the stream, so that is asked first.
+	st, err := i.Status(ctx, req.ID)
+	if err != nil {
+		return IssueResponse{}, err
+	}
+	if st.State == StateConsumed {
+		return IssueResponse{}, &RequestError{Code: "not_rotatable", Message: "token is " + StateConsumed + "; only a live token can be rotated"}
 	}
 	iss, err := i.Store.Rotate(ctx, req.ID, req.TTL, overlap, i.Limits)
 	if err != nil {

@@ -919,3 +919,34 @@ func TestTokenCacheBoundConcurrent(t *testing.T) {
 		}
 	}
 }
+
+// TestRotateRefusesConsumed: a single-use token the stream shows used is
+// not live (the bucket alone still says issued, since nothing on the
+// callback path writes it): rotating it would hand out a fresh URL for a
+// callback that already landed. A reusable token stays rotatable.
+func TestRotateRefusesConsumed(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	used := map[string]bool{}
+	iss := &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
+		Uses: func(_ context.Context, rec Record) (map[daraja.Kind]string, error) {
+			if used[rec.ID] {
+				return map[daraja.Kind]string{rec.Kinds[0]: "TX-" + rec.ID}, nil
+			}
+			return nil, nil
+		}}
+	single := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult, daraja.B2CTimeout}, Shortcode: "600000"})
+	reusable := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true})
+	used[single.Record.ID], used[reusable.Record.ID] = true, true
+	_, err := iss.Rotate(ctx, RotateRequest{ID: single.Record.ID})
+	var re *RequestError
+	if !errors.As(err, &re) || re.Code != "not_rotatable" || !strings.Contains(re.Message, StateConsumed) {
+		t.Fatalf("rotating a consumed single-use token: %v, want not_rotatable naming %q", err, StateConsumed)
+	}
+	if rec, err := s.Get(ctx, single.Record.ID); err != nil || rec.RotatedTo != "" || !rec.ExpiresAt.Equal(single.Record.ExpiresAt) {
+		t.Fatalf("a refused rotation changed the token: %+v %v", rec, err)
+	}
+	if _, err := iss.Rotate(ctx, RotateRequest{ID: reusable.Record.ID}); err != nil {
+		t.Fatalf("rotating a used reusable token: %v", err)
+	}
+}
