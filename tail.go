@@ -23,7 +23,7 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	asJSON := fs.Bool("json", false, "one JSON object per line")
 	path := configFlag(fs, "configuration file (NATS address and prefix)")
 	natsURL := fs.String("nats", "", "NATS URL (default from the config)")
-	export := fs.Bool("export", false, "write each stream message as one JSON line {subject,headers,body}, from the stream's start (reconcile --callbacks reads it)")
+	export := fs.Bool("export", false, "write every stream message there is now as one JSON line {subject,headers,body}, from the stream's start, and exit (reconcile --callbacks reads it)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -68,10 +68,14 @@ func cmdTail(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	} else {
 		coreSubjects = []string{*subject}
 	}
-	printFn, deliver := pr.print, jetstream.DeliverNewPolicy
 	if *export {
-		printFn, deliver, coreSubjects = (&tailExporter{w: stdout, stderr: stderr}).print, jetstream.DeliverAllPolicy, nil
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return fmt.Errorf("tail: %w", err)
+		}
+		return exportStream(ctx, js, cfg.NATS.Stream.Name, streamSubjects, stdout)
 	}
+	printFn, deliver := pr.print, jetstream.DeliverNewPolicy
 	for _, s := range coreSubjects {
 		if _, err := nc.Subscribe(s, printFn); err != nil {
 			return fmt.Errorf("tail: subscribe %s: %w", s, err)

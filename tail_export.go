@@ -1,12 +1,16 @@
 package main
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
-	"sync"
+	"time"
 
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // exportLine is one line of `tail --export`, the format `reconcile
@@ -47,17 +51,54 @@ func writeExport(w io.Writer, m *nats.Msg) error {
 	return nil
 }
 
-// tailExporter has tailPrinter's print, for `tail --export`.
-type tailExporter struct {
-	mu     sync.Mutex
-	w      io.Writer
-	stderr io.Writer
-}
-
-func (e *tailExporter) print(m *nats.Msg) {
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if err := writeExport(e.w, m); err != nil {
-		fmt.Fprintln(e.stderr, "daraja-edge tail:", err)
+// exportStream writes every message of stream on subjects, from the
+// stream's first, as export lines, and returns once it has caught up: at
+// the stream's last message when it began, when a message says nothing is
+// pending after it, or when a fetch finds nothing (an empty stream). What
+// lands meanwhile may or may not be included: an export is a snapshot.
+func exportStream(ctx context.Context, js jetstream.JetStream, stream string, subjects []string, w io.Writer) error {
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		return fmt.Errorf("tail --export: stream %s: %w", stream, err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		return fmt.Errorf("tail --export: stream %s: %w", stream, err)
+	}
+	last := info.State.LastSeq
+	cons, err := js.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
+		FilterSubjects: subjects, DeliverPolicy: jetstream.DeliverAllPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("tail --export: stream %s: %w", stream, err)
+	}
+	bw := bufio.NewWriterSize(w, 64<<10)
+	for {
+		if err := ctx.Err(); err != nil {
+			return errors.Join(bw.Flush(), err)
+		}
+		batch, err := cons.Fetch(500, jetstream.FetchMaxWait(2*time.Second))
+		if err != nil {
+			return errors.Join(bw.Flush(), fmt.Errorf("tail --export: %w", err))
+		}
+		n, caughtUp := 0, false
+		for m := range batch.Messages() {
+			n++
+			if err := writeExport(bw, &nats.Msg{Subject: m.Subject(), Header: m.Headers(), Data: m.Data()}); err != nil {
+				return err
+			}
+			if md, err := m.Metadata(); err == nil && (md.NumPending == 0 || md.Sequence.Stream >= last) {
+				caughtUp = true
+			}
+		}
+		if err := batch.Error(); err != nil && !errors.Is(err, nats.ErrTimeout) && !errors.Is(err, context.DeadlineExceeded) {
+			return errors.Join(bw.Flush(), fmt.Errorf("tail --export: %w", err))
+		}
+		if n == 0 || caughtUp {
+			if err := bw.Flush(); err != nil {
+				return fmt.Errorf("export: %w", err)
+			}
+			return nil
+		}
 	}
 }

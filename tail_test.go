@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"strings"
@@ -111,4 +112,67 @@ func TestTailSaysWhenNATSGoes(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestTailExportEnds: `tail --export` writes what the stream holds on the
+// callback and missing subjects, in order, and exits 0 by itself (a
+// script writing a file for reconcile --callbacks must not hang); on an
+// empty stream it writes nothing and exits too.
+func TestTailExportEnds(t *testing.T) {
+	ctx := context.Background()
+	ns := natstest.Server(t)
+	_, js := natstest.Connect(t, ns)
+	if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "DARAJA", Subjects: []string{"daraja.cb.>", "daraja.missing.>", "daraja.other.>"}}); err != nil {
+		t.Fatal(err)
+	}
+	export := func() []exportLine {
+		t.Helper()
+		var out, errb bytes.Buffer
+		done := make(chan error, 1)
+		go func() { done <- run(ctx, []string{"tail", "--export", "--nats", ns.ClientURL()}, &out, &errb) }()
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatalf("tail --export: %v (%s)", err, errb.String())
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("tail --export did not exit after writing the stream")
+		}
+		var lines []exportLine
+		for l := range strings.Lines(out.String()) {
+			var e exportLine
+			if err := json.Unmarshal([]byte(l), &e); err != nil {
+				t.Fatalf("line %q: %v", l, err)
+			}
+			lines = append(lines, e)
+		}
+		return lines
+	}
+	if got := export(); len(got) != 0 {
+		t.Fatalf("empty stream: %d lines", len(got))
+	}
+	const n = 1203 // more than one fetch
+	for i := range n {
+		subj := fmt.Sprintf("daraja.cb.stk.callback.174379.tok_%016d", i)
+		if i%100 == 7 {
+			subj = fmt.Sprintf("daraja.missing.stk.callback.174379.tok_%016d", i)
+		}
+		if _, err := js.Publish(ctx, subj, fmt.Appendf(nil, `{"i":%d}`, i)); err != nil {
+			t.Fatal(err)
+		}
+		if i%400 == 0 {
+			if _, err := js.Publish(ctx, "daraja.other.x", []byte(`{}`)); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	got := export()
+	if len(got) != n {
+		t.Fatalf("%d lines, want %d", len(got), n)
+	}
+	for i, l := range got {
+		if string(l.Body) != fmt.Sprintf(`{"i":%d}`, i) || !strings.HasSuffix(l.Subject, fmt.Sprintf("tok_%016d", i)) {
+			t.Fatalf("line %d: %s %s", i, l.Subject, l.Body)
+		}
+	}
 }
