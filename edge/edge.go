@@ -19,6 +19,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -37,6 +38,7 @@ import (
 	"github.com/daraja-edge/daraja-edge/console"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/forward"
+	"github.com/daraja-edge/daraja-edge/internal/redact"
 	"github.com/daraja-edge/daraja-edge/metrics"
 	"github.com/daraja-edge/daraja-edge/proxy"
 	"github.com/daraja-edge/daraja-edge/publish"
@@ -560,7 +562,12 @@ func certHosts(cfg config.Config) []string {
 		hosts = append(hosts, u.Hostname())
 	}
 	hosts = append(hosts, cfg.TLS.ACME.Domains...)
-	return append(hosts, "localhost", "127.0.0.1", "::1")
+	for _, h := range []string{"localhost", "127.0.0.1", "::1"} {
+		if !slices.Contains(hosts, h) {
+			hosts = append(hosts, h)
+		}
+	}
+	return hosts
 }
 
 // adminKeys returns the configured API keys; with none, it reuses the key in
@@ -569,10 +576,16 @@ func adminKeys(a config.Admin, log *zap.Logger) ([]string, error) {
 	if keys := a.Keys(); len(keys) > 0 {
 		return keys, nil
 	}
+	// A key the operator wrote there is never replaced: one too short for
+	// the log redaction (the same bound as admin.api_keys) stops the start.
 	if data, err := os.ReadFile(a.KeyFile); err == nil {
-		if k := strings.TrimSpace(string(data)); len(k) >= 16 {
+		switch k := strings.TrimSpace(string(data)); {
+		case len(k) >= redact.MinRun:
 			log.Info("admin API key read from admin.key_file", zap.String("key_file", a.KeyFile))
 			return []string{k}, nil
+		case k != "":
+			return nil, fmt.Errorf("edge: admin.key_file %q holds a key shorter than %d characters; write a longer one or empty the file to have one generated",
+				a.KeyFile, redact.MinRun)
 		}
 	}
 	var b [32]byte
