@@ -18,7 +18,7 @@ import (
 
 // Set at build time: -ldflags "-X main.version=v1.2.3 -X main.commit=abc123".
 var (
-	version = "dev"
+	version = "0.0.0-dev" // the same as edge.Version until a build sets it
 	commit  = ""
 )
 

@@ -381,6 +381,27 @@ func TestReloadAppliedAndPending(t *testing.T) {
 		t.Errorf("no refusal logged:\n%s", logs.String())
 	}
 
+	// Only a change that needs a restart: the log says nothing was applied
+	// and names it.
+	onlyRestart := running
+	onlyRestart.Listen = "127.0.0.1:1"
+	if data, err = yaml.Marshal(onlyRestart); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	logs.mu.Lock()
+	logs.w = &bytes.Buffer{}
+	logs.mu.Unlock()
+	if again := reload(path, running, e.Srv, level, log); again.Listen != running.Listen {
+		t.Errorf("a restart-only change was taken as running: listen %q", again.Listen)
+	}
+	if l := logs.String(); !strings.Contains(l, "nothing applied: every change needs a restart") ||
+		!strings.Contains(l, `"key":"listen"`) || strings.Contains(l, `"applied"`) {
+		t.Errorf("reload with only a restart-needing change:\n%s", l)
+	}
+
 	// A destination's secrets_file: serve runs with its secrets read into
 	// secrets (withFileSecrets); reloading the same file changes nothing.
 	secrets := filepath.Join(t.TempDir(), "shop.secrets")

@@ -181,6 +181,8 @@ func reload(path string, old config.Config, srv *edge.Server, level zap.AtomicLe
 		cfg.Allowlist, cfg.ClientIP.TrustedProxies, cfg.Limits.MaxBodyBytes, cfg.Log.Level
 	done, pending := configChanges(old, applied), configChanges(applied, cfg)
 	switch {
+	case len(pending) > 0 && len(done) == 0:
+		log.Warn("configuration reloaded, nothing applied: every change needs a restart", zap.Any("need_restart", pending))
 	case len(pending) > 0:
 		log.Warn("configuration reloaded in part: some changes need a restart",
 			zap.Any("applied", done), zap.Any("need_restart", pending))
