@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"runtime"
@@ -190,5 +192,36 @@ func TestLogFormatAuto(t *testing.T) {
 	l.Info("hello")
 	if !strings.HasPrefix(buf.String(), "{") {
 		t.Errorf("auto on a non-terminal wrote %q, want JSON", buf.String())
+	}
+}
+
+// TestCommandUsageErrors: a mistake in one command's arguments exits 2
+// with what is wrong and where that command's help is, not the whole
+// program's usage; a mistake in the command itself lists every command.
+func TestCommandUsageErrors(t *testing.T) {
+	for _, c := range []struct {
+		args       []string
+		want       string
+		wholeUsage bool
+	}{
+		{[]string{"token", "status", "tok_nonexistent"}, `"tok_nonexistent" is not a token id`, false},
+		{[]string{"token", "revoke"}, "token revoke: name one token id", false},
+		{[]string{"token", "issue"}, "--kinds and --shortcode are required", false},
+		{[]string{"completion", "fish"}, "completion: name bash or zsh", false},
+		{[]string{"deliveries", "list", "--state", "lost"}, "--state is pending, delivered or dead", false},
+		{[]string{"frobnicate"}, `unknown command "frobnicate"`, true},
+	} {
+		err := run(context.Background(), c.args, io.Discard, io.Discard)
+		var ee *exitError
+		if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(ee.msg, c.want) {
+			t.Errorf("%q: %v, want exit 2 saying %q", c.args, err, c.want)
+			continue
+		}
+		if whole := strings.Contains(ee.msg, usage()); whole != c.wholeUsage {
+			t.Errorf("%q: whole usage printed %v, want %v:\n%s", c.args, whole, c.wholeUsage, ee.msg)
+		}
+		if !c.wholeUsage && !strings.Contains(ee.msg, "daraja-edge "+c.args[0]) {
+			t.Errorf("%q: does not point at the command's help:\n%s", c.args, ee.msg)
+		}
 	}
 }

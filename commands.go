@@ -369,7 +369,7 @@ func cmdCompletion(_ context.Context, args []string, stdout, stderr io.Writer) e
 		return err
 	}
 	if fs.NArg() != 1 || (fs.Arg(0) != "bash" && fs.Arg(0) != "zsh") {
-		return usageError("completion: name bash or zsh")
+		return commandError("completion", "completion: name bash or zsh")
 	}
 	script := bashCompletion()
 	if fs.Arg(0) == "zsh" {

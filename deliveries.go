@@ -27,7 +27,7 @@ func cmdDeliveriesList(ctx context.Context, args []string, stdout, stderr io.Wri
 	switch *state {
 	case "", forward.StatePending, forward.StateDelivered, forward.StateDead:
 	default:
-		return usageError("deliveries list: --state is pending, delivered or dead, not %q", *state)
+		return commandError("deliveries list", "deliveries list: --state is pending, delivered or dead, not %q", *state)
 	}
 	dests := []string{*destination}
 	if *destination == "" {
@@ -40,7 +40,7 @@ func cmdDeliveriesList(ctx context.Context, args []string, stdout, stderr io.Wri
 			dests = append(dests, d.Name)
 		}
 		if len(dests) == 0 {
-			return usageError("deliveries list: name --destination (the config has no forward.destinations)")
+			return commandError("deliveries list", "deliveries list: name --destination (the config has no forward.destinations)")
 		}
 	}
 	all := []forward.Delivery{}
@@ -86,7 +86,7 @@ func cmdDeliveriesReplay(ctx context.Context, args []string, stdout, stderr io.W
 		return err
 	}
 	if *destination == "" {
-		return usageError("deliveries replay: --destination is required")
+		return commandError("deliveries replay", "deliveries replay: --destination is required")
 	}
 	req := forward.ReplayRequest{Destination: *destination, Sequence: *sequence, TX: *tx, DLQ: *dlq}
 	selectors := 0
@@ -96,18 +96,18 @@ func cmdDeliveriesReplay(ctx context.Context, args []string, stdout, stderr io.W
 		}
 	}
 	if selectors != 1 {
-		return usageError("deliveries replay: name one of --sequence, --tx, --since with --until, or --dlq")
+		return commandError("deliveries replay", "deliveries replay: name one of --sequence, --tx, --since with --until, or --dlq")
 	}
 	if *since != "" || *until != "" {
 		var err error
 		if req.Since, err = time.Parse(time.RFC3339Nano, *since); err != nil {
-			return usageError("deliveries replay: --since %q is not an RFC 3339 time such as 2026-03-15T10:00:00+03:00", *since)
+			return commandError("deliveries replay", "deliveries replay: --since %q is not an RFC 3339 time such as 2026-03-15T10:00:00+03:00", *since)
 		}
 		if req.Until, err = time.Parse(time.RFC3339Nano, *until); err != nil {
-			return usageError("deliveries replay: --until %q is not an RFC 3339 time such as 2026-03-15T12:00:00+03:00", *until)
+			return commandError("deliveries replay", "deliveries replay: --until %q is not an RFC 3339 time such as 2026-03-15T12:00:00+03:00", *until)
 		}
 		if !req.Until.After(req.Since) {
-			return usageError("deliveries replay: --until must be after --since")
+			return commandError("deliveries replay", "deliveries replay: --until must be after --since")
 		}
 	}
 	out, err := a.call(ctx, "deliveries replay", http.MethodPost, "/v1/deliveries/replay", req, http.StatusAccepted, stderr)

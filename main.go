@@ -51,6 +51,12 @@ func usageError(format string, args ...any) error {
 	return &exitError{code: 2, msg: fmt.Sprintf(format, args...) + "\n\n" + usage()}
 }
 
+// commandError is a usage error of one command: what is wrong and where
+// that command's help is, not the whole program's usage.
+func commandError(command, format string, args ...any) error {
+	return &exitError{code: 2, msg: fmt.Sprintf(format, args...) + "\n(daraja-edge " + command + " --help shows its flags)"}
+}
+
 // run is the whole program; main only maps its error to an exit code.
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {

@@ -103,7 +103,7 @@ func cmdTokenIssue(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	if *kinds == "" || *shortcode == "" {
-		return usageError("token issue: --kinds and --shortcode are required")
+		return commandError("token issue", "token issue: --kinds and --shortcode are required")
 	}
 	req := verify.IssueRequest{Shortcode: *shortcode, Reference: *reference, TTL: *ttl, Reusable: *reusable, ForwardPath: *forwardPath}
 	for _, k := range strings.Split(*kinds, ",") {
@@ -124,8 +124,11 @@ func tokenID(fs *flag.FlagSet, args []string) (string, error) {
 		}
 		return "", &exitError{code: 2, msg: fs.Name() + ": " + err.Error()}
 	}
-	if fs.NArg() != 1 || !verify.ValidID(fs.Arg(0)) {
-		return "", usageError("%s: name one token id (tok_…)", fs.Name())
+	switch {
+	case fs.NArg() != 1:
+		return "", commandError(fs.Name(), "%s: name one token id (tok_…)", fs.Name())
+	case !verify.ValidID(fs.Arg(0)):
+		return "", commandError(fs.Name(), "%s: %q is not a token id (tok_ and 16 characters a-z, 2-7)", fs.Name(), fs.Arg(0))
 	}
 	return fs.Arg(0), nil
 }
