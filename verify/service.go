@@ -215,7 +215,7 @@ func (i *Issuer) List(ctx context.Context, f ListFilter) (page []Status, next st
 		return nil, "", badRequest("kind: %q is not a callback kind", f.Kind)
 	}
 	ids := i.Store.match(f)
-	scanned := 0
+	scanned, last := 0, ""
 	for _, id := range ids {
 		if id <= f.After {
 			continue
@@ -223,10 +223,12 @@ func (i *Issuer) List(ctx context.Context, f ListFilter) (page []Status, next st
 		if len(page) == f.Limit {
 			return page, page[len(page)-1].ID, nil
 		}
-		if scanned++; scanned > maxListScan {
-			// Bounded work per call: the caller continues from here.
-			return page, id, nil
+		if scanned == maxListScan {
+			// Bounded work per call: the caller continues after the last
+			// id looked at (this one has not been).
+			return page, last, nil
 		}
+		scanned, last = scanned+1, id
 		st, err := i.Status(ctx, id)
 		if errors.Is(err, ErrNotFound) {
 			continue

@@ -388,6 +388,19 @@ func (s *Store) remember(rec *Record, rev uint64) {
 	sh.m[key] = en
 }
 
+// rotatable says why rec cannot be rotated at now, or nil: only a live
+// token without a successor can (a second rotation would leave the first
+// successor live with nothing pointing at it).
+func rotatable(rec Record, now time.Time) error {
+	if st := rec.StateAt(now); st != StateIssued {
+		return &RequestError{Code: "not_rotatable", Message: "token is " + st + "; only a live token can be rotated"}
+	}
+	if rec.RotatedTo != "" {
+		return &RequestError{Code: "not_rotatable", Message: "token was already rotated to " + rec.RotatedTo + "; rotate that one"}
+	}
+	return nil
+}
+
 func (s *Store) compact(rec *Record, rev uint64) (entry, bool) {
 	sc, ok := shortcodeIndex(rec.Shortcode)
 	if !ok {
@@ -913,8 +926,8 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 	if err != nil {
 		return Issued{}, err
 	}
-	if st := old.StateAt(s.now()); st != StateIssued {
-		return Issued{}, &RequestError{Code: "not_rotatable", Message: "token is " + st + "; only a live token can be rotated"}
+	if err := rotatable(old, s.now()); err != nil {
+		return Issued{}, err
 	}
 	if ttl == "" && !old.ExpiresAt.IsZero() {
 		life := old.ExpiresAt.Sub(old.IssuedAt)
@@ -930,14 +943,28 @@ func (s *Store) Rotate(ctx context.Context, id string, ttl string, overlap time.
 	if err != nil {
 		return Issued{}, err
 	}
+	// Checked again on the record written: a revoke or another rotate
+	// between the read above and this write wins, and the successor just
+	// issued is revoked instead of being left live with nothing pointing
+	// at it.
+	var refused error
 	rec, _, err := s.modify(ctx, "rotate", id, func(rec *Record) bool {
+		if refused = rotatable(*rec, s.now()); refused != nil {
+			return false
+		}
 		rec.RotatedTo = next.Record.ID
 		if end := s.now().UTC().Add(overlap); rec.ExpiresAt.IsZero() || end.Before(rec.ExpiresAt) {
 			rec.ExpiresAt = end
 		}
 		return true
 	})
+	if err == nil {
+		err = refused
+	}
 	if err != nil {
+		if rerr := s.Revoke(ctx, next.Record.ID); rerr != nil {
+			s.log.Error("successor of a failed rotation left issued: revoke it", zap.String("token_id", next.Record.ID), zap.Error(rerr))
+		}
 		return Issued{}, err
 	}
 	s.obs.TokenEvent("rotated")

@@ -950,3 +950,71 @@ func TestRotateRefusesConsumed(t *testing.T) {
 		t.Fatalf("rotating a used reusable token: %v", err)
 	}
 }
+
+// TestListScanLimitKeepsEveryToken: a List call stops after maxListScan
+// look-ups; its cursor is the last id it looked at, so the next call
+// starts with the one it had not (that token was skipped for good).
+func TestListScanLimitKeepsEveryToken(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	var highest string
+	for range maxListScan + 1 {
+		id := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379"}).Record.ID
+		highest = max(highest, id)
+	}
+	iss := &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
+		Uses: func(_ context.Context, rec Record) (map[daraja.Kind]string, error) {
+			if rec.ID == highest {
+				return map[daraja.Kind]string{rec.Kinds[0]: "TX"}, nil
+			}
+			return nil, nil
+		}}
+	f := ListFilter{State: StateConsumed}
+	var listed []string
+	for calls := 1; ; calls++ {
+		page, next, err := iss.List(ctx, f)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, st := range page {
+			listed = append(listed, st.ID)
+		}
+		if next == "" {
+			if calls < 2 {
+				t.Fatalf("%d tokens listed in one call: the scan bound did not apply", maxListScan+1)
+			}
+			break
+		}
+		f.After = next
+	}
+	if len(listed) != 1 || listed[0] != highest {
+		t.Fatalf("state=consumed listed %v over every page, want [%s]", listed, highest)
+	}
+}
+
+// TestRotateTwiceRefused: a token that already has a successor is not
+// rotated again (a retried rotate left the first successor live, a
+// reusable one for ever, with nothing pointing at it); the refusal names
+// the successor, and the token still points at it.
+func TestRotateTwiceRefused(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	iss := &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
+		Uses: func(context.Context, Record) (map[daraja.Kind]string, error) { return nil, nil }}
+	old := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true})
+	first, err := iss.Rotate(ctx, RotateRequest{ID: old.Record.ID, Overlap: "48h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = iss.Rotate(ctx, RotateRequest{ID: old.Record.ID, Overlap: "48h"})
+	var re *RequestError
+	if !errors.As(err, &re) || re.Code != "not_rotatable" || !strings.Contains(re.Message, first.ID) {
+		t.Fatalf("second rotation: %v, want not_rotatable naming %s", err, first.ID)
+	}
+	if rec, err := s.Get(ctx, old.Record.ID); err != nil || rec.RotatedTo != first.ID {
+		t.Fatalf("after a refused second rotation the token points at %q (%v), want %s", rec.RotatedTo, err, first.ID)
+	}
+	if _, err := iss.Rotate(ctx, RotateRequest{ID: first.ID}); err != nil {
+		t.Fatalf("rotating the successor: %v", err)
+	}
+}
