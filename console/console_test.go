@@ -1050,3 +1050,35 @@ func TestStaticAndHeaders(t *testing.T) {
 		t.Errorf("stylesheet: %d", code)
 	}
 }
+
+// TestExpiringSkipsRotatedAndRevoked: the console asks for a rotation
+// only of a live reusable token near its end, as the store's warning: not
+// of one already rotated or revoked (it said "expires soon: rotate it" of
+// both). A live one near its end still gets it.
+func TestExpiringSkipsRotatedAndRevoked(t *testing.T) {
+	f := setup(t)
+	ctx := context.Background()
+	c2b := []daraja.Kind{daraja.C2BConfirmation}
+	rotated := f.issue(t, verify.IssueRequest{Kinds: c2b, Shortcode: "600638", Reusable: true, TTL: "720h"})
+	if _, err := f.issuer.Rotate(ctx, verify.RotateRequest{ID: rotated.ID, Overlap: "48h"}); err != nil {
+		t.Fatal(err)
+	}
+	revoked := f.issue(t, verify.IssueRequest{Kinds: c2b, Shortcode: "600638", Reusable: true, TTL: "72h"})
+	if err := f.issuer.Revoke(ctx, revoked.ID); err != nil {
+		t.Fatal(err)
+	}
+	live := f.issue(t, verify.IssueRequest{Kinds: c2b, Shortcode: "600638", Reusable: true, TTL: "72h"})
+	c := f.signIn(t, readKey)
+	if _, page := get(t, c, f.srv.URL+"/console/tokens/"+live.ID); !strings.Contains(page, "expires soon: rotate it") {
+		t.Errorf("a live reusable token 72h from its end: no rotation asked for")
+	}
+	for name, id := range map[string]string{"rotated": rotated.ID, "revoked": revoked.ID} {
+		code, page := get(t, c, f.srv.URL+"/console/tokens/"+id)
+		if code != http.StatusOK {
+			t.Fatalf("%s: %d", name, code)
+		}
+		if strings.Contains(page, "expires soon: rotate it") {
+			t.Errorf("%s reusable token %s: its page says \"expires soon: rotate it\"", name, id)
+		}
+	}
+}

@@ -19,10 +19,11 @@ var funcs = map[string]any{
 	"list":     func(xs ...string) []string { return xs },
 }
 
-// expiring reports a reusable token close to its expiry (it should be
-// rotated).
+// expiring reports a live reusable token close to its expiry, which should
+// be rotated: not one already rotated, revoked or expired (none of them
+// can be), as the store's own warning.
 func expiring(s verify.Status) bool {
-	if !s.Reusable || s.ExpiresAt == "" {
+	if !s.Reusable || s.ExpiresAt == "" || s.State != verify.StateIssued || s.RotatedTo != "" {
 		return false
 	}
 	t, err := time.Parse(time.RFC3339, s.ExpiresAt)
