@@ -130,9 +130,11 @@ type Records interface {
 	Get(ctx context.Context, id string) (verify.Record, error)
 }
 
-// Issuer issues tokens with their URLs (verify.Issuer).
+// Issuer issues tokens with their URLs, and revokes one no callback can
+// come on (verify.Issuer).
 type Issuer interface {
 	Issue(ctx context.Context, req verify.IssueRequest) (verify.IssueResponse, error)
+	Revoke(ctx context.Context, id string) error
 }
 
 // Options configures a Service.
@@ -653,6 +655,15 @@ func (s *Service) status(ctx context.Context, j job, sc Shortcode, q StatusQuery
 	if err != nil {
 		a := unrecoverable(QueryStatus, "%v", err)
 		a.resultToken = iss.ID
+		// Refused outright, Daraja took no request: no result can come on
+		// the token, which would otherwise expire into a missing event of
+		// its own. After retryable failures one attempt may have been
+		// taken, so the token stays for its result.
+		if !Retryable(err) && ctx.Err() == nil {
+			if rerr := s.o.Issuer.Revoke(ctx, iss.ID); rerr != nil {
+				s.log.Warn("result token of a refused status query left issued", zap.String("token_id", iss.ID), zap.Error(rerr))
+			}
+		}
 		return a
 	}
 	return answer{query: QueryStatus, outcome: OutcomeAcknowledged, body: body, resultToken: iss.ID}

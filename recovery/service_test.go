@@ -413,3 +413,47 @@ func TestNoCheckoutRecorded(t *testing.T) {
 		t.Fatalf("%d queries made", n)
 	}
 }
+
+// TestRefusedStatusQueryRevokesResultToken: Daraja refuses a Transaction
+// Status request outright (400: a credential it does not take), so no
+// result can come on the token issued for it; the token is revoked, so it
+// raises no missing event of its own (it stayed issued and did, and
+// recovery answered that event "unrecoverable"). After retryable
+// failures Daraja may have taken one attempt: that token stays issued.
+func TestRefusedStatusQueryRevokesResultToken(t *testing.T) {
+	ctx := context.Background()
+	resultToken := func(r *rig, m *jetstream.RawStreamMsg) verify.Record {
+		t.Helper()
+		id := m.Header.Get(HeaderResultTokenID)
+		if m.Header.Get(HeaderOutcome) != OutcomeUnrecoverable || id == "" {
+			t.Fatalf("headers %v", m.Header)
+		}
+		rec, err := r.store.Get(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return rec
+	}
+	t.Run("refused", func(t *testing.T) {
+		r := newRig(t, 1, 2, func(o *Options) {
+			sc := o.Shortcodes["174379"]
+			sc.SecurityCredential = "" // the stand-in answers 400 Invalid Request
+			o.Shortcodes = map[string]Shortcode{"174379": sc}
+		})
+		iss := r.expire(daraja.B2CResult, verify.Annotation{OriginatorConversationID: "AG_20261201_0000abc"})
+		rec := resultToken(r, r.recovered(daraja.B2CResult, iss.ID))
+		// The sweep passes revoked tokens by
+		// (verify.TestSweepResolvesEachExpiredTokenOnce).
+		if rec.State != verify.StateRevoked {
+			t.Fatalf("result token of a refused query is %s, want revoked", rec.State)
+		}
+	})
+	t.Run("retryable", func(t *testing.T) {
+		r := newRig(t, 1, 2)
+		r.d.Fail("/mpesa/transactionstatus/v1/query", darajatest.ServerError, darajatest.ServerError)
+		iss := r.expire(daraja.B2CResult, verify.Annotation{OriginatorConversationID: "AG_20261201_0000abd"})
+		if rec := resultToken(r, r.recovered(daraja.B2CResult, iss.ID)); rec.State != verify.StateIssued {
+			t.Fatalf("result token after retryable failures is %s, want issued (Daraja may have taken an attempt)", rec.State)
+		}
+	})
+}
