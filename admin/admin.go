@@ -479,7 +479,7 @@ func (a *api) failDelivery(w http.ResponseWriter, err error) {
 	switch {
 	case errors.Is(err, forward.ErrUnknownDestination):
 		writeError(w, http.StatusNotFound, "not_found", "no such destination")
-	case errors.Is(err, forward.ErrBadReplay):
+	case errors.Is(err, forward.ErrBadReplay), errors.Is(err, forward.ErrNotForwarded):
 		writeError(w, http.StatusBadRequest, "invalid_request", err.Error())
 	default:
 		a.log.Error("deliveries failed", zap.Error(err))

@@ -18,6 +18,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"net/url"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -327,6 +328,26 @@ type callback struct {
 	replayID string
 }
 
+// forwards reports whether subject is a callback d delivers:
+// <prefix>.cb.<kind>.<shortcode>.<token id> of one of its kinds (never a
+// validation, which is asked, not delivered) and, when it names
+// shortcodes, one of them.
+func (d *dest) forwards(subject string) bool {
+	rest, ok := strings.CutPrefix(subject, d.f.o.Prefix+".cb.")
+	if !ok {
+		return false
+	}
+	parts := strings.Split(rest, ".")
+	if len(parts) < 3 {
+		return false
+	}
+	kind, sc := strings.Join(parts[:len(parts)-2], "."), parts[len(parts)-2]
+	if kind == string(daraja.C2BValidation) || !slices.Contains(d.cfg.Kinds, kind) {
+		return false
+	}
+	return len(d.cfg.Shortcodes) == 0 || slices.Contains(d.cfg.Shortcodes, sc)
+}
+
 func (c *callback) get(k string) string { return c.header.Get(k) }
 
 // load turns a consumer message into the callback it delivers: itself,
@@ -351,6 +372,9 @@ func (d *dest) load(ctx context.Context, m jetstream.Msg, replay bool) (*callbac
 	raw, err := s.GetMsg(ctx, seq)
 	if err != nil {
 		return nil, fmt.Errorf("forward: replay of sequence %d: %w", seq, err)
+	}
+	if !d.forwards(raw.Subject) {
+		return nil, fmt.Errorf("forward: replay of sequence %d: %w (%s)", seq, ErrNotForwarded, raw.Subject)
 	}
 	return &callback{seq: seq, header: raw.Header, body: raw.Data, stored: raw.Time, replayID: rq.ID}, nil
 }

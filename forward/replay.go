@@ -22,6 +22,11 @@ var ErrUnknownDestination = errors.New("forward: no such destination")
 // ErrBadReplay is a replay request that selects nothing sensible.
 var ErrBadReplay = errors.New("forward: replay needs destination and one of sequence, tx, since+until, dlq")
 
+// ErrNotForwarded is a replay of a stream sequence that holds no callback
+// the destination forwards (a dead letter, a validation, another kind or
+// shortcode, or nothing at all).
+var ErrNotForwarded = errors.New("forward: not a callback this destination forwards")
+
 // ReplayRequest selects callbacks to deliver again to Destination: one
 // stream sequence, every callback of a transaction id, every callback
 // stored between Since and Until, or (DLQ) every dead letter of the
@@ -87,6 +92,9 @@ func (f *Forwarder) Replay(ctx context.Context, r ReplayRequest) (ReplayResult, 
 	var err error
 	switch {
 	case r.Sequence > 0:
+		if err := f.checkForwarded(ctx, d, r.Sequence); err != nil {
+			return ReplayResult{}, err
+		}
 		seqs = []uint64{r.Sequence}
 	case r.TX != "":
 		ds, lerr := f.hist.list(ctx, r.Destination, r.TX, "", maxReplay)
@@ -120,6 +128,26 @@ func (f *Forwarder) Replay(ctx context.Context, r ReplayRequest) (ReplayResult, 
 		out.Queued = append(out.Queued, s)
 	}
 	return out, nil
+}
+
+// checkForwarded says why seq cannot be replayed to d, or nil when it is
+// a callback d forwards.
+func (f *Forwarder) checkForwarded(ctx context.Context, d *dest, seq uint64) error {
+	s, err := f.o.JS.Stream(ctx, f.o.Stream)
+	if err != nil {
+		return fmt.Errorf("forward: stream: %w", err)
+	}
+	raw, err := s.GetMsg(ctx, seq)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("%w: the stream holds no message at sequence %d", ErrNotForwarded, seq)
+	}
+	if err != nil {
+		return fmt.Errorf("forward: read sequence %d: %w", seq, err)
+	}
+	if !d.forwards(raw.Subject) {
+		return fmt.Errorf("%w: sequence %d is on %s", ErrNotForwarded, seq, raw.Subject)
+	}
+	return nil
 }
 
 // scan reads the stream on subjects from Since (or the start) to Until

@@ -119,3 +119,48 @@ func TestSecondDeadLetterAfterReplay(t *testing.T) {
 		t.Errorf("third replay: %+v %v", res, err)
 	}
 }
+
+// TestReplaySequenceMustBeForwarded: a replay by stream sequence is taken
+// only for a callback the destination delivers. A dead letter (it reached
+// the app under the dead letter's id, and a later replay by transaction
+// delivered it twice), a validation, another kind or shortcode, or a
+// sequence the stream does not hold were all queued: each is refused with
+// ErrNotForwarded, queues nothing and reaches nothing.
+func TestReplaySequenceMustBeForwarded(t *testing.T) {
+	e := newEnv(t)
+	a := newApp(t, secretA, secretB)
+	d := destination("shop", a.srv.URL)
+	d.Kinds, d.Shortcodes = []string{"b2c.result", "c2b.validation"}, []string{"600000"}
+	f := e.start(nil, d)
+	ctx := context.Background()
+	good := e.store("b2c.result", "600000", "AG_OK", "tok_abcdefghijklmnop", body("b2c.result", "AG_OK"))
+	eventually(t, "delivered", func() bool {
+		ds, err := f.Deliveries(ctx, "shop", "AG_OK", StateDelivered, 0)
+		return err == nil && len(ds) == 1
+	})
+	otherKind := e.store("b2c.timeout", "600000", "AG_TO", "tok_abcdefghijklmnop", body("b2c.timeout", "AG_TO"))
+	otherShortcode := e.store("b2c.result", "600001", "AG_SC", "tok_abcdefghijklmnoq", body("b2c.result", "AG_SC"))
+	validation := e.store("c2b.validation", "600000", "TKS000VAL", "tok_abcdefghijklmnor", []byte(`{"TransID":"TKS000VAL"}`))
+	dl, err := e.js.Publish(ctx, "daraja.dlq.shop.b2c.result.600000", []byte(`{}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	before := len(a.deliveries())
+	for name, seq := range map[string]uint64{"another kind": otherKind, "another shortcode": otherShortcode,
+		"a validation": validation, "a dead letter": dl.Sequence, "no message": dl.Sequence + 100} {
+		res, err := f.Replay(ctx, ReplayRequest{Destination: "shop", Sequence: seq})
+		if !errors.Is(err, ErrNotForwarded) || len(res.Queued) != 0 {
+			t.Errorf("%s (sequence %d): queued %v, %v; want ErrNotForwarded", name, seq, res.Queued, err)
+		}
+	}
+	if res, err := f.Replay(ctx, ReplayRequest{Destination: "shop", Sequence: good}); err != nil || !slices.Equal(res.Queued, []uint64{good}) {
+		t.Fatalf("the delivered callback: %v %v", res.Queued, err)
+	}
+	eventually(t, "replayed", func() bool { return len(a.deliveries()) > before })
+	time.Sleep(200 * time.Millisecond) // anything queued wrongly would arrive by now
+	for _, got := range a.deliveries()[before:] {
+		if tx := got.header.Get("Daraja-Transaction-Id"); tx != "AG_OK" {
+			t.Errorf("a refused replay reached the app: %s", tx)
+		}
+	}
+}
