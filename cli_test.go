@@ -225,3 +225,40 @@ func TestCommandUsageErrors(t *testing.T) {
 		}
 	}
 }
+
+// TestClientConfigIgnoresServeOnlyProblems: the client commands run with a
+// configuration whose webhook secret comes from a variable this shell
+// lacks (serve's environment has it), and still stop, naming the key, on
+// a problem in what they read (admin, nats).
+func TestClientConfigIgnoresServeOnlyProblems(t *testing.T) {
+	t.Setenv("DARAJA_EDGE_CONFIG", "")
+	dir := t.TempDir()
+	write := func(name, y string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(y), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	forward := "forward:\n  destinations:\n    - {name: shop, url: \"https://shop.internal\", secrets: [\"${SHOP_WEBHOOK_SECRET_UNSET}\"]}\n"
+	ok := write("ok.yaml", "admin:\n  listen: 127.0.0.1:9191\n"+forward)
+	var errb bytes.Buffer
+	cfg, found, err := clientConfig(ok, &errb)
+	if err != nil || !found || cfg.Admin.Listen != "127.0.0.1:9191" || cfg.Forward.Destinations[0].Name != "shop" {
+		t.Fatalf("client config with serve's secret unset: %+v %v %v\n%s", cfg.Admin, found, err, errb.String())
+	}
+	bad := write("bad.yaml", "nats:\n  url: \"${NATS_URL_UNSET}\"\n"+forward)
+	errb.Reset()
+	_, _, err = clientConfig(bad, &errb)
+	var ee *exitError
+	if !errors.As(err, &ee) || ee.code != 2 || !strings.Contains(errb.String(), "nats.url: ${NATS_URL_UNSET} is not set") ||
+		strings.Contains(errb.String(), "secrets") {
+		t.Fatalf("client config with nats.url unset: %v\n%s", err, errb.String())
+	}
+	// check still reports every problem.
+	errb.Reset()
+	if err := run(context.Background(), []string{"check", "--config", ok}, io.Discard, &errb); err == nil ||
+		!strings.Contains(errb.String(), "${SHOP_WEBHOOK_SECRET_UNSET} is not set") {
+		t.Fatalf("check passed a config with an unset secret: %v\n%s", err, errb.String())
+	}
+}

@@ -107,7 +107,8 @@ func checkEnvironment(path string, cfg config.Config, stderr io.Writer) error {
 // tail, health): the file findConfig finds, else the defaults (flags and
 // the environment can say the rest). A file named by --config or
 // DARAJA_EDGE_CONFIG that does not exist is an error. found reports
-// whether a file was read.
+// whether a file was read. A problem in a part of the file no client reads
+// (a webhook secret from an environment only serve has) is not one here.
 func clientConfig(explicit string, stderr io.Writer) (cfg config.Config, found bool, err error) {
 	path, err := findConfig(explicit, false)
 	if err != nil {
@@ -116,8 +117,40 @@ func clientConfig(explicit string, stderr io.Writer) (cfg config.Config, found b
 	if path == "" {
 		return config.Default(), false, nil
 	}
-	cfg, err = loadConfig(path, stderr)
-	return cfg, err == nil, err
+	cfg, err = config.LoadFile(path)
+	if err == nil {
+		return cfg, true, nil
+	}
+	// Only the parts a client reads can stop it: an operator's shell need
+	// not hold what serve alone needs (an app's webhook secret).
+	bad := false
+	for _, p := range config.Problems(err) {
+		var pr *config.Problem
+		if errors.As(p, &pr) && !clientReads(pr.Key) {
+			continue
+		}
+		fmt.Fprintf(stderr, "%s: %v\n", path, p)
+		bad = true
+	}
+	if bad {
+		return cfg, false, &exitError{code: 2}
+	}
+	return cfg, true, nil
+}
+
+// clientReads reports whether the client commands read the configuration
+// key: admin.*, nats.* and the forward destinations' names (or the whole
+// file, key "").
+func clientReads(key string) bool {
+	for _, p := range []string{"admin", "nats"} {
+		if key == p || strings.HasPrefix(key, p+".") {
+			return true
+		}
+	}
+	if rest, ok := strings.CutPrefix(key, "forward.destinations["); ok {
+		return strings.HasSuffix(rest, "].name") || !strings.Contains(rest, ".")
+	}
+	return key == "" || key == "forward" || key == "forward.destinations"
 }
 
 func cmdCheck(args []string, stdout, stderr io.Writer) error {

@@ -139,3 +139,24 @@ func TestEnvValueNotEchoed(t *testing.T) {
 		t.Errorf("problem text leaks a variable's value: %s", all)
 	}
 }
+
+// TestUnsetVariableOneProblem: a key whose variable is unset gets that one
+// problem, not also what validation says of the value left in its place
+// (`must start with "whsec_"` under `is not set` read as a malformed
+// secret); other keys' problems are all still reported.
+func TestUnsetVariableOneProblem(t *testing.T) {
+	y := "forward:\n  destinations:\n    - {name: shop, url: \"https://shop.internal\", secrets: [\"${SHOP_WEBHOOK_SECRET}\"]}\n" +
+		"allowlist:\n  cidrs: [10.0.0.0/33]\n"
+	var lines []string
+	for _, l := range problemLines(t, y, noEnv) {
+		if strings.HasPrefix(l, "forward.destinations[0].secrets[0]") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) != 1 || !strings.Contains(lines[0], "${SHOP_WEBHOOK_SECRET} is not set") {
+		t.Errorf("problems of the secret: %q, want the one saying it is not set", lines)
+	}
+	if l := strings.Join(problemLines(t, y, noEnv), "\n"); !strings.Contains(l, "allowlist.cidrs[0]") {
+		t.Errorf("another key's problem went missing:\n%s", l)
+	}
+}

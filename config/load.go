@@ -100,8 +100,23 @@ func Load(data []byte, lookupEnv func(string) (string, bool)) (Config, error) {
 		// stop here rather than report thousands of problems.
 		return cfg, errors.Join(d.problems...)
 	}
-	// Report what Validate finds too, so one run shows every problem.
-	return cfg, errors.Join(append(d.problems, Problems(cfg.Validate())...)...)
+	// Report what Validate finds too, so one run shows every problem, but
+	// not of a key whose variable is unset: its value is not the
+	// operator's, and "must start with whsec_" under "is not set" misleads.
+	unset := map[string]bool{}
+	for _, p := range d.problems {
+		if pr, ok := p.(*Problem); ok && pr.Key != "" {
+			unset[pr.Key] = true
+		}
+	}
+	problems := d.problems
+	for _, p := range Problems(cfg.Validate()) {
+		if pr, ok := p.(*Problem); ok && unset[pr.Key] {
+			continue
+		}
+		problems = append(problems, p)
+	}
+	return cfg, errors.Join(problems...)
 }
 
 // expandTree expands environment references in every scalar value of n.
