@@ -341,34 +341,36 @@ func clientAddr(r *http.Request) netip.Addr {
 	return netip.Addr{}
 }
 
-// login exchanges a key for a session. Every attempt spends one of the
-// source's sign-in budget before anything else is looked at, so past it
-// a right key and a wrong one get the same 429 (and no log line); the
-// form's token must match the pre-session cookie the sign-in page set.
+// login exchanges a key for a session. The form's token must match the
+// pre-session cookie the sign-in page set, and the key is checked before
+// the source's sign-in budget: a right key always passes, as on the admin
+// API, so nothing sharing the operator's address (every local process on
+// a loopback listener, everyone behind a balancer) can lock them out. A
+// failure (stale form, wrong key) spends one of the budget: a 403 or 401
+// while some is left, then a quiet 429.
 func (c *Console) login(w http.ResponseWriter, r *http.Request) {
-	if c.o.Limiter != nil && !c.o.Limiter.Allow(clientAddr(r), c.o.now()) {
-		w.Header().Set("Retry-After", "10")
-		c.renderLogin(w, r, http.StatusTooManyRequests, "Too many sign-in attempts from your address: wait a little and try again.")
-		return
-	}
 	r.Body = http.MaxBytesReader(w, r.Body, 8<<10)
 	key := r.PostFormValue("key")
 	ck, err := r.Cookie(loginCookie)
-	if err != nil || ck.Value == "" || subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(ck.Value)) != 1 {
-		c.log.Warn("console: sign-in refused: form token missing or wrong", zap.String("source", r.RemoteAddr))
-		c.renderLogin(w, r, http.StatusForbidden, "The sign-in form was stale or did not come from this console: try again.")
-		return
-	}
-	var readOnly bool
-	switch {
-	case key != "" && match(c.keys, key):
-	case key != "" && match(c.rkeys, key):
-		readOnly = true
-	default:
+	formOK := err == nil && ck.Value != "" && subtle.ConstantTimeCompare([]byte(r.PostFormValue("csrf")), []byte(ck.Value)) == 1
+	full := key != "" && match(c.keys, key)
+	read := !full && key != "" && match(c.rkeys, key)
+	if !formOK || !(full || read) {
+		if c.o.Limiter != nil && !c.o.Limiter.Allow(clientAddr(r), c.o.now()) {
+			w.Header().Set("Retry-After", "10")
+			c.renderLogin(w, r, http.StatusTooManyRequests, "Too many failed sign-in attempts from your address: wait a little and try again.")
+			return
+		}
+		if !formOK {
+			c.log.Warn("console: sign-in refused: form token missing or wrong", zap.String("source", r.RemoteAddr))
+			c.renderLogin(w, r, http.StatusForbidden, "The sign-in form was stale or did not come from this console: try again.")
+			return
+		}
 		c.log.Warn("console: sign-in refused: wrong key", zap.String("source", r.RemoteAddr))
 		c.renderLogin(w, r, http.StatusUnauthorized, "That key is not an admin API key.")
 		return
 	}
+	readOnly := read
 	id := randomString()
 	s := &session{readOnly: readOnly, csrf: randomString(), expires: c.o.now().Add(c.o.SessionTTL)}
 	c.mu.Lock()

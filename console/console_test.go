@@ -353,15 +353,33 @@ func TestLoginRateLimit(t *testing.T) {
 			t.Fatalf("attempt %d: %d, want 401", i+1, resp.StatusCode)
 		}
 	}
-	for _, key := range []string{"wrong-key-again", adminKey} {
-		resp := f.tryLogin(t, c, key)
-		if resp.StatusCode != http.StatusTooManyRequests {
-			t.Fatalf("past the budget with %q: %d, want 429", key[:5], resp.StatusCode)
+	resp := f.tryLogin(t, c, "wrong-key-again")
+	if resp.StatusCode != http.StatusTooManyRequests {
+		t.Fatalf("a wrong key past the budget: %d, want 429", resp.StatusCode)
+	}
+	for _, ck := range resp.Cookies() {
+		if ck.Name == cookieName {
+			t.Fatal("a session was opened past the budget")
 		}
-		for _, ck := range resp.Cookies() {
-			if ck.Name == cookieName {
-				t.Fatal("a session was opened past the budget")
-			}
+	}
+	// Stale or forged forms spend the budget too (a bare POST, no cookie).
+	f2 := setupWith(t, false, func(o *Options) { o.Limiter = ratelimit.New(0.0001, 3, 100) })
+	for i := range 4 {
+		resp, err := f2.client().PostForm(f2.srv.URL+"/console/login", url.Values{"key": {"x"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if want := map[bool]int{true: http.StatusForbidden, false: http.StatusTooManyRequests}[i < 3]; resp.StatusCode != want {
+			t.Fatalf("bare POST %d: %d, want %d", i+1, resp.StatusCode, want)
+		}
+	}
+	// The operator's right key still passes: failures from the same
+	// address (a loopback listener, a balancer) cannot lock them out.
+	for _, fx := range []*fixture{f, f2} {
+		resp := fx.tryLogin(t, fx.client(), adminKey)
+		if resp.StatusCode != http.StatusSeeOther {
+			t.Fatalf("the right key after the budget was spent: %d, want 303", resp.StatusCode)
 		}
 	}
 }
