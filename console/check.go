@@ -144,14 +144,25 @@ func (c *Console) reach(ctx context.Context, u *url.URL, res *testResult) {
 		port = map[string]string{"https": "443", "http": "80"}[u.Scheme]
 	}
 	res.Host = net.JoinHostPort(host, port)
+	// Only public_url's own host is dialed, and only on a callback path:
+	// the form is open to read-only sessions and must not make the edge
+	// probe or call whatever host, port and path a URL names.
+	want := ""
 	if pub, err := url.Parse(c.o.PublicURL); err == nil && pub.Host != "" {
 		pport := pub.Port()
 		if pport == "" {
 			pport = "443"
 		}
-		if want := net.JoinHostPort(pub.Hostname(), pport); !strings.EqualFold(want, res.Host) {
-			res.HostWarn = "This URL's host " + res.Host + " is not public_url's " + want + ": the edge did not issue it, or public_url is out of date."
-		}
+		want = net.JoinHostPort(pub.Hostname(), pport)
+	}
+	if want == "" || !strings.EqualFold(want, res.Host) {
+		res.HostWarn = "This URL's host " + res.Host + " is not public_url's " + want + ": the edge did not issue it, or public_url is out of date."
+		res.TLS = "Not checked: this console dials only public_url's host."
+		return
+	}
+	if _, ok := daraja.KindForPath(u.Path); !ok {
+		res.TLS = "Not checked: " + u.Path + " is not a callback path."
+		return
 	}
 	if u.Scheme != "https" {
 		res.TLS = "The URL is not https: Daraja calls https URLs only."

@@ -927,11 +927,28 @@ func TestURLTest(t *testing.T) {
 			}
 		})
 	}
-	t.Run("other host warned", func(t *testing.T) {
+	asked := func() int { pub.mu.Lock(); defer pub.mu.Unlock(); return len(pub.reqs) }
+	t.Run("other host warned, not dialed", func(t *testing.T) {
+		// The form is open to read-only sessions: it must not make the
+		// edge probe or call any host, port or path a URL names.
+		before := asked()
 		other := strings.Replace(u(daraja.STKCallback, valid.Token), "127.0.0.1", "localhost", 1)
-		_, page := post(t, admin, f.srv.URL+"/console/test", url.Values{"url": {other}, "csrf": {f.pageCSRF(t, admin)}})
-		if !strings.Contains(page, `id="host-warn"`) {
+		_, page := post(t, ro, f.srv.URL+"/console/test", url.Values{"url": {other}, "csrf": {f.pageCSRF(t, ro)}})
+		if !strings.Contains(page, `id="host-warn"`) || !strings.Contains(page, "dials only public_url") {
 			t.Error("no warning for a host other than public_url's")
+		}
+		if n := asked() - before; n != 0 {
+			t.Errorf("a host other than public_url's was asked %d times", n)
+		}
+	})
+	t.Run("not a callback path, not dialed", func(t *testing.T) {
+		before := asked()
+		_, page := post(t, ro, f.srv.URL+"/console/test", url.Values{"url": {pub.srv.URL + "/internal/purge?t=x"}, "csrf": {f.pageCSRF(t, ro)}})
+		if !strings.Contains(page, "is not a callback path") {
+			t.Error("no verdict for a path that is not a callback path")
+		}
+		if n := asked() - before; n != 0 {
+			t.Errorf("a path that is not a callback path was asked %d times", n)
 		}
 	})
 	t.Run("no csrf", func(t *testing.T) {
