@@ -3,12 +3,14 @@
 package admin
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"net/netip"
@@ -326,12 +328,33 @@ func tokenID(next http.HandlerFunc) http.HandlerFunc {
 	}
 }
 
+// readRequest decodes the request body into v (verify.DecodeRequest: one
+// JSON object, no unknown field, nothing after it) and answers the client
+// itself when it cannot: 413 past maxRequestBytes, else 400 naming what
+// the body must be. An empty body is v's zero value when optional.
+func readRequest(w http.ResponseWriter, r *http.Request, v any, what string, optional bool) bool {
+	data, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxRequestBytes))
+	var tooLarge *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooLarge):
+		writeError(w, http.StatusRequestEntityTooLarge, "body_too_large", fmt.Sprintf("the body is larger than %d bytes", maxRequestBytes))
+		return false
+	case err != nil:
+		writeError(w, http.StatusBadRequest, "invalid_request", "the body could not be read: "+err.Error())
+		return false
+	case optional && len(bytes.TrimSpace(data)) == 0:
+		return true
+	}
+	if err := verify.DecodeRequest(data, v); err != nil {
+		writeError(w, http.StatusBadRequest, "invalid_request", "body must be "+what+": "+err.Error())
+		return false
+	}
+	return true
+}
+
 func (a *api) issue(w http.ResponseWriter, r *http.Request) {
 	var req verify.IssueRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON token request: "+err.Error())
+	if !readRequest(w, r, &req, "a JSON token request", false) {
 		return
 	}
 	resp, err := a.o.Tokens.Issue(r.Context(), req)
@@ -392,10 +415,7 @@ func (a *api) revoke(w http.ResponseWriter, r *http.Request) {
 // {"ttl":"720h","overlap":"24h"}.
 func (a *api) rotate(w http.ResponseWriter, r *http.Request) {
 	var req verify.RotateRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil && !errors.Is(err, io.EOF) {
-		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON rotate request: "+err.Error())
+	if !readRequest(w, r, &req, "a JSON rotate request", true) {
 		return
 	}
 	req.ID = r.PathValue("id")
@@ -411,10 +431,7 @@ func (a *api) rotate(w http.ResponseWriter, r *http.Request) {
 // {"checkout_request_id":"ws_CO_…"} or {"originator_conversation_id":"…"}.
 func (a *api) annotate(w http.ResponseWriter, r *http.Request) {
 	var req verify.Annotation
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON annotation: "+err.Error())
+	if !readRequest(w, r, &req, "a JSON annotation", false) {
 		return
 	}
 	st, err := a.o.Tokens.Annotate(r.Context(), r.PathValue("id"), req)
@@ -461,10 +478,7 @@ func (a *api) replay(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	var req forward.ReplayRequest
-	dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request", "body must be a JSON replay request: "+err.Error())
+	if !readRequest(w, r, &req, "a JSON replay request", false) {
 		return
 	}
 	res, err := a.o.Deliveries.Replay(r.Context(), req)

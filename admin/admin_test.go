@@ -305,6 +305,12 @@ func TestRoutes(t *testing.T) {
 		{"replay without forwarding", "POST", "/v1/deliveries/replay", "Bearer " + apiKey, `{"destination":"shop","dlq":true}`, 404},
 		{"revoke", "DELETE", "/v1/tokens/" + id, "Bearer " + apiKey, "", 204},
 		{"issue bad kind", "POST", "/v1/tokens", "Bearer " + apiKey, `{"kinds":["nope"],"shortcode":"174379"}`, 400},
+		// One JSON object and nothing after it: a second object or
+		// garbage issued a token from the first.
+		{"issue trailing object", "POST", "/v1/tokens", "Bearer " + apiKey, `{"kinds":["stk.callback"],"shortcode":"174379"} {"kinds":["b2c.result"]}`, 400},
+		{"issue trailing garbage", "POST", "/v1/tokens", "Bearer " + apiKey, `{"kinds":["stk.callback"],"shortcode":"174379"}garbage`, 400},
+		{"issue misspelt ttl", "POST", "/v1/tokens", "Bearer " + apiKey, `{"kinds":["stk.callback"],"shortcode":"174379","tll":"1m"}`, 400},
+		{"issue too large", "POST", "/v1/tokens", "Bearer " + apiKey, `{"kinds":["stk.callback"],"shortcode":"174379","reference":"` + strings.Repeat("x", 40<<10) + `"}`, 413},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			if rec := h.do(c.method, c.target, c.auth, c.body); rec.Code != c.status {

@@ -3,6 +3,7 @@ package edge
 import (
 	"encoding/json"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -47,6 +48,15 @@ func TestTokenServiceOverNATS(t *testing.T) {
 	raw := call("daraja.tokens.issue", map[string]any{"kinds": []string{"b2c.result"}, "shortcode": "6"}, &e)
 	if e.Error.Code != "invalid_request" || e.Error.Message == "" {
 		t.Errorf("bad request answered %s", raw)
+	}
+	// The same JSON as the HTTP API takes: a misspelt field is refused, not
+	// dropped (a "tll" issued a token with the default ttl).
+	e = struct {
+		Error verify.RequestError `json:"error"`
+	}{}
+	raw = call("daraja.tokens.issue", map[string]any{"kinds": []string{"stk.callback"}, "shortcode": "174379", "tll": "1m"}, &e)
+	if e.Error.Code != "invalid_request" || !strings.Contains(e.Error.Message, "tll") {
+		t.Errorf("misspelt field answered %s", raw)
 	}
 	raw = call("daraja.tokens.status", map[string]string{"id": "tok_aaaaaaaaaaaaaaaa"}, &e)
 	if e.Error.Code != "not_found" {

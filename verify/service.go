@@ -1,8 +1,11 @@
 package verify
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"io"
 	"net/url"
 	"strings"
 	"time"
@@ -241,4 +244,20 @@ func (i *Issuer) List(ctx context.Context, f ListFilter) (page []Status, next st
 		}
 	}
 	return page, "", nil
+}
+
+// DecodeRequest decodes one JSON object from data into v, as the admin API
+// and the NATS token service both take requests: an unknown field (a
+// misspelt "ttl" would otherwise issue a token with the default one) or
+// anything after the object is an error.
+func DecodeRequest(data []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
+		return errors.New("more after the JSON object")
+	}
+	return nil
 }

@@ -60,7 +60,7 @@ func ServeNATS(nc *nats.Conn, prefix, version string, iss *Issuer, log *zap.Logg
 		}), micro.WithEndpointSubject(name))
 	}
 	decode := func(data []byte, v any) error {
-		if err := json.Unmarshal(data, v); err != nil {
+		if err := DecodeRequest(data, v); err != nil {
 			return badRequest("body must be a JSON request: %v", err)
 		}
 		return nil
