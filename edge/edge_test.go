@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -323,6 +324,28 @@ func TestC2BValidation(t *testing.T) {
 		}
 		if d, by := decisionOf("VAL0002"); d != "rejected" || by != "validator" {
 			t.Errorf("decision %s by %s", d, by)
+		}
+	})
+	// What Daraja gets is what Daraja-Decision records: the answer is
+	// rebuilt from what was read, and a reply a standard JSON parser reads
+	// otherwise than Go does is no answer (the fallback applies).
+	t.Run("ambiguous replies", func(t *testing.T) {
+		for i, c := range []struct{ reply, body, decision, by string }{
+			{`{"ResultCode":"\u0030","ResultDesc":"Accepted"}`, `{"ResultCode":"0","ResultDesc":"Accepted"}`, "accepted", "validator"},
+			{`{"ResultCode":0}`, `{"ResultCode":"0","ResultDesc":"Accepted"}`, "accepted", "validator"},
+			{`{"ResultCode":"0","ResultDesc":"Accepted"}}`, `{"ResultCode":"C2B00016","ResultDesc":"Rejected"}`, "rejected", "invalid-reply"},
+			{`{"resultCode":"0","resultDesc":"Accepted"}`, `{"ResultCode":"C2B00016","ResultDesc":"Rejected"}`, "rejected", "invalid-reply"},
+			{`{"ResultCode":"0","ResultCode":"C2B00011"}`, `{"ResultCode":"C2B00016","ResultDesc":"Rejected"}`, "rejected", "invalid-reply"},
+			{`{"ResultCode":true}`, `{"ResultCode":"C2B00016","ResultDesc":"Rejected"}`, "rejected", "invalid-reply"},
+		} {
+			stop := respond(c.reply)
+			tx := fmt.Sprintf("VALAMB%02d", i)
+			r := h.callback(allowedSrc, daraja.C2BValidation, tok, withTx(tx))
+			stop()
+			d, by := decisionOf(tx)
+			if r.status != 200 || r.body != c.body || d != c.decision || by != c.by {
+				t.Errorf("validator %s: Daraja got %d %s, recorded %s by %s; want %s, %s by %s", c.reply, r.status, r.body, d, by, c.body, c.decision, c.by)
+			}
 		}
 	})
 	t.Run("no validator", func(t *testing.T) {

@@ -1,30 +1,9 @@
 package forward
 
 import (
-	"encoding/json"
 	"testing"
 	"time"
 )
-
-func FuzzAppAnswer(f *testing.F) {
-	for _, s := range []string{`{"ResultCode":0}`, `{"ResultCode":"C2B00011","ResultDesc":"x","ThirdPartyTransID":"a"}`,
-		`{"ResultCode":{}}`, `[]`, `{"ResultCode":"0"} {}`, `{"ResultCode":"0","ThirdPartyTransID":"a b"}`} {
-		f.Add([]byte(s))
-	}
-	f.Fuzz(func(t *testing.T, b []byte) {
-		ans, accepted, ok := appAnswer(b)
-		if !ok {
-			return
-		}
-		var a struct{ ResultCode, ResultDesc, ThirdPartyTransID string }
-		if err := json.Unmarshal(ans, &a); err != nil || !resultCodeRE.MatchString(a.ResultCode) || (a.ResultCode == "0") != accepted {
-			t.Fatalf("%q -> %q %v", b, ans, err)
-		}
-		if a.ThirdPartyTransID != "" && !thirdPartyRE.MatchString(a.ThirdPartyTransID) {
-			t.Fatalf("third party id %q", a.ThirdPartyTransID)
-		}
-	})
-}
 
 func FuzzRetryAfter(f *testing.F) {
 	for _, s := range []string{"120", "0", "-1", "Wed, 21 Oct 2015 07:28:00 GMT", "x", "99999999999999999999"} {

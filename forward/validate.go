@@ -1,17 +1,14 @@
 package forward
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"io"
-	"regexp"
 	"slices"
-	"strings"
 
 	"github.com/nats-io/nats.go"
 	"go.uber.org/zap"
 
+	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/publish"
 )
 
@@ -19,11 +16,6 @@ import (
 var (
 	fallbackAccept = []byte(`{"ResultCode":"0","ResultDesc":"Accepted"}`)
 	fallbackReject = []byte(`{"ResultCode":"C2B00016","ResultDesc":"Rejected"}`)
-)
-
-var (
-	resultCodeRE = regexp.MustCompile(`^[0-9A-Za-z]{1,16}$`)
-	thirdPartyRE = regexp.MustCompile(`^[\x21-\x7e]{1,64}$`)
 )
 
 // validationDest is the destination answering C2B validation for a
@@ -82,7 +74,7 @@ func (f *Forwarder) Validate(ctx context.Context, msg *nats.Msg) (answer []byte,
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
 		return fallback("HTTP " + resp.Status)
 	}
-	ans, accepted, good := appAnswer(body)
+	ans, accepted, good := daraja.ValidationAnswer(body)
 	if !good {
 		return fallback("answer is not a Daraja validation answer")
 	}
@@ -92,42 +84,4 @@ func (f *Forwarder) Validate(ctx context.Context, msg *nats.Msg) (answer []byte,
 		decision = "accepted"
 	}
 	return ans, decision, "app", true
-}
-
-// appAnswer reads an app's validation answer and rebuilds it with only
-// ResultCode (string or number; "0" accepts), ResultDesc and
-// ThirdPartyTransID.
-func appAnswer(body []byte) (answer []byte, accepted, ok bool) {
-	var a struct {
-		ResultCode        json.RawMessage
-		ResultDesc        string
-		ThirdPartyTransID string
-	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	if err := dec.Decode(&a); err != nil || dec.More() {
-		return nil, false, false
-	}
-	code := strings.Trim(string(a.ResultCode), `"`)
-	if !resultCodeRE.MatchString(code) {
-		return nil, false, false
-	}
-	out := struct {
-		ResultCode        string `json:"ResultCode"`
-		ResultDesc        string `json:"ResultDesc"`
-		ThirdPartyTransID string `json:"ThirdPartyTransID,omitempty"`
-	}{ResultCode: code, ResultDesc: a.ResultDesc}
-	if code == "0" {
-		accepted = true
-	}
-	if out.ResultDesc == "" || len(out.ResultDesc) > 256 {
-		out.ResultDesc = "Rejected"
-		if accepted {
-			out.ResultDesc = "Accepted"
-		}
-	}
-	if thirdPartyRE.MatchString(a.ThirdPartyTransID) {
-		out.ThirdPartyTransID = a.ThirdPartyTransID
-	}
-	b, err := json.Marshal(out)
-	return b, accepted, err == nil
 }

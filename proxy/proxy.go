@@ -4,7 +4,6 @@
 package proxy
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -426,13 +425,15 @@ func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []
 	reply, err := h.o.Requester.Request(ctx, msg, h.o.ValidationTimeout)
 	by = "validator"
 	if err == nil {
-		if accepted, ok := validatorDecision(reply); ok {
+		// Daraja gets the answer as read, rebuilt: what it acts on is what
+		// Daraja-Decision records.
+		if answer, accepted, ok := daraja.ValidationAnswer(reply); ok {
 			decision = "rejected"
 			if accepted {
 				decision = "accepted"
 			}
 			h.o.Metrics.Validation(decision, by)
-			return reply, decision, by
+			return answer, decision, by
 		}
 		by = "invalid-reply"
 		h.log.Warn("validator reply is not a Daraja answer; using on_timeout", zap.String("transaction_id", daraja.MaskTransactionID(daraja.Kind(cb.Kind), cb.TransactionID)))
@@ -445,26 +446,6 @@ func (h *Handler) validate(ctx context.Context, cb *publish.Callback) (answer []
 	}
 	h.o.Metrics.Validation(decision, by)
 	return answer, decision, by
-}
-
-// validatorDecision reads a validator's reply: a JSON object with a
-// ResultCode, "0" or 0 accepting. ok is false for anything else.
-func validatorDecision(reply []byte) (accepted, ok bool) {
-	if len(reply) == 0 || len(reply) > 4096 {
-		return false, false
-	}
-	var a struct {
-		ResultCode json.RawMessage
-	}
-	dec := json.NewDecoder(bytes.NewReader(reply))
-	if err := dec.Decode(&a); err != nil || dec.More() || len(a.ResultCode) == 0 {
-		return false, false
-	}
-	code := strings.Trim(string(a.ResultCode), `"`)
-	if code == "" || code == "null" {
-		return false, false
-	}
-	return code == "0", true
 }
 
 func tokenError(err error) error {
