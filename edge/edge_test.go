@@ -348,6 +348,33 @@ func TestC2BValidation(t *testing.T) {
 			}
 		}
 	})
+	// Daraja (or a balancer) sends the same validation again and the
+	// validator now answers otherwise: Daraja is given the answer the
+	// stream recorded the first time, never one it does not hold.
+	t.Run("repeated validation", func(t *testing.T) {
+		first := `{"ResultCode":"C2B00012","ResultDesc":"Invalid Account Number"}`
+		stop := respond(first)
+		r1 := h.callback(allowedSrc, daraja.C2BValidation, tok, withTx("VALREP01"))
+		stop()
+		stop = respond(`{"ResultCode":"0","ResultDesc":"Accepted"}`)
+		r2 := h.callback(allowedSrc, daraja.C2BValidation, tok, withTx("VALREP01"))
+		stop()
+		if r1.body != first || r2.status != 200 || r2.body != first {
+			t.Errorf("first answer %s, repeat %d %s; want %s both times", r1.body, r2.status, r2.body, first)
+		}
+		n := 0
+		for _, m := range h.messages() {
+			if m.Header.Get("Daraja-Transaction-Id") == "VALREP01" {
+				n++
+				if m.Header.Get(publish.HeaderDecision) != "rejected" || m.Header.Get(publish.HeaderDecisionAnswer) != first {
+					t.Errorf("recorded %s %s", m.Header.Get(publish.HeaderDecision), m.Header.Get(publish.HeaderDecisionAnswer))
+				}
+			}
+		}
+		if n != 1 {
+			t.Errorf("%d records of the validation, want 1", n)
+		}
+	})
 	t.Run("no validator", func(t *testing.T) {
 		t0 := time.Now()
 		r := h.callback(allowedSrc, daraja.C2BValidation, tok, withTx("VAL0003"))

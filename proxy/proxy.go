@@ -366,6 +366,7 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 	if decision != "" {
 		nm.Header.Set(publish.HeaderDecision, decision)
 		nm.Header.Set(publish.HeaderDecisionBy, decidedBy)
+		nm.Header.Set(publish.HeaderDecisionAnswer, string(answer))
 	}
 	t0 := time.Now()
 	out, err := h.o.Publisher.Store(ctx, nm, !grant.Reusable)
@@ -382,6 +383,13 @@ func (h *Handler) serve(w http.ResponseWriter, r *http.Request, rl *requestLog, 
 		h.o.Metrics.Published(rl.ack)
 	}
 	rl.outcome = outcomeWords[out]
+	if out == publish.Duplicate && decision != "" {
+		// A repeated validation: Daraja is given the answer the stream
+		// recorded the first time (Store put it back on nm).
+		if first := nm.Header.Get(publish.HeaderDecisionAnswer); first != "" {
+			answer, rl.decision = []byte(first), nm.Header.Get(publish.HeaderDecision)
+		}
+	}
 	return answer, nil
 }
 

@@ -32,8 +32,12 @@ const (
 	HeaderReceivedAt    = "Daraja-Received-At"
 	HeaderEdge          = "Daraja-Edge"
 	HeaderDecision      = "Daraja-Decision"    // c2b.validation records: accepted | rejected
-	HeaderDecisionBy    = "Daraja-Decision-By" // validator | timeout | invalid-reply
-	HeaderReceipt       = "Daraja-Receipt"     // M-Pesa receipt, when the body has one
+	HeaderDecisionBy    = "Daraja-Decision-By" // validator | timeout | invalid-reply | app | fallback
+	// HeaderDecisionAnswer is the answer Daraja was given for a
+	// c2b.validation, as sent: a repeated validation (same Nats-Msg-Id) is
+	// given the same answer (Store reads it back).
+	HeaderDecisionAnswer = "Daraja-Decision-Answer"
+	HeaderReceipt        = "Daraja-Receipt" // M-Pesa receipt, when the body has one
 	// HeaderExpectFirst makes a publish the first message on its subject:
 	// the single use of a (token, kind).
 	HeaderExpectFirst = jetstream.ExpectedLastSubjSeqHeader
@@ -217,6 +221,7 @@ func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outco
 		if err == nil {
 			p.mark.Acked(ack.Sequence)
 			if ack.Duplicate {
+				p.decided(ctx, msg, ack.Sequence)
 				return Duplicate, nil
 			}
 			return Stored, nil
@@ -245,6 +250,24 @@ func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outco
 		default:
 			return 0, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
 		}
+	}
+}
+
+// decided gives msg, a c2b.validation the stream already held (a
+// duplicate acked with the first one's sequence), that first one's
+// decision headers: Daraja is given the answer recorded, not one the
+// validator gave to the repeat. Should the first one not be readable, msg
+// keeps its own.
+func (p *JetStream) decided(ctx context.Context, msg *nats.Msg, seq uint64) {
+	if msg.Header.Get(HeaderDecisionAnswer) == "" {
+		return
+	}
+	first, err := p.stream.GetMsg(ctx, seq)
+	if err != nil || first.Header.Get(HeaderMsgID) != msg.Header.Get(HeaderMsgID) || first.Header.Get(HeaderDecisionAnswer) == "" {
+		return
+	}
+	for _, k := range []string{HeaderDecision, HeaderDecisionBy, HeaderDecisionAnswer} {
+		msg.Header.Set(k, first.Header.Get(k))
 	}
 }
 
