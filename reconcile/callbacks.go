@@ -67,7 +67,9 @@ func FromMessage(prefix, subject string, headers map[string][]string, body []byt
 			out.Shortcode = parts[len(parts)-2]
 		}
 	}
-	out.Success = kind == daraja.C2BConfirmation || cb.ResultCode == "0"
+	var desc string
+	out.Time, out.Linked, desc = bodyInfo(kind, body)
+	out.Success = kind == daraja.C2BConfirmation || cb.ResultCode == "0" || reversalSucceeded(kind, cb.ResultCode, desc)
 	if out.Success {
 		out.Receipt = cb.Receipt
 	}
@@ -78,18 +80,27 @@ func FromMessage(prefix, subject string, headers map[string][]string, body []byt
 	if out.MSISDN == "" && cb.MSISDNHash != "" {
 		out.MSISDN = daraja.MaskMSISDN(cb.MSISDNHash)
 	}
-	out.Time, out.Linked = bodyInfo(kind, body)
 	if out.Time.IsZero() {
 		out.Time, _ = time.Parse(time.RFC3339Nano, get(publish.HeaderReceivedAt))
 	}
 	return out, true
 }
 
+// reversalSucceeded reports Safaricom's documented success of a reversal:
+// ResultCode 21 with the ResultDesc "The service request is processed
+// successfully" (testdata/callbacks/reversal.result__success.json). 21 on
+// any other kind, or with another description, is not a success.
+func reversalSucceeded(kind daraja.Kind, code, desc string) bool {
+	return kind == daraja.ReversalResult && code == "21" &&
+		strings.Contains(strings.ToLower(desc), "processed successfully")
+}
+
 // bodyInfo reads what Parse does not: the time M-Pesa puts in the body,
 // in East Africa Time (C2B TransTime, STK TransactionDate, a B2C result's
 // TransactionCompletedDateTime, a B2B or reversal result's
-// TransCompletedTime), and a reversal's OriginalTransactionID.
-func bodyInfo(kind daraja.Kind, body []byte) (t time.Time, linked string) {
+// TransCompletedTime), a reversal's OriginalTransactionID and a result's
+// ResultDesc.
+func bodyInfo(kind daraja.Kind, body []byte) (t time.Time, linked, desc string) {
 	var b struct {
 		TransTime json.RawMessage
 		Body      struct {
@@ -103,6 +114,7 @@ func bodyInfo(kind daraja.Kind, body []byte) (t time.Time, linked string) {
 			} `json:"stkCallback"`
 		}
 		Result struct {
+			ResultDesc       json.RawMessage
 			ResultParameters struct {
 				ResultParameter json.RawMessage
 			}
@@ -128,6 +140,7 @@ func bodyInfo(kind daraja.Kind, body []byte) (t time.Time, linked string) {
 			}
 		}
 	default:
+		desc = text(b.Result.ResultDesc)
 		var params []struct {
 			Key   string
 			Value json.RawMessage
@@ -151,13 +164,13 @@ func bodyInfo(kind daraja.Kind, body []byte) (t time.Time, linked string) {
 		}
 	}
 	if s == "" {
-		return time.Time{}, linked
+		return time.Time{}, linked, desc
 	}
 	t, err := ParseTime(s, EAT)
 	if err != nil {
-		return time.Time{}, linked
+		return time.Time{}, linked, desc
 	}
-	return t, linked
+	return t, linked, desc
 }
 
 // ExportLine is one line of `tail --export` and of --callbacks.

@@ -6,6 +6,8 @@ import (
 	"sort"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/daraja-edge/daraja-edge/daraja"
 )
@@ -165,13 +167,12 @@ func Match(in Input) *Report {
 	groups := map[string][]row{}
 	var order []string
 	kept := map[string]int{}
-	receipts := map[string]bool{}
 	for _, st := range in.Statements {
 		r.Checks = append(r.Checks, st.Checks()...)
 		r.Statements = append(r.Statements, StatementSummary{Path: st.Path, Layout: st.Layout, Shortcode: st.Shortcode,
 			Account: st.Account, From: st.From, To: st.To, Rows: len(st.Lines), Unreadable: len(st.Problems)})
 		for _, p := range st.Problems {
-			r.add(Finding{Category: Unreadable, Shortcode: st.Shortcode, Source: fmt.Sprintf("%s:%d", st.Path, p.Row), Detail: MaskText(p.Reason)})
+			r.add(Finding{Category: Unreadable, Shortcode: st.Shortcode, Source: fmt.Sprintf("%s:%d", st.Path, p.Row), Detail: MaskDetails(p.Reason)})
 		}
 		local := map[string]int{}
 		for _, l := range st.Lines {
@@ -182,7 +183,6 @@ func Match(in Input) *Report {
 				continue
 			}
 			kept[key] = local[key]
-			receipts[l.Receipt] = true
 			if _, ok := groups[l.Receipt]; !ok {
 				order = append(order, l.Receipt)
 			}
@@ -190,10 +190,10 @@ func Match(in Input) *Report {
 		}
 	}
 	for _, p := range in.CallbackProblems {
-		r.add(Finding{Category: Unreadable, Source: fmt.Sprintf("%s:%d", in.CallbackSource, p.Row), Detail: MaskText(p.Reason)})
+		r.add(Finding{Category: Unreadable, Source: fmt.Sprintf("%s:%d", in.CallbackSource, p.Row), Detail: MaskDetails(p.Reason)})
 	}
 	for _, receipt := range order {
-		r.add(matchReceipt(in, window, receipt, groups[receipt], byReceipt, receipts, used))
+		r.add(matchReceipt(in, window, receipt, groups, byReceipt, used))
 	}
 	// Callbacks no statement line claims.
 	for i := range in.Callbacks {
@@ -204,10 +204,22 @@ func Match(in Input) *Report {
 		f := Finding{Kind: string(c.Kind), Receipt: c.Receipt, Shortcode: c.Shortcode, Amount: c.Amount, Time: c.Time, Source: c.Subject, Party: c.MSISDN}
 		f.Category, f.Detail = uncovered(in.Statements, c)
 		used[c] = true
-		for _, d := range byReceipt[c.Receipt] { // an STK and a C2B of one payment: one finding
+		// An STK and a C2B of one payment, or one callback delivered
+		// twice: one finding, each kind named once.
+		names, count := []string{string(c.Kind)}, map[daraja.Kind]int{c.Kind: 1}
+		for _, d := range byReceipt[c.Receipt] {
 			if d != c && !used[d] {
 				used[d] = true
-				f.Kind += "+" + string(d.Kind)
+				if count[d.Kind] == 0 {
+					names = append(names, string(d.Kind))
+				}
+				count[d.Kind]++
+			}
+		}
+		f.Kind = strings.Join(names, "+")
+		for _, k := range names {
+			if n := count[daraja.Kind(k)]; n > 1 {
+				f.Detail += fmt.Sprintf("; %s delivered %d times", k, n)
 			}
 		}
 		r.add(f)
@@ -269,22 +281,12 @@ func dedupe(s []string) []string {
 }
 
 // matchReceipt is the finding for one receipt's rows.
-func matchReceipt(in Input, window time.Duration, receipt string, rows []row, byReceipt map[string][]*Callback,
-	receipts map[string]bool, used map[*Callback]bool) Finding {
-	var principal *row
-	cls := classCharge
-	for i := range rows {
-		c := classify(rows[i].Line, rows[i].st.Layout)
-		if c == classCharge {
-			continue
-		}
-		if principal == nil || abs(rows[i].Amount()) > abs(principal.Amount()) {
-			principal, cls = &rows[i], c
-		}
-	}
+func matchReceipt(in Input, window time.Duration, receipt string, groups map[string][]row, byReceipt map[string][]*Callback,
+	used map[*Callback]bool) Finding {
+	rows := groups[receipt]
+	principal, cls := principalRow(rows)
 	charges := len(rows) - 1
-	if principal == nil {
-		principal = &rows[0]
+	if cls == classCharge {
 		charges = 0
 	}
 	// Sweeps in and out under one receipt: money moved between the
@@ -321,11 +323,11 @@ func matchReceipt(in Input, window time.Duration, receipt string, rows []row, by
 		case classCharge:
 			f.Detail = "charge"
 		case classInternal:
-			f.Detail = "internal transfer: " + MaskText(p.Details)
+			f.Detail = "internal transfer: " + MaskDetails(p.Details)
 		case classB2BIn:
 			f.Detail = "B2B payment received: the paying organisation gets the b2b.result, not this shortcode"
 		default:
-			f.Detail = "not a transaction the edge receives a callback for: " + MaskText(p.Details)
+			f.Detail = "not a transaction the edge receives a callback for: " + MaskDetails(p.Details)
 		}
 		if len(other) > 0 {
 			f.Category, f.Detail = Mismatch, fmt.Sprintf("%s, yet a %s callback names it", f.Detail, other[0].Kind)
@@ -333,9 +335,9 @@ func matchReceipt(in Input, window time.Duration, receipt string, rows []row, by
 		return f
 	}
 	if st := strings.ToLower(p.Status); st != "" && st != "completed" {
-		f.Category, f.Detail = NoneExpected, "transaction status "+MaskText(p.Status)
+		f.Category, f.Detail = NoneExpected, "transaction status "+MaskDetails(p.Status)
 		if len(cbs) > 0 {
-			f.Category, f.Detail = Mismatch, fmt.Sprintf("transaction status %s, yet a successful %s callback names it", MaskText(p.Status), cbs[0].Kind)
+			f.Category, f.Detail = Mismatch, fmt.Sprintf("transaction status %s, yet a successful %s callback names it", MaskDetails(p.Status), cbs[0].Kind)
 		}
 		return f
 	}
@@ -409,8 +411,12 @@ func matchReceipt(in Input, window time.Duration, receipt string, rows []row, by
 		if linked == "" {
 			linked = match[0].Linked
 		}
-		if linked != "" && !receipts[linked] && len(byReceipt[linked]) == 0 {
+		if linked != "" && len(groups[linked]) == 0 && len(byReceipt[linked]) == 0 {
 			bad = append(bad, "linked transaction "+linked+" is on no statement given and no callback: supply the statement of its month")
+		}
+		// M-Pesa reverses the whole transaction: the two amounts agree.
+		if orig, ok := originalAmount(linked, groups, byReceipt); ok && orig != f.Amount {
+			bad = append(bad, fmt.Sprintf("amount: reversal %s, original %s %s (a reversal is of the whole transaction)", f.Amount, linked, orig))
 		}
 	}
 	f.Category = Matched
@@ -420,6 +426,45 @@ func matchReceipt(in Input, window time.Duration, receipt string, rows []row, by
 	}
 	f.Detail = strings.Join(notes, "; ")
 	return f
+}
+
+// principalRow is the row of a receipt's rows that decides it: the
+// largest that is not a charge, and its class; rows[0] and classCharge
+// when all are charges.
+func principalRow(rows []row) (*row, class) {
+	var principal *row
+	cls := classCharge
+	for i := range rows {
+		c := classify(rows[i].Line, rows[i].st.Layout)
+		if c == classCharge {
+			continue
+		}
+		if principal == nil || abs(rows[i].Amount()) > abs(principal.Amount()) {
+			principal, cls = &rows[i], c
+		}
+	}
+	if principal == nil {
+		return &rows[0], classCharge
+	}
+	return principal, cls
+}
+
+// originalAmount is the amount of the transaction a reversal reverses:
+// its statement line's, else its successful callback's.
+func originalAmount(receipt string, groups map[string][]row, byReceipt map[string][]*Callback) (Cents, bool) {
+	if receipt == "" {
+		return 0, false
+	}
+	if rows := groups[receipt]; len(rows) > 0 {
+		p, _ := principalRow(rows)
+		return abs(p.Amount()), true
+	}
+	for _, c := range byReceipt[receipt] {
+		if c.HasAmount {
+			return c.Amount, true
+		}
+	}
+	return 0, false
 }
 
 func kindIn(k daraja.Kind, ks []daraja.Kind) bool {
@@ -468,28 +513,103 @@ func MaskText(s string) string {
 	})
 }
 
+var (
+	// maskedPhone is a phone number as MaskText leaves it (2547******49,
+	// 07******49, +254*******78), or as a statement already masked it.
+	maskedPhone = regexp.MustCompile(`\+?\d[\d*]*\*[\d*]*\d`)
+	// shortcodeParty is a party named by a shortcode: an organisation.
+	shortcodeParty = regexp.MustCompile(`^\d{5,8}(?:\s|$)`)
+	// nameSep is what comes between a phone number and the name after it.
+	nameSep = regexp.MustCompile(`^(?:[ \t]*-[ \t]*|[ \t]+)`)
+	// nameWordAt is the next word of a name and the blanks before it.
+	nameWordAt = regexp.MustCompile(`^([ \t]*)([^\s]+)`)
+)
+
+// notName are words that end the name after a phone number in a Details
+// cell ("… - Juma Ali Acc. 1", "… - Jane Doe via M-PESA app").
+var notName = map[string]bool{"acc": true, "a/c": true, "account": true, "via": true, "ref": true, "for": true,
+	"till": true, "at": true, "to": true, "from": true, "on": true}
+
+// nameWord reports a word of a person's name: it starts with a letter and
+// holds no digit.
+func nameWord(w string) bool {
+	r, _ := utf8.DecodeRuneInString(w)
+	if !unicode.IsLetter(r) || strings.ContainsAny(w, "0123456789") {
+		return false
+	}
+	return !notName[strings.ToLower(strings.TrimRight(w, ".,;:"))]
+}
+
+// initial is a name's word reduced to its first letter ("Juma" → "J.",
+// "Ali," → "A.,").
+func initial(w string) string {
+	r, _ := utf8.DecodeRuneInString(w)
+	return string(r) + "." + w[len(strings.TrimRight(w, ",;:)")):]
+}
+
+// MaskDetails is free text as a report shows it (a Details cell, a cell a
+// reason quotes): every phone number masked, and the words of a name after
+// one (a person's: "2547******01 - Juma Ali Acc. 1" → "2547******01 -
+// J. A. Acc. 1", with or without " - ") reduced to initials. A shortcode
+// is not a phone number: a business's name after one stays.
+func MaskDetails(s string) string {
+	s = MaskText(s)
+	var b strings.Builder
+	last := 0
+	for _, loc := range maskedPhone.FindAllStringIndex(s, -1) {
+		if loc[0] < last {
+			continue
+		}
+		b.WriteString(s[last:loc[1]])
+		i := loc[1]
+		sep := nameSep.FindString(s[i:])
+		if sep == "" {
+			last = i
+			continue
+		}
+		b.WriteString(sep)
+		i += len(sep)
+		first := true
+		for {
+			m := nameWordAt.FindStringSubmatch(s[i:])
+			if m == nil || !nameWord(m[2]) || first && m[1] != "" {
+				break
+			}
+			b.WriteString(m[1] + initial(m[2]))
+			i += len(m[0])
+			first = false
+		}
+		last = i
+	}
+	b.WriteString(s[last:])
+	return b.String()
+}
+
 // MaskParty is an "Other Party Info" cell as reported: its phone number
-// masked and a person's name reduced to initials ("254708374149 - John
-// Doe" → "2547******49 - J. D."); an organisation is a number and name a
-// business chose, and is kept.
+// masked, masked already or not, and a person's name reduced to initials
+// ("254708374149 - John Doe" → "2547******49 - J. D.", "2547******33
+// Grace Achieng" → "2547******33 G. A."). An organisation, a party named by
+// a shortcode ("600000 - Fictional Bank"), is a number and name a business
+// chose and is kept; a party of a name alone is taken for a person's.
 func MaskParty(s string) string {
 	s = strings.TrimSpace(s)
 	if s == "" {
 		return ""
 	}
-	num, name, ok := strings.Cut(s, " - ")
-	if !ok {
-		return MaskText(s)
+	m := MaskText(s)
+	switch {
+	case maskedPhone.MatchString(m):
+		return MaskDetails(m)
+	case shortcodeParty.MatchString(m):
+		return m
+	case !strings.ContainsAny(m, "0123456789"):
+		var initials []string
+		for _, w := range strings.Fields(m) {
+			initials = append(initials, initial(w))
+		}
+		return strings.Join(initials, " ")
 	}
-	masked := MaskText(num)
-	if masked == num { // not a phone number: an organisation
-		return s
-	}
-	var initials []string
-	for _, w := range strings.Fields(name) {
-		initials = append(initials, string([]rune(w)[:1])+".")
-	}
-	return strings.TrimSpace(masked + " - " + strings.Join(initials, " "))
+	return m
 }
 
 // Report is the outcome of Match.

@@ -355,7 +355,7 @@ func TestMissingEventShape(t *testing.T) {
 	}
 	wantBody := map[string]any{"kinds": []any{"c2b.confirmation", "stk.callback"}, "shortcode": "600638", "receipt": "TKR0000004",
 		"amount": "1200.00", "time": "2026-11-25T08:15:00+03:00", "source": "reconcile",
-		"statement": "pair/ORG_600638_Utility_Account_20261101-20261130.csv:18"}
+		"statement": "pair/ORG_600638_Utility_Account_20261101-20261130.csv:20"}
 	if g, w := fmt.Sprint(got), fmt.Sprint(wantBody); g != w {
 		t.Errorf("body %s, want %s", g, w)
 	}

@@ -41,7 +41,7 @@ func dump(st *Statement) []byte {
 		out.TotalOut = st.TotalOut.String()
 	}
 	for _, l := range st.Lines {
-		out.Lines = append(out.Lines, line{l.Row, l.Receipt, rfc(l.Time), MaskText(l.Details), l.Status, l.In.String(), l.Out.String(), l.Party, l.ReasonType, l.Linked})
+		out.Lines = append(out.Lines, line{l.Row, l.Receipt, rfc(l.Time), MaskDetails(l.Details), l.Status, l.In.String(), l.Out.String(), l.Party, l.ReasonType, l.Linked})
 	}
 	b, _ := json.MarshalIndent(out, "", " ")
 	return append(b, '\n')
@@ -159,8 +159,8 @@ func TestThreeG2FormatsAgree(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Row numbers differ: encoding/csv skips the blank line under the
-	// preamble that a sheet keeps as a row.
+	// Row numbers differ: a CSV row is named by the line it starts on, and
+	// a quoted newline makes a line of the file that is no row of a sheet.
 	noRows := func(st *Statement) []byte {
 		for i := range st.Lines {
 			st.Lines[i].Row = 0
@@ -290,13 +290,14 @@ func TestPairReport(t *testing.T) {
 		golden(t, "pair-"+f.name, b.Bytes())
 	}
 	want := map[string][]string{
-		Matched:          {"TKR0000003", "TKR0000005", "TKR0000006", "TKR0000008"},
+		Matched:          {"TKR0000003", "TKR0000005", "TKR0000006"},
 		Missing:          {"TKR0000004"},
 		WithoutStatement: {"TKR0000099"},
-		Mismatch:         {"TKR0000007"},
-		NotCovered:       {"TKR0000098", "TKR0000097"},
-		NoneExpected:     {"TKR0000009"},
-		Unreadable:       {"", ""},
+		// TKR0000008 reverses 150.00 of TKR0000003's 300.00.
+		Mismatch:     {"TKR0000007", "TKR0000008"},
+		NotCovered:   {"TKR0000098", "TKR0000097"},
+		NoneExpected: {"TKR0000009"},
+		Unreadable:   {"", ""},
 	}
 	for cat, receipts := range want {
 		var got []string

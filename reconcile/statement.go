@@ -7,6 +7,7 @@
 package reconcile
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"encoding/csv"
@@ -72,7 +73,7 @@ func (o Options) loc() *time.Location {
 
 // Line is one statement row.
 type Line struct {
-	Row        int    // 1-based row in the file (or index in a Pull response)
+	Row        int    // the line of a CSV the row starts on, a sheet's row, or the index in a Pull response
 	Receipt    string // M-Pesa transaction id
 	Time       time.Time
 	Details    string
@@ -232,11 +233,14 @@ var timeLayouts = []string{
 	"02-01-2006 15:04:05", "02/01/2006 15:04:05", "02-01-2006 15:04", "02/01/2006 15:04",
 	"2006-01-02 15:04:05", "2006-01-02T15:04:05", "20060102150405", "02.01.2006 15:04:05",
 	"2006-01-02",
+	// Excel's number format 22 (m/d/yy h:mm) as excelize renders a date
+	// cell; no M-Pesa export writes a two-digit year.
+	"1/2/06 15:04", "1/2/06 15:04:05",
 }
 
 // ParseTime reads a statement time in loc: dd-MM-yyyy HH:mm:ss (G2),
 // dd/MM/yyyy HH:mm:ss (the newer export), ISO forms, RFC 3339 (with its own
-// zone), and Excel serial dates.
+// zone), Excel serial dates (1900 date system) and Excel's m/d/yy h:mm.
 func ParseTime(s string, loc *time.Location) (time.Time, error) {
 	s = strings.TrimSpace(s)
 	if t, err := time.Parse(time.RFC3339Nano, s); err == nil {
@@ -259,7 +263,7 @@ func ParseTime(s string, loc *time.Location) (time.Time, error) {
 // cut to 32 bytes (cut first, a number could lose the digits that make
 // it one and pass unmasked).
 func echo(s string) string {
-	return truncate(MaskText(strings.TrimSpace(s)), 32)
+	return truncate(MaskDetails(strings.TrimSpace(s)), 32)
 }
 
 func truncate(s string, n int) string {
@@ -292,25 +296,43 @@ func Read(path string, data []byte, o Options) (*Statement, error) {
 		return nil, fmt.Errorf("%w: %s: %d bytes, more than %d", ErrBadStatement, path, len(data), MaxStatementBytes)
 	}
 	var (
-		rows [][]string
-		err  error
+		t   *table
+		err error
 	)
 	switch {
 	case bytes.HasPrefix(data, []byte("PK\x03\x04")):
-		rows, err = xlsxRows(data)
+		t, err = xlsxRows(data)
 	case bytes.HasPrefix(data, []byte{0xD0, 0xCF, 0x11, 0xE0, 0xA1, 0xB1, 0x1A, 0xE1}):
-		rows, err = xlsRows(data)
+		t, err = xlsRows(data)
 	default:
 		text := decodeText(data)
 		if t := strings.TrimLeft(text, " \t\r\n"); strings.HasPrefix(t, "{") || strings.HasPrefix(t, "[") {
 			return readPull(path, []byte(t), o)
 		}
-		rows, err = csvRows(text)
+		t, err = csvRows(text)
 	}
 	if err != nil {
 		return nil, fmt.Errorf("%w: %s: %v", ErrBadStatement, path, err)
 	}
-	return readTable(path, rows, o)
+	return readTable(path, t, o)
+}
+
+// table is a statement's cells, row by row.
+type table struct {
+	rows [][]string
+	// line is the 1-based line of the file each row starts on (a CSV's
+	// blank lines and quoted newlines counted), or its row in the sheet.
+	line []int
+	// broken is why a row the CSV reader could not split has no cells.
+	broken map[int]string
+	// csv: a row shorter than the header was cut short. A sheet leaves out
+	// the empty cells at a row's end, so there it is not.
+	csv bool
+}
+
+func (t *table) add(cells []string, line int) {
+	t.rows = append(t.rows, cells)
+	t.line = append(t.line, line)
 }
 
 // decodeText is the file as UTF-8: a BOM dropped, and a file that is not
@@ -327,27 +349,57 @@ func decodeText(data []byte) string {
 	return string(out)
 }
 
-func csvRows(text string) ([][]string, error) {
-	r := csv.NewReader(strings.NewReader(text))
-	r.FieldsPerRecord = -1
-	r.LazyQuotes = true
-	var rows [][]string
+// csvRows splits a CSV strictly: a quote that does not close, or one
+// inside an unquoted cell, makes the record it starts unreadable, and
+// reading starts again on the line after that record's first line, so a
+// quote never swallows the lines after it unseen.
+func csvRows(text string) (*table, error) {
+	t := &table{csv: true, broken: map[int]string{}}
+	base, baseLine := 0, 1     // where the current reader starts, and its line
+	br := bufio.NewReader(nil) // one buffer for every reader: csv takes it as is
 	for {
-		rec, err := r.Read()
-		if errors.Is(err, io.EOF) {
-			return rows, nil
+		br.Reset(strings.NewReader(text[base:]))
+		r := csv.NewReader(br)
+		r.FieldsPerRecord = -1
+		for {
+			rec, err := r.Read()
+			if errors.Is(err, io.EOF) {
+				return t, nil
+			}
+			if len(t.rows) >= maxRows {
+				return nil, fmt.Errorf("more than %d rows", maxRows)
+			}
+			var pe *csv.ParseError
+			if errors.As(err, &pe) && (errors.Is(pe.Err, csv.ErrQuote) || errors.Is(pe.Err, csv.ErrBareQuote)) {
+				why := "a quote that does not close (or an undoubled quote in a quoted cell): its cells cannot be told apart"
+				if errors.Is(pe.Err, csv.ErrBareQuote) {
+					why = "a quote inside an unquoted cell: its cells cannot be told apart"
+				}
+				t.broken[len(t.rows)] = why
+				t.add(nil, baseLine+pe.StartLine-1)
+				// The next reader starts on the line after the record's
+				// first: the lines the open quote took are read again.
+				next := base
+				for range pe.StartLine {
+					i := strings.IndexByte(text[next:], '\n')
+					if i < 0 {
+						return t, nil
+					}
+					next += i + 1
+				}
+				base, baseLine = next, baseLine+pe.StartLine
+				break
+			}
+			if err != nil {
+				return nil, fmt.Errorf("csv: %w", err)
+			}
+			line, _ := r.FieldPos(0)
+			t.add(rec, baseLine+line-1)
 		}
-		if err != nil {
-			return nil, fmt.Errorf("csv: %w", err)
-		}
-		if len(rows) >= maxRows {
-			return nil, fmt.Errorf("more than %d rows", maxRows)
-		}
-		rows = append(rows, rec)
 	}
 }
 
-func xlsxRows(data []byte) ([][]string, error) {
+func xlsxRows(data []byte) (*table, error) {
 	f, err := excelize.OpenReader(bytes.NewReader(data), excelize.Options{UnzipSizeLimit: 4 * MaxStatementBytes, UnzipXMLSizeLimit: MaxStatementBytes})
 	if err != nil {
 		return nil, fmt.Errorf("xlsx: %w", err)
@@ -362,26 +414,38 @@ func xlsxRows(data []byte) ([][]string, error) {
 		return nil, fmt.Errorf("xlsx: %w", err)
 	}
 	defer it.Close()
-	var rows [][]string
+	t := &table{}
 	for it.Next() {
-		if len(rows) >= maxRows {
+		if len(t.rows) >= maxRows {
 			return nil, fmt.Errorf("more than %d rows", maxRows)
 		}
-		r, err := it.Columns()
+		// Raw values: a date cell is its serial (formatted, excelize
+		// writes number format 22 as "11/28/26 09:15"), an amount its
+		// number.
+		r, err := it.Columns(excelize.Options{RawCellValue: true})
 		if err != nil {
-			return nil, fmt.Errorf("xlsx: row %d: %w", len(rows)+1, err)
+			return nil, fmt.Errorf("xlsx: row %d: %w", len(t.rows)+1, err)
 		}
-		rows = append(rows, r)
+		for j, c := range r {
+			// A date cell of type "d" holds ISO 8601 with a "Z" that
+			// names no zone: Excel times have none.
+			if isoCellDate.MatchString(c) {
+				r[j] = strings.TrimSuffix(c, "Z")
+			}
+		}
+		t.add(r, len(t.rows)+1)
 	}
-	return rows, it.Error()
+	return t, it.Error()
 }
 
-func xlsRows(data []byte) (rows [][]string, err error) {
+var isoCellDate = regexp.MustCompile(`^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?Z$`)
+
+func xlsRows(data []byte) (t *table, err error) {
 	// The .xls reader is not hardened against hostile files: a panic in it
 	// is a refused statement, not a crashed command.
 	defer func() {
 		if r := recover(); r != nil {
-			rows, err = nil, fmt.Errorf("xls: damaged file (%v)", r)
+			t, err = nil, fmt.Errorf("xls: damaged file (%v)", r)
 		}
 	}()
 	wb, err := xls.OpenReader(bytes.NewReader(data))
@@ -399,10 +463,11 @@ func xlsRows(data []byte) (rows [][]string, err error) {
 	if n > maxRows {
 		return nil, fmt.Errorf("more than %d rows", maxRows)
 	}
+	t = &table{}
 	for i := 0; i < n; i++ {
 		r, err := sh.GetRow(i)
 		if err != nil {
-			rows = append(rows, nil)
+			t.add(nil, i+1)
 			continue
 		}
 		var cells []string
@@ -413,9 +478,9 @@ func xlsRows(data []byte) (rows [][]string, err error) {
 			}
 			cells = append(cells, xlsCell(c))
 		}
-		rows = append(rows, cells)
+		t.add(cells, i+1)
 	}
-	return rows, nil
+	return t, nil
 }
 
 // column names, normalised, for each field.
@@ -432,7 +497,8 @@ var columnNames = map[string][]string{
 	"initiation": {"initiationtime"},
 }
 
-func readTable(path string, rows [][]string, o Options) (*Statement, error) {
+func readTable(path string, t *table, o Options) (*Statement, error) {
+	rows := t.rows
 	st := &Statement{Path: path}
 	header := -1
 	var col map[string]int
@@ -488,9 +554,44 @@ func readTable(path string, rows [][]string, o Options) (*Statement, error) {
 	if st.Account == "" {
 		st.Account = accountOf(filepath.Base(path))
 	}
+	hdr := rows[header]
+	// name is a column as its header names it, for a reason to quote.
+	name := func(j int) string {
+		if j < len(hdr) {
+			if n := truncate(MaskText(strings.TrimSpace(hdr[j])), 32); n != "" {
+				return n
+			}
+		}
+		return fmt.Sprintf("column %d", j+1)
+	}
+	field := func(f string) string {
+		j, ok := col[f]
+		if !ok {
+			return f
+		}
+		return name(j)
+	}
+	width := 0 // the header's cells up to its last named one
+	for j, c := range hdr {
+		if strings.TrimSpace(c) != "" {
+			width = j + 1
+		}
+	}
 	for i := header + 1; i < len(rows); i++ {
-		r := rows[i]
+		r, line := rows[i], t.line[i]
+		if why, ok := t.broken[i]; ok {
+			st.Problems = append(st.Problems, Problem{line, why})
+			continue
+		}
 		if blank(r) {
+			continue
+		}
+		if t.csv && len(r) < width {
+			st.Problems = append(st.Problems, Problem{line, fmt.Sprintf("cut short: %d of %d cells, nothing from %s on", len(r), width, name(len(r)))})
+			continue
+		}
+		if t.csv && len(r) > len(hdr) && !blank(r[len(hdr):]) {
+			st.Problems = append(st.Problems, Problem{line, fmt.Sprintf("%d cells, the header has %d: a cell holds an unquoted comma", len(r), len(hdr))})
 			continue
 		}
 		cell := func(f string) string {
@@ -500,27 +601,44 @@ func readTable(path string, rows [][]string, o Options) (*Statement, error) {
 			}
 			return strings.TrimSpace(truncate(r[j], maxCell))
 		}
-		l := Line{Row: i + 1, Receipt: cell("receipt"), Details: cell("details"), Status: cell("status"),
+		l := Line{Row: line, Receipt: cell("receipt"), Details: cell("details"), Status: cell("status"),
 			ReasonType: cell("reasontype"), Linked: cell("linked"), Party: MaskParty(cell("party"))}
 		if l.Receipt == "" {
-			st.Problems = append(st.Problems, Problem{i + 1, "no receipt"})
+			st.Problems = append(st.Problems, Problem{line, "no receipt"})
 			continue
 		}
 		if !safeReceipt(l.Receipt) {
-			st.Problems = append(st.Problems, Problem{i + 1, "receipt has characters a receipt cannot have"})
+			st.Problems = append(st.Problems, Problem{line, "receipt has characters a receipt cannot have"})
 			continue
 		}
-		t, err := ParseTime(cell("time"), o.loc())
+		tm, err := ParseTime(cell("time"), o.loc())
 		if err != nil {
-			st.Problems = append(st.Problems, Problem{i + 1, err.Error()})
+			st.Problems = append(st.Problems, Problem{line, field("time") + ": " + err.Error()})
 			continue
 		}
-		l.Time = t
+		l.Time = tm
+		if cell("in") == "" && cell("out") == "" && cell("amount") == "" {
+			empty := field("in") + " and " + field("out")
+			if _, ok := col["amount"]; ok {
+				empty = field("in") + ", " + field("out") + " and " + field("amount")
+			}
+			st.Problems = append(st.Problems, Problem{line, "no amount: " + empty + " are empty"})
+			continue
+		}
 		in, err1 := ParseAmount(cell("in"))
 		out, err2 := ParseAmount(cell("out"))
+		if err1 != nil {
+			err1 = fmt.Errorf("%s: %w", field("in"), err1)
+		}
+		if err2 != nil {
+			err2 = fmt.Errorf("%s: %w", field("out"), err2)
+		}
 		if a := cell("amount"); a != "" && cell("in") == "" && cell("out") == "" {
 			v, err := ParseAmount(a)
-			err1 = err
+			err1 = nil
+			if err != nil {
+				err1 = fmt.Errorf("%s: %w", field("amount"), err)
+			}
 			if v >= 0 {
 				in = v
 			} else {
@@ -528,7 +646,7 @@ func readTable(path string, rows [][]string, o Options) (*Statement, error) {
 			}
 		}
 		if err := errors.Join(err1, err2); err != nil {
-			st.Problems = append(st.Problems, Problem{i + 1, strings.ReplaceAll(err.Error(), "\n", "; ")})
+			st.Problems = append(st.Problems, Problem{line, strings.ReplaceAll(err.Error(), "\n", "; ")})
 			continue
 		}
 		if in < 0 { // a paid-in column holding a debit
@@ -773,6 +891,10 @@ func readPull(path string, data []byte, o Options) (*Statement, error) {
 			t, err := ParseTime(s("trxDate"), o.loc())
 			if err != nil {
 				st.Problems = append(st.Problems, Problem{n, err.Error()})
+				return
+			}
+			if s("amount") == "" {
+				st.Problems = append(st.Problems, Problem{n, "no amount: amount is empty"})
 				return
 			}
 			a, err := ParseAmount(s("amount"))
