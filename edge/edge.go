@@ -274,10 +274,10 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 	}, policy)
 
 	var lc net.ListenConfig
-	// The public listener refuses strangers at accept (below) unless a
-	// proxy stands in front: then keep-alive is set only on connections let
-	// through, so a refusal costs no keep-alive system calls.
-	refuseAtAccept := !cfg.ClientIP.ProxyProtocol && (cfg.TLS.Mode != config.TLSACME || cfg.TLS.Storage != "nats")
+	// The public listener refuses strangers at accept (below); keep-alive
+	// is then set only on connections let through, so a refusal costs no
+	// keep-alive system calls.
+	refuseAtAccept := cfg.TLS.Mode != config.TLSACME || cfg.TLS.Storage != "nats"
 	publicLC := lc
 	if refuseAtAccept {
 		publicLC.KeepAlive = -1
@@ -307,22 +307,17 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 			return nil, err
 		}
 	}
-	switch {
-	case cfg.ClientIP.ProxyProtocol:
-		s.publicLn = &proxyproto.Listener{
-			Listener:          s.publicLn,
-			ConnPolicy:        s.proxyPolicy,
-			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
-		}
-	case refuseAtAccept:
-		// The TCP peer is the client: a source outside the allowlist is
-		// closed at accept, before the TLS handshake. The policy in force
-		// decides per connection (report mode and trusted proxies let
-		// everything through to the handler). While an ACME challenge is
-		// pending, every source reaches the handshake: TLS-ALPN-01
-		// validators connect from addresses no allowlist holds. Not with
-		// shared certificate storage: another replica's challenge can be
-		// validated here, and this process does not see it pending.
+	if refuseAtAccept {
+		// A TCP peer that is neither allowlisted nor a trusted proxy is
+		// the client, and a stranger: closed at accept, before the TLS
+		// handshake (beneath the PROXY listener, so the peer seen is the
+		// TCP peer). The policy in force decides per connection (report
+		// mode lets everything through to the handler). While an ACME
+		// challenge is pending, every source reaches the handshake:
+		// TLS-ALPN-01 validators connect from addresses no allowlist
+		// holds. Not with shared certificate storage: another replica's
+		// challenge can be validated here, and this process does not see
+		// it pending.
 		s.publicLn = proxy.RefuseAtAccept(s.publicLn, proxy.AcceptOptions{
 			Policy:    s.handler.Policy,
 			Refused:   func(netip.Addr) { s.metrics.Rejected("source_not_allowed_at_accept") },
@@ -330,6 +325,14 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 			Log:       log,
 			KeepAlive: 15 * time.Second, // net's default
 		})
+	}
+	if cfg.ClientIP.ProxyProtocol {
+		s.publicLn = &proxyproto.Listener{
+			Listener:          s.publicLn,
+			ConnPolicy:        s.proxyPolicy,
+			ReadHeaderTimeout: cfg.Limits.ReadHeaderTimeout,
+			ValidateHeader:    tcpProxyHeader,
+		}
 	}
 
 	keys, err := adminKeys(cfg.Admin, log)
@@ -504,6 +507,23 @@ func (s *Server) proxyPolicy(o proxyproto.ConnPolicyOptions) (proxyproto.Policy,
 		}
 	}
 	return proxyproto.REJECT, nil
+}
+
+// tcpProxyHeader accepts a PROXY header for a TCP client, or one that
+// names no client (LOCAL, UNKNOWN/UNSPEC: a balancer's health check; its
+// own address then counts, which the allowlist refuses). A Unix socket's
+// "address" is a path anyone local can choose, such as
+// "196.201.214.200:1", and a UDP client cannot have sent an HTTPS request:
+// refused.
+func tcpProxyHeader(h *proxyproto.Header) error {
+	if h.Command.IsLocal() {
+		return nil
+	}
+	switch h.TransportProtocol {
+	case proxyproto.TCPv4, proxyproto.TCPv6, proxyproto.UNSPEC:
+		return nil
+	}
+	return fmt.Errorf("PROXY header for a %v client: only TCP clients are taken", h.TransportProtocol)
 }
 
 // CertBucket is the key-value bucket holding certificates with tls.storage

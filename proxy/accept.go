@@ -44,18 +44,18 @@ const (
 	refusalLogEvery       = time.Second
 )
 
-// RefuseAtAccept wraps the public listener so that, when the TCP peer is
-// the client (the policy trusts no proxy) and the allowlist is enforced, a
-// connection from a source outside the allowlist is closed as soon as it
-// is accepted: no TLS handshake, no goroutine, no request. It sends a
-// reset (SO_LINGER 0), so no TIME_WAIT is left behind. In report-only mode,
-// or with trusted proxies (the real client is known only from
-// X-Forwarded-For), every connection goes through to the handler, which
-// decides as before.
+// RefuseAtAccept wraps the public listener so that, when the allowlist is
+// enforced, a connection from a TCP peer that is neither in the allowlist
+// nor a trusted proxy is closed as soon as it is accepted: no TLS
+// handshake, no goroutine, no request. Such a peer is the client whatever
+// it sends (its X-Forwarded-For or PROXY header is never believed), so the
+// handler could only refuse it. A trusted proxy's connections go through:
+// the client behind it is known only from its headers. It sends a reset
+// (SO_LINGER 0), so no TIME_WAIT is left behind. In report-only mode every
+// connection goes through to the handler, which decides as before.
 //
-// Wrap the listener the clients connect to directly. With the PROXY
-// protocol the TCP peer is a load balancer: wrap nothing (such a policy
-// trusts proxies anyway, so nothing would be refused).
+// Wrap the raw TCP listener, beneath a PROXY protocol listener if there is
+// one, so that the peer seen is the TCP peer.
 //
 // Accept never returns an error for a refused connection: it goes on to
 // the next one, so http.Server neither backs off nor stops. Errors of the
@@ -120,17 +120,17 @@ func (l *refusingListener) refuses(c net.Conn) (netip.Addr, bool) {
 		return netip.Addr{}, false
 	}
 	src := ta.AddrPort().Addr().Unmap().WithZone("")
-	if p.Allow.Contains(src) || (l.o.Exempt != nil && l.o.Exempt()) {
+	if p.Allow.Contains(src) || p.ClientIP.Trusts(src) || (l.o.Exempt != nil && l.o.Exempt()) {
 		return src, false
 	}
 	return src, true
 }
 
-// refusesAtAccept reports whether sources outside Allow are refused before
-// any request is read: the allowlist is enforced and the TCP peer is the
-// client, because no proxy is trusted.
+// refusesAtAccept reports whether peers outside Allow (and not trusted
+// proxies) are refused before any request is read: the allowlist is
+// enforced.
 func (p *Policy) refusesAtAccept() bool {
-	return p != nil && !p.ReportOnly && (p.ClientIP == nil || p.ClientIP.trusted.Len() == 0)
+	return p != nil && !p.ReportOnly
 }
 
 // refusalLog writes the refusal lines within their bounds, without

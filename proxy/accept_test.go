@@ -192,7 +192,7 @@ func TestAcceptRefusesBeforeHandshake(t *testing.T) {
 	}
 }
 
-// TestAcceptLetsThrough: report-only mode, trusted proxies, an exemption,
+// TestAcceptLetsThrough: report-only mode, a trusted proxy, an exemption,
 // and a reload that lists the source each send the connection on to the
 // handler; a reload that drops a source refuses it from the next
 // connection on.
@@ -209,7 +209,11 @@ func TestAcceptLetsThrough(t *testing.T) {
 		{"enforced, listed", enforced, false, "127.0.0.2", true},
 		{"enforced, not listed", enforced, false, "127.0.0.3", false},
 		{"report only", &Policy{Allow: enforced.Allow, ReportOnly: true, ClientIP: NewClientIP(nil)}, false, "127.0.0.3", true},
-		{"trusted proxies", &Policy{Allow: enforced.Allow, ClientIP: NewClientIP(mustAllow(t, "10.0.0.0/8"))}, false, "127.0.0.3", true},
+		{"a trusted proxy", &Policy{Allow: enforced.Allow, ClientIP: NewClientIP(mustAllow(t, "127.0.0.3/32"))}, false, "127.0.0.3", true},
+		// Neither listed nor a trusted proxy: the peer is the client, its
+		// headers are never believed, so it is a stranger (it went on to
+		// a TLS handshake while any proxy was trusted).
+		{"trusted proxies, a stranger", &Policy{Allow: enforced.Allow, ClientIP: NewClientIP(mustAllow(t, "10.0.0.0/8"))}, false, "127.0.0.3", false},
 		{"reload lists it", &Policy{Allow: mustAllow(t, "127.0.0.3"), ClientIP: NewClientIP(nil)}, false, "127.0.0.3", true},
 		{"reload drops it", &Policy{Allow: mustAllow(t, "127.0.0.3"), ClientIP: NewClientIP(nil)}, false, "127.0.0.2", false},
 		{"nil client ip", &Policy{Allow: enforced.Allow}, false, "127.0.0.3", false},
