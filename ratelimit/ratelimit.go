@@ -65,12 +65,26 @@ func New(perSecond float64, burst, maxSources int) *PerSource {
 	}
 }
 
-// Allow spends one token of src's bucket, reporting whether there was one.
-// A nil *PerSource allows everything.
+// Source is the key a source address is limited under: an IPv4 address
+// itself; an IPv6 address by its /64, the block one subscriber or one host
+// is given (counting each of its 2^64 addresses apart would let one
+// scanner fill the table and the logs).
+func Source(a netip.Addr) netip.Addr {
+	a = a.Unmap().WithZone("")
+	if a.Is6() {
+		p, _ := a.Prefix(64)
+		return p.Addr()
+	}
+	return a
+}
+
+// Allow spends one token of src's bucket (its Source), reporting whether
+// there was one. A nil *PerSource allows everything.
 func (l *PerSource) Allow(src netip.Addr, now time.Time) bool {
 	if l == nil {
 		return true
 	}
+	src = Source(src)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	b, ok := l.table[src]
@@ -95,6 +109,7 @@ func (l *PerSource) Blocked(src netip.Addr, now time.Time) bool {
 	if l == nil {
 		return false
 	}
+	src = Source(src)
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if b, ok := l.table[src]; ok {

@@ -1,6 +1,7 @@
 package ratelimit
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
@@ -126,5 +127,33 @@ func TestPerSourceNil(t *testing.T) {
 	var l *PerSource
 	if !l.Allow(addr(0), time.Now()) || l.Blocked(addr(0), time.Now()) || l.Len() != 0 {
 		t.Fatal("a nil limiter limits")
+	}
+}
+
+// TestIPv6BySlash64: the addresses of one IPv6 /64 share a bucket (one
+// subscriber or host has them all: counted apart, one scanner behind a
+// proxy got a log line and a rejection event for each); another /64 and
+// IPv4 addresses are their own.
+func TestIPv6BySlash64(t *testing.T) {
+	l := New(1, 5, 100)
+	now := time.Now()
+	allowed := 0
+	for i := range 40 {
+		a := netip.MustParseAddr(fmt.Sprintf("2001:db8:1:2::%x", i+1))
+		if l.Allow(a, now) {
+			allowed++
+		}
+	}
+	if allowed != 5 {
+		t.Errorf("one /64: %d of 40 allowed, want the burst of 5", allowed)
+	}
+	if !l.Allow(netip.MustParseAddr("2001:db8:1:3::1"), now) || !l.Allow(netip.MustParseAddr("192.0.2.1"), now) {
+		t.Error("another /64 or an IPv4 address shares the spent bucket")
+	}
+	if !l.Blocked(netip.MustParseAddr("2001:db8:1:2:ffff::9"), now) {
+		t.Error("Blocked does not see the /64's spent bucket")
+	}
+	if Source(netip.MustParseAddr("::ffff:192.0.2.7")) != netip.MustParseAddr("192.0.2.7") {
+		t.Error("an IPv4-mapped address is not its IPv4 address")
 	}
 }
