@@ -161,11 +161,21 @@ func (v *validator) recovery(c Config) {
 		}
 		ownKey := v.secret(key("consumer_key"), s.ConsumerKey, s.ConsumerKeyFile)
 		ownSecret := v.secret(key("consumer_secret"), s.ConsumerSecret, s.ConsumerSecretFile)
-		if !ownKey && !topKey {
-			v.add(key("consumer_key"), "missing: set recovery.consumer_key (or _file), or this shortcode's own")
-		}
-		if !ownSecret && !topSecret {
-			v.add(key("consumer_secret"), "missing: set recovery.consumer_secret (or _file), or this shortcode's own")
+		// A shortcode's own app is its own key and secret together: one
+		// without the other would run with the top-level half of another
+		// app (an empty secret, or a secret ignored).
+		switch {
+		case ownKey && !ownSecret:
+			v.add(key("consumer_secret"), "missing: given with this shortcode's own consumer_key (an app's key and secret go together)")
+		case ownSecret && !ownKey:
+			v.add(key("consumer_key"), "missing: given with this shortcode's own consumer_secret (an app's key and secret go together)")
+		case !ownKey:
+			if !topKey {
+				v.add(key("consumer_key"), "missing: set recovery.consumer_key (or _file), or this shortcode's own")
+			}
+			if !topSecret {
+				v.add(key("consumer_secret"), "missing: set recovery.consumer_secret (or _file), or this shortcode's own")
+			}
 		}
 		stk := v.secret(key("passkey"), s.Passkey, s.PasskeyFile)
 		status := s.InitiatorName != ""

@@ -34,6 +34,18 @@ func TestRecoveryValidate(t *testing.T) {
 		}},
 		{"not daraja", "recovery.base_url", func(r *Recovery) { r.BaseURL = "https://daraja.example.com" }},
 		{"no shortcodes", "recovery.shortcodes: names no shortcode", func(r *Recovery) { r.Shortcodes = nil }},
+		// A shortcode's own app: key and secret together (with only its
+		// key it ran with an empty secret; with only its secret, the
+		// secret was ignored).
+		{"own key without own secret", "recovery.shortcodes.174379.consumer_secret: missing: given with this shortcode's own consumer_key", func(r *Recovery) {
+			r.Shortcodes["174379"] = RecoveryShortcode{ConsumerKey: "ownkey", PasskeyFile: pk}
+		}},
+		{"own secret without own key", "recovery.shortcodes.174379.consumer_key: missing: given with this shortcode's own consumer_secret", func(r *Recovery) {
+			r.Shortcodes["174379"] = RecoveryShortcode{ConsumerSecret: "ownsecret", PasskeyFile: pk}
+		}},
+		{"own key and secret", "", func(r *Recovery) {
+			r.Shortcodes["174379"] = RecoveryShortcode{ConsumerKey: "ownkey", ConsumerSecret: "ownsecret", PasskeyFile: pk}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c := Default()

@@ -226,6 +226,22 @@ func apiError(status int, body []byte) *APIError {
 	return ae
 }
 
+// withoutTokens takes the access tokens out of an error message: Daraja's
+// 401.002.01 repeats the token it was sent ("Error Occurred - Invalid
+// Access Token - <token>"), and the message goes on to logs and the
+// published unrecoverable answer.
+func withoutTokens(msg string, toks ...string) string {
+	if i := strings.Index(msg, "Invalid Access Token - "); i >= 0 {
+		msg = msg[:i+len("Invalid Access Token")]
+	}
+	for _, t := range toks {
+		if t != "" {
+			msg = strings.ReplaceAll(msg, t, "…")
+		}
+	}
+	return msg
+}
+
 // post sends a JSON request with the bearer token, renewing the token once
 // on an invalid-token answer, and returns the 200 answer's body.
 func (c *Client) post(ctx context.Context, path string, in any) ([]byte, error) {
@@ -258,6 +274,7 @@ func (c *Client) post(ctx context.Context, path string, in any) ([]byte, error) 
 			return body, nil
 		}
 		ae := apiError(resp.StatusCode, body)
+		ae.Message = withoutTokens(ae.Message, tok, stale)
 		if ae.invalidToken() && try == 0 {
 			stale = tok
 			continue

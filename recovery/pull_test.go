@@ -45,7 +45,7 @@ func TestPullRecovery(t *testing.T) {
 	r.settled()
 	for i, receipt := range []string{"TLA1B2C3D4", "TLA1B2C3D5"} {
 		m := msgs[i]
-		for k, want := range map[string]string{"Nats-Msg-Id": "recovered:c2b.confirmation:" + receipt, HeaderRecoveredBy: QueryPull,
+		for k, want := range map[string]string{"Nats-Msg-Id": "recovered:c2b.confirmation:" + iss.ID + ":" + receipt, HeaderRecoveredBy: QueryPull,
 			HeaderOutcome: OutcomeAnswered, HeaderCount: "2", "Daraja-Transaction-Id": receipt, "Daraja-Receipt": receipt,
 			"Daraja-Token-Id": iss.ID, "Daraja-Kind": "c2b.confirmation", "Daraja-Reference": "INV-9"} {
 			if got := m.Header.Get(k); got != want {
@@ -110,7 +110,7 @@ func TestReconcileFindings(t *testing.T) {
 
 	r.reconcileFinding("c2b.confirmation|stk.callback", "174379", "TLB0000002", at)
 	m := r.messages("daraja.recovered.c2b.confirmation.174379.TLB0000002", 1)[0]
-	for k, want := range map[string]string{"Nats-Msg-Id": "recovered:c2b.confirmation:TLB0000002", HeaderRecoveredBy: QueryPull,
+	for k, want := range map[string]string{"Nats-Msg-Id": "recovered:c2b.confirmation:TLB0000002:TLB0000002", HeaderRecoveredBy: QueryPull,
 		HeaderOutcome: OutcomeAnswered, HeaderMissingSource: SourceReconcile, "Daraja-Receipt": "TLB0000002",
 		"Daraja-Transaction-Id": "TLB0000002", "Daraja-Shortcode": "174379", "Daraja-Token-Id": ""} {
 		if got := m.Header.Get(k); got != want {

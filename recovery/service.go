@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net/http"
 	"os"
+	"regexp"
 	"strconv"
 	"strings"
 	"sync"
@@ -343,6 +344,18 @@ type job struct {
 }
 
 func (j job) reconcile() bool { return j.receipt != "" }
+
+// resultCodeRE is a ResultCode fit for the Daraja-Result-Code header.
+var resultCodeRE = regexp.MustCompile(`^[0-9A-Za-z.]{1,32}$`)
+
+// subjectID is the last token of the job's subject: the token id, or the
+// receipt of a reconcile finding.
+func (j job) subjectID() string {
+	if j.reconcile() {
+		return j.receipt
+	}
+	return j.tokenID
+}
 
 // name is what a log line names the event by.
 func (j job) name() zap.Field {
@@ -794,7 +807,10 @@ func (s *Service) publish(ctx context.Context, j job, a answer) error {
 		have := distinctIDs(msgs)
 		for _, tx := range a.txs {
 			h := s.header(j, a)
-			h.Set(publish.HeaderMsgID, "recovered:"+j.kind+":"+tx.Receipt)
+			// Per subject: the same transaction found for another token
+			// (overlapping windows) or a reconcile finding is stored on
+			// its own subject too, not dropped as a duplicate.
+			h.Set(publish.HeaderMsgID, "recovered:"+j.kind+":"+j.subjectID()+":"+tx.Receipt)
 			h.Set(publish.HeaderTransactionID, tx.Receipt)
 			h.Set(publish.HeaderReceipt, tx.Receipt)
 			h.Set(HeaderCount, strconv.Itoa(len(a.txs)))
@@ -819,10 +835,13 @@ func (s *Service) publish(ctx context.Context, j job, a answer) error {
 		}
 		body, _ = json.Marshal(e)
 	} else {
-		var r struct{ ResultCode, CheckoutRequestID, ConversationID string }
+		var r struct {
+			ResultCode                        json.RawMessage // a string or a number
+			CheckoutRequestID, ConversationID string
+		}
 		_ = json.Unmarshal(body, &r)
-		if r.ResultCode != "" {
-			h.Set(publish.HeaderResultCode, r.ResultCode)
+		if code := strings.Trim(string(r.ResultCode), `"`); code != "" && code != "null" && resultCodeRE.MatchString(code) {
+			h.Set(publish.HeaderResultCode, code)
 		}
 		if id := r.CheckoutRequestID + r.ConversationID; id != "" && !j.reconcile() {
 			h.Set(publish.HeaderTransactionID, id)

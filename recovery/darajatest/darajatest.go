@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 )
@@ -142,12 +143,17 @@ func (s *Server) next(path string) Failure {
 	return 0
 }
 
-func (s *Server) fail(w http.ResponseWriter, f Failure) {
+// fail writes failure f; bearer is the access token the request carried,
+// which Daraja's 401 repeats.
+func (s *Server) fail(w http.ResponseWriter, f Failure, bearer string) {
+	if bearer == "" {
+		bearer = "BJGFGOXv5aZnw90KkA4TDtu4Xdyf"
+	}
 	switch f {
 	case InvalidToken:
 		writeJSON(w, http.StatusNotFound, map[string]string{"requestId": requestID(), "errorCode": "404.001.03", "errorMessage": "Invalid Access Token"})
 	case Unauthorized:
-		writeJSON(w, http.StatusUnauthorized, map[string]string{"requestId": requestID(), "errorCode": "401.002.01", "errorMessage": "Error Occurred - Invalid Access Token - BJGFGOXv5aZnw90KkA4TDtu4Xdyf"})
+		writeJSON(w, http.StatusUnauthorized, map[string]string{"requestId": requestID(), "errorCode": "401.002.01", "errorMessage": "Error Occurred - Invalid Access Token - " + bearer})
 	case RateLimited:
 		writeJSON(w, http.StatusTooManyRequests, map[string]any{"fault": map[string]any{
 			"faultstring": "Spike arrest violation. Allowed rate : MessageRate{messagesPerPeriod=5, periodInMicroseconds=1000000, maxBurstMessageCount=1.0}",
@@ -161,7 +167,7 @@ func (s *Server) fail(w http.ResponseWriter, f Failure) {
 
 func (s *Server) oauth(w http.ResponseWriter, r *http.Request) {
 	if f := s.next(r.URL.Path); f != 0 {
-		s.fail(w, f)
+		s.fail(w, f, "")
 		return
 	}
 	k, sec, ok := r.BasicAuth()
@@ -181,17 +187,17 @@ func (s *Server) oauth(w http.ResponseWriter, r *http.Request) {
 
 func (s *Server) api(h func(http.ResponseWriter, map[string]any)) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
-		if f := s.next(r.URL.Path); f != 0 {
-			s.fail(w, f)
-			return
-		}
 		const bearer = "Bearer "
 		auth := r.Header.Get("Authorization")
+		if f := s.next(r.URL.Path); f != 0 {
+			s.fail(w, f, strings.TrimPrefix(auth, bearer))
+			return
+		}
 		s.mu.Lock()
 		valid := len(auth) > len(bearer) && auth[:len(bearer)] == bearer && s.tokens[auth[len(bearer):]]
 		s.mu.Unlock()
 		if !valid {
-			s.fail(w, InvalidToken)
+			s.fail(w, InvalidToken, "")
 			return
 		}
 		var body map[string]any
