@@ -4,8 +4,11 @@ import (
 	"context"
 	"errors"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // countByID counts the app's requests per webhook-id.
@@ -211,5 +214,69 @@ func TestDeliveryRecordCompareAndSet(t *testing.T) {
 	if len(stored.Attempts) != 2 || stored.Attempts[0].Status != 503 || stored.Attempts[1].Status != 200 ||
 		stored.State != StateDelivered || len(got.Attempts) != 2 {
 		t.Errorf("record after a conflict: %+v", stored)
+	}
+}
+
+type failingDeliveredKV struct {
+	jetstream.KeyValue
+	failed bool
+}
+
+func (k *failingDeliveredKV) Update(ctx context.Context, key string, v []byte, rev uint64) (uint64, error) {
+	if !k.failed && strings.Contains(string(v), `"state":"delivered"`) {
+		k.failed = true
+		return 0, errors.New("nats: connection closed")
+	}
+	return k.KeyValue.Update(ctx, key, v, rev)
+}
+
+type lostAckMsg struct {
+	jetstream.Msg
+	lost bool
+}
+
+func (m *lostAckMsg) DoubleAck(ctx context.Context) error {
+	if m.lost {
+		return errors.New("nats: connection closed")
+	}
+	return m.Msg.DoubleAck(ctx)
+}
+
+// TestDeliveredRecordedAfterBucketBlip: NATS out of reach for a moment
+// after a 2xx: the "delivered" record's first write fails and the ack is
+// lost. The record is written once the bucket answers, so the redelivery
+// finds it and the app is not called again (it was: docs/forward.md
+// "Duplicates" says a 2xx the forwarder saw is never followed by another
+// attempt).
+func TestDeliveredRecordedAfterBucketBlip(t *testing.T) {
+	e := newEnv(t)
+	a := newApp(t, secretA, secretB)
+	d := destination("shop", a.srv.URL)
+	d.Kinds = []string{"b2c.result"} // its own consumer never sees the callback below
+	f := e.start(nil, d)
+	dd := f.dests[0]
+	kv := &failingDeliveredKV{KeyValue: f.hist.kv}
+	f.hist = history{kv: kv}
+	clock := time.Now()
+	f.now = func() time.Time { return clock }
+	ctx := context.Background()
+	e.store("c2b.confirmation", "600999", "RKTQDM7W6S", "tok_abcdefghijklmnop", body("c2b.confirmation", "RKTQDM7W6S"))
+	cons, err := e.js.CreateConsumer(ctx, "DARAJA", jetstream.ConsumerConfig{AckPolicy: jetstream.AckExplicitPolicy, FilterSubject: "daraja.cb.c2b.>"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := cons.Fetch(1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := <-b.Messages()
+	dd.handle(ctx, &lostAckMsg{Msg: m, lost: true}, false, func() {})
+	if len(a.deliveries()) != 1 || a.deliveries()[0].status != 200 {
+		t.Fatal("first attempt not made")
+	}
+	clock = clock.Add(d.Timeout + leaseMargin + time.Second) // the redelivery, after the ack wait
+	dd.handle(ctx, m, false, func() {})
+	if n := len(a.deliveries()); n != 1 {
+		t.Fatalf("the app got a callback it answered 2xx again: %d requests", n)
 	}
 }

@@ -223,7 +223,7 @@ func (f *Forwarder) Start(ctx context.Context) error {
 	for _, d := range f.dests {
 		cc := jetstream.ConsumerConfig{Durable: ConsumerName(d.cfg.Name), Description: "daraja-edge forwarder: " + d.cfg.Name,
 			FilterSubjects: d.filters(), AckPolicy: jetstream.AckExplicitPolicy, AckWait: d.ackWait,
-			MaxAckPending: d.cfg.Concurrency, MaxDeliver: -1, DeliverPolicy: jetstream.DeliverNewPolicy}
+			MaxAckPending: d.maxAckPending(), MaxDeliver: -1, DeliverPolicy: jetstream.DeliverNewPolicy}
 		cons, err := js.CreateOrUpdateConsumer(ctx, f.o.Stream, cc)
 		if err != nil {
 			cancel()
@@ -231,7 +231,7 @@ func (f *Forwarder) Start(ctx context.Context) error {
 		}
 		d.cons = cons
 		rc := jetstream.ConsumerConfig{Durable: ConsumerName(d.cfg.Name) + "_replay", FilterSubject: f.replaySubject(d.cfg.Name),
-			AckPolicy: jetstream.AckExplicitPolicy, AckWait: d.ackWait, MaxAckPending: d.cfg.Concurrency, MaxDeliver: -1}
+			AckPolicy: jetstream.AckExplicitPolicy, AckWait: d.ackWait, MaxAckPending: d.maxAckPending(), MaxDeliver: -1}
 		rcons, err := js.CreateOrUpdateConsumer(ctx, f.replayStream(), rc)
 		if err != nil {
 			cancel()
@@ -241,17 +241,13 @@ func (f *Forwarder) Start(ctx context.Context) error {
 			cons   jetstream.Consumer
 			replay bool
 		}{{cons, false}, {rcons, true}} {
-			it, err := c.cons.Messages(jetstream.PullMaxMessages(d.cfg.Concurrency))
-			if err != nil {
-				cancel()
-				return fmt.Errorf("forward: consume for %s: %w", d.cfg.Name, err)
-			}
+			fetching, stopFetching := context.WithCancel(ctx)
 			f.mu.Lock()
-			f.stops = append(f.stops, it.Stop)
+			f.stops = append(f.stops, stopFetching)
 			f.mu.Unlock()
 			f.wg.Add(1)
 			sem := make(chan struct{}, d.cfg.Concurrency)
-			go func() { defer f.wg.Done(); d.run(ctx, it, c.replay, sem) }()
+			go func() { defer f.wg.Done(); d.run(ctx, fetching, c.cons, c.replay, sem) }()
 		}
 		f.lag.Add(1)
 		go func() { defer f.lag.Done(); d.watchLag(lagCtx) }()
@@ -283,33 +279,40 @@ func (f *Forwarder) Stop(ctx context.Context) {
 	f.lag.Wait()
 }
 
-// run hands each message to a worker as soon as it arrives, and keeps it
-// alive (in-progress acks) from that moment: a message waiting for an
-// attempt slot (shared with the other consumer of the destination), for
-// the breaker or for the rate limit never passes its ack wait, so the
-// server never hands it to another worker while it is held here. The
-// server bounds the messages held to the consumer's max ack pending; sem
-// bounds them here too.
-func (d *dest) run(ctx context.Context, it jetstream.MessagesContext, replay bool, sem chan struct{}) {
+// run takes a worker slot, then fetches one message for it and keeps it
+// alive (in-progress acks) from the moment it arrives: a message waiting
+// for the breaker or the rate limit never passes its ack wait, and no
+// message waits unheld in a client buffer while every slot is busy (the
+// consumer's pending bound is far above concurrency, for the callbacks
+// waiting for their next attempt), so the server never hands it to another
+// worker while it is held here. Fetching stops when fetching ends; the
+// attempts in flight go on until ctx ends.
+func (d *dest) run(ctx, fetching context.Context, cons jetstream.Consumer, replay bool, sem chan struct{}) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	for {
-		m, err := it.Next()
-		if err != nil {
-			if errors.Is(err, jetstream.ErrMsgIteratorClosed) || ctx.Err() != nil {
+		select {
+		case sem <- struct{}{}:
+		case <-fetching.Done():
+			return
+		}
+		m, err := d.fetchOne(fetching, cons)
+		if m == nil {
+			<-sem
+			if fetching.Err() != nil {
 				return
 			}
-			d.f.log.Warn("forward: fetch", zap.String("destination", d.cfg.Name), zap.Error(err))
+			if err != nil {
+				d.f.log.Warn("forward: fetch", zap.String("destination", d.cfg.Name), zap.Error(err))
+				select {
+				case <-time.After(time.Second):
+				case <-fetching.Done():
+					return
+				}
+			}
 			continue
 		}
 		stop := d.keepAlive(m)
-		select {
-		case sem <- struct{}{}:
-		case <-ctx.Done():
-			stop()
-			_ = m.Nak()
-			return
-		}
 		wg.Add(1)
 		go func() {
 			defer func() { <-sem; wg.Done() }()
@@ -317,6 +320,34 @@ func (d *dest) run(ctx context.Context, it jetstream.MessagesContext, replay boo
 		}()
 	}
 }
+
+// fetchOne waits for the next message (nil when none came before the pull
+// request expired, or ctx ended).
+func (d *dest) fetchOne(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	batch, err := cons.Fetch(1, jetstream.FetchContext(ctx))
+	if err != nil {
+		return nil, err
+	}
+	for m := range batch.Messages() {
+		return m, nil
+	}
+	if err := batch.Error(); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, nats.ErrTimeout) {
+		return nil, err
+	}
+	return nil, nil
+}
+
+// maxWaiting is how many callbacks of a destination may wait for their
+// next attempt (a delayed redelivery the server counts as pending) before
+// the consumer stops handing out new ones.
+const maxWaiting = 10000
+
+// maxAckPending is the consumer's bound on unacknowledged messages: the
+// attempts in flight (concurrency, which the worker slots bound) plus the
+// callbacks waiting for their next attempt. Bounded to concurrency alone,
+// a few callbacks the app keeps refusing held every slot through their
+// schedule's waits and nothing else was delivered.
+func (d *dest) maxAckPending() int { return d.cfg.Concurrency + maxWaiting }
 
 // callback is a stored callback being delivered.
 type callback struct {
@@ -397,11 +428,18 @@ func (d *dest) newRecord(cb *callback) Delivery {
 }
 
 // decide reads rec at now: a replay request not seen before starts a new
-// round of the schedule in rec; a lease of another attempt, the first
+// round of the schedule in rec, once a round under way has ended; a lease of another attempt, the first
 // entry of the schedule and the next attempt's time (NextAt, kept across
 // replicas) make it wait.
 func (d *dest) decide(rec *Delivery, cb *callback, replay bool, holder string, now time.Time) (action, time.Duration) {
 	if replay && rec.ReplayID != cb.replayID {
+		if rec.State == StatePending && d.roundDriven(rec, holder, now) {
+			// Another round is under way (an attempt in flight, or the
+			// next one due): this replay's round starts after it ends.
+			// Two requests for one callback took turns resetting each
+			// other's round, which then never ended.
+			return actWait, min(max(rec.NextAt.Sub(now), time.Second), 30*time.Second)
+		}
 		rec.RoundStart, rec.State, rec.Replays, rec.ReplayID = len(rec.Attempts), StatePending, rec.Replays+1, cb.replayID
 		rec.NextAt = time.Time{}
 	}
@@ -494,6 +532,44 @@ func (d *dest) record(ctx context.Context, key string, cb *callback, rec Deliver
 	}
 }
 
+// roundDriven reports whether a pending record's round has a worker on it:
+// another's attempt in flight (its lease), or the next attempt due soon
+// enough that its message is still coming back for it. A pending record
+// nobody came back to (its last write lost) is not: a replay takes it over.
+func (d *dest) roundDriven(rec *Delivery, holder string, now time.Time) bool {
+	return rec.leased(holder, now) || (!rec.NextAt.IsZero() && now.Before(rec.NextAt.Add(d.ackWait)))
+}
+
+// recordDelivered writes a delivered attempt whose first write failed
+// (the bucket out of reach), trying again with backoff until it takes or
+// ctx ends; a record already saying delivered (the failed write took
+// after all) is left as it is.
+func (d *dest) recordDelivered(ctx context.Context, key string, cb *callback, holder string, att Attempt) (Delivery, uint64, error) {
+	var rec Delivery
+	var rev uint64
+	err := errors.New("not written")
+	for wait := 100 * time.Millisecond; err != nil; wait = min(2*wait, 5*time.Second) {
+		select {
+		case <-ctx.Done():
+			return rec, rev, err
+		case <-time.After(wait):
+		}
+		if rec, rev, err = d.f.hist.get(ctx, key); err != nil {
+			continue
+		}
+		if rev == 0 {
+			rec = d.newRecord(cb)
+		}
+		if rec.State == StateDelivered {
+			return rec, rev, nil
+		}
+		rec, rev, err = d.record(ctx, key, cb, rec, rev, holder, att, true, 0)
+	}
+	d.f.log.Info("forward: delivered attempt recorded after the bucket came back", zap.String("destination", d.cfg.Name),
+		zap.Uint64("sequence", cb.seq))
+	return rec, rev, nil
+}
+
 // newHolder names one attempt, for its lease.
 func newHolder() string {
 	var b [8]byte
@@ -584,6 +660,12 @@ func (d *dest) handle(ctx context.Context, m jetstream.Msg, replay bool, stop fu
 	rec, rev, err = d.record(ctx, key, cb, rec, rev, holder, att, ok, wait)
 	if err != nil {
 		log.Warn("forward: attempt not recorded", zap.Bool("delivered", ok), zap.Error(err))
+	}
+	if ok && err != nil {
+		// The app has it: until the record says so, a redelivery would
+		// call it again. Keep the message (in-progress acks go on) and
+		// write the record until it takes, or the forwarder stops.
+		rec, rev, err = d.recordDelivered(ctx, key, cb, holder, att)
 	}
 	stop()
 	if ok {

@@ -164,3 +164,75 @@ func TestReplaySequenceMustBeForwarded(t *testing.T) {
 		}
 	}
 }
+
+// TestFailingCallbacksDoNotBlockOthers: callbacks the app keeps refusing
+// wait for their next attempt (an hour here) without holding up the rest:
+// a healthy callback stored after them is delivered. With the consumer's
+// pending bound at concurrency, the waiting ones filled it and nothing
+// else was fetched.
+func TestFailingCallbacksDoNotBlockOthers(t *testing.T) {
+	e := newEnv(t)
+	a := newApp(t, secretA, secretB)
+	a.answer = func(_ int, r *http.Request) (int, map[string]string) {
+		if r.URL.Path == "/bad" {
+			return http.StatusInternalServerError, nil
+		}
+		return http.StatusOK, nil
+	}
+	d := destination("shop", a.srv.URL)
+	d.Concurrency = 2
+	d.Retry = []time.Duration{0, time.Hour}
+	d.Paths = map[string]string{"stk.callback": "/bad", "c2b.confirmation": "/good"}
+	f := e.start(nil, d)
+	e.store("stk.callback", "174379", "ws_CO_1", "tok_abcdefghijklmnop", body("stk.callback", "1"))
+	e.store("stk.callback", "174379", "ws_CO_2", "tok_abcdefghijklmnop", body("stk.callback", "2"))
+	eventually(t, "two failed attempts", func() bool { return len(a.deliveries()) == 2 })
+	e.store("c2b.confirmation", "600999", "RKTQDM7W6S", "tok_abcdefghijklmnop", body("c2b.confirmation", "RKTQDM7W6S"))
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		ds, _ := f.Deliveries(context.Background(), "shop", "RKTQDM7W6S", StateDelivered, 0)
+		if len(ds) == 1 {
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Fatalf("a healthy callback not delivered in 5 s: blocked behind %d callbacks waiting an hour; app saw %d requests", d.Concurrency, len(a.deliveries()))
+}
+
+// Two replay requests of one callback (two POSTs, e.g. dlq:true twice)
+// reset each other's round on every attempt: the callback is attempted
+// forever and never dead-lettered again.
+
+// TestTwoReplaysEnd: two replay requests for one dead callback make one
+// round each, one after the other; they took turns resetting each other's
+// round, which never reached its dead letter (17 attempts in 10 s, still
+// pending).
+func TestTwoReplaysEnd(t *testing.T) {
+	e := newEnv(t)
+	a := newApp(t, secretA, secretB)
+	a.answer = func(int, *http.Request) (int, map[string]string) { return http.StatusBadRequest, nil }
+	d := destination("shop", a.srv.URL)
+	d.Retry = []time.Duration{0, 500 * time.Millisecond, 500 * time.Millisecond}
+	f := e.start(nil, d)
+	ctx := context.Background()
+	seq := e.store("c2b.confirmation", "600999", "RKTQDM7W6S", "tok_abcdefghijklmnop", body("c2b.confirmation", "RKTQDM7W6S"))
+	dead := func(replays int) func() bool {
+		return func() bool {
+			ds, err := f.Deliveries(ctx, "shop", "RKTQDM7W6S", StateDead, 0)
+			return err == nil && len(ds) == 1 && ds[0].Replays >= replays
+		}
+	}
+	eventually(t, "dead", dead(0))
+	for range 2 {
+		if _, err := f.Replay(ctx, ReplayRequest{Destination: "shop", Sequence: seq}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, "dead again after both replays", dead(2))
+	time.Sleep(2 * time.Second) // a round still going would make attempts by now
+	ds, _ := f.Deliveries(ctx, "shop", "RKTQDM7W6S", "", 0)
+	if n := len(a.deliveries()); n > 3*len(d.Retry) || ds[0].State != StateDead {
+		t.Fatalf("%d attempts for one callback (schedule: %d per round, 3 rounds at most); record state %q (want dead), replays %d",
+			n, len(d.Retry), ds[0].State, ds[0].Replays)
+	}
+}
