@@ -51,7 +51,8 @@ func waitCert(t *testing.T, s *Server, roots *x509.CertPool) *x509.Certificate {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	conn, err := tls.Dial("tcp", s.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: roots, MinVersion: tls.VersionTLS12})
+	d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}, Timeout: 5 * time.Second}
+	conn, err := tls.DialWithDialer(d, "tcp", s.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: roots, MinVersion: tls.VersionTLS12})
 	if err != nil {
 		t.Fatalf("TLS client does not verify the edge: %v", err)
 	}
@@ -82,7 +83,8 @@ func TestACMEObtainsCertificate(t *testing.T) {
 		t.Errorf("challenge listener answered %d to a non-challenge request", resp.StatusCode)
 	}
 	// An old TLS version is refused.
-	if c, err := tls.Dial("tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.Roots, MaxVersion: tls.VersionTLS11}); err == nil {
+	allowed := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}, Timeout: 5 * time.Second}
+	if c, err := tls.DialWithDialer(allowed, "tcp", h.srv.PublicAddr().String(), &tls.Config{ServerName: acmeDomain, RootCAs: p.Roots, MaxVersion: tls.VersionTLS11}); err == nil {
 		c.Close()
 		t.Error("TLS 1.1 accepted")
 	}

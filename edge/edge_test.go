@@ -144,9 +144,11 @@ func TestRejections(t *testing.T) {
 		status int
 		reason string
 	}{
-		{"source not allowlisted", strangerSrc, "POST", "/stk/callback?t=" + newSTK(), stk, nil, 403, "source_not_allowed"},
-		{"forged X-Forwarded-For from untrusted peer", strangerSrc, "POST", "/stk/callback?t=" + newSTK(), stk,
-			map[string]string{"X-Forwarded-For": allowedSrc}, 403, "source_not_allowed"},
+		// A stranger connecting directly is closed at accept
+		// (TestRefusedAtAccept, TestStrangerRefusedAtAcceptBehindProxies):
+		// the handler's refusals are of strangers behind the trusted proxy.
+		{"source not allowlisted", proxySrc, "POST", "/stk/callback?t=" + newSTK(), stk,
+			map[string]string{"X-Forwarded-For": strangerSrc}, 403, "source_not_allowed"},
 		{"trusted proxy, rightmost entry not allowlisted", proxySrc, "POST", "/stk/callback?t=" + newSTK(), stk,
 			map[string]string{"X-Forwarded-For": allowedSrc + ", " + strangerSrc}, 403, "source_not_allowed"},
 		{"no token", allowedSrc, "POST", "/stk/callback", stk, nil, 403, "token_unknown"},
@@ -166,7 +168,8 @@ func TestRejections(t *testing.T) {
 		{"unknown path", allowedSrc, "POST", "/stk/callbacks?t=" + newSTK(), stk, nil, 404, "unknown_path"},
 		{"trailing slash", allowedSrc, "POST", "/stk/callback/?t=" + newSTK(), stk, nil, 404, "unknown_path"},
 		{"encoded path", allowedSrc, "POST", "/stk/%63allback?t=" + newSTK(), stk, nil, 404, "unknown_path"},
-		{"unknown path from stranger is 403 first", strangerSrc, "POST", "/nope", stk, nil, 403, "source_not_allowed"},
+		{"unknown path from stranger is 403 first", proxySrc, "POST", "/nope", stk,
+			map[string]string{"X-Forwarded-For": strangerSrc}, 403, "source_not_allowed"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

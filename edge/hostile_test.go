@@ -242,10 +242,10 @@ func TestHostileRequests(t *testing.T) {
 		return h.rawStatus(allowedSrc, req("POST", "/stk/callback", map[string]string{"X-HTTP-Method-Override": "DELETE", "X-Method-Override": "PUT"}, string(stk)))
 	})
 	check("Expect: 100-continue from a stranger", []int{http.StatusForbidden}, func() int {
-		c := h.rawConn(strangerSrc)
+		c := h.rawConn(proxySrc) // a stranger behind the trusted proxy (directly, it is closed at accept)
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
-		_, _ = io.WriteString(c, "POST /stk/callback?t="+tok()+" HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 400\r\n\r\n")
+		_, _ = io.WriteString(c, "POST /stk/callback?t="+tok()+" HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: "+strangerSrc+"\r\nExpect: 100-continue\r\nContent-Length: 400\r\n\r\n")
 		line, err := bufio.NewReader(c).ReadString('\n')
 		if err != nil {
 			return closed
@@ -674,7 +674,7 @@ func TestRejectRateLimit(t *testing.T) {
 	})
 	statuses := map[int]int{}
 	for range 40 {
-		statuses[h.post(strangerSrc, "POST", "/stk/callback?t=x", []byte("{}"), nil).status]++
+		statuses[h.post(proxySrc, "POST", "/stk/callback?t=x", []byte("{}"), map[string]string{"X-Forwarded-For": strangerSrc}).status]++
 	}
 	if statuses[403] != 5 || statuses[429] != 35 {
 		t.Fatalf("statuses %v, want 5×403 then 35×429", statuses)

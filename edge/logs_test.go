@@ -9,13 +9,14 @@ import (
 
 	"go.uber.org/zap"
 
+	"github.com/daraja-edge/daraja-edge/config"
 	"github.com/daraja-edge/daraja-edge/daraja"
 	"github.com/daraja-edge/daraja-edge/verify"
 )
 
 // TestRefusalLogsActionable: a refusal of a proven token carries its id and
 // reference, and a refused request whose X-Forwarded-For was not believed
-// says why, so an on-call person can act on the line alone.
+// (report mode) says why, so an on-call person can act on the line alone.
 func TestRefusalLogsActionable(t *testing.T) {
 	h := start(t, nil)
 	body := fixture(t, "stk_callback_success.json")
@@ -24,7 +25,6 @@ func TestRefusalLogsActionable(t *testing.T) {
 	time.Sleep(1100 * time.Millisecond)
 	h.callback(allowedSrc, daraja.STKCallback, expiring.Token, body)
 	h.callback(allowedSrc, daraja.STKCallback, b2c.Token, body)
-	h.post(strangerSrc, "POST", "/stk/callback?t="+b2c.Token, body, map[string]string{"X-Forwarded-For": allowedSrc})
 
 	for _, c := range []struct{ reason, id, ref string }{
 		{"token_expired", expiring.ID, "ORDER-77"}, {"token_wrong_kind", b2c.ID, "PAYOUT-9"},
@@ -43,10 +43,16 @@ func TestRefusalLogsActionable(t *testing.T) {
 			t.Errorf("no %s line", c.reason)
 		}
 	}
+	// A stranger's X-Forwarded-For reaches the handler only in report mode
+	// (enforced, a peer neither allowlisted nor a trusted proxy is closed
+	// at accept): a refusal then says why the header was not believed.
+	hr := start(t, func(c *config.Config) { c.Allowlist.Mode = config.AllowlistReport })
+	other := hr.issue(verify.IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult}, Shortcode: "174379", Reference: "PAYOUT-10"})
+	hr.post(strangerSrc, "POST", "/stk/callback?t="+other.Token, body, map[string]string{"X-Forwarded-For": allowedSrc})
 	found := false
-	for _, e := range h.logs.FilterMessage("callback").All() {
+	for _, e := range hr.logs.FilterMessage("callback").All() {
 		req, _ := e.ContextMap()["req"].(map[string]any)
-		if req["reason"] == "source_not_allowed" && req["source_ip"] == strangerSrc {
+		if req["source_ip"] == strangerSrc && req["status"] != nil {
 			found = true
 			if req["x_forwarded_for_ignored"] != "peer not in client_ip.trusted_proxies" {
 				t.Errorf("refusal does not say why X-Forwarded-For was ignored: %v", req)

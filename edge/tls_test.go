@@ -170,7 +170,8 @@ func TestFilesReload(t *testing.T) {
 		h.roots.AddCert(c.Leaf)
 	}
 	served := func() *x509.Certificate {
-		conn, err := tls.Dial("tcp", h.srv.PublicAddr().String(), &tls.Config{RootCAs: h.roots, ServerName: "localhost"})
+		d := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(allowedSrc)}, Timeout: 5 * time.Second}
+		conn, err := tls.DialWithDialer(d, "tcp", h.srv.PublicAddr().String(), &tls.Config{RootCAs: h.roots, ServerName: "localhost"})
 		if err != nil {
 			t.Fatal(err)
 		}
