@@ -150,7 +150,7 @@ func TestBreakerInForwarder(t *testing.T) {
 			t.Errorf("%s delivered %d times", id, c)
 		}
 	}
-	slices.SortFunc(good, func(x, y delivery) int { return x.arrived.Compare(y.arrived) })
+	slices.SortFunc(good, func(x, y delivery) int { return x.order - y.order })
 	// The probe alone; then one in flight until it succeeds; then two...
 	for i, limit := range []int{1, 1, 1, 2} {
 		if g := good[i]; g.concurrent > limit {

@@ -37,6 +37,7 @@ type delivery struct {
 	proto       string // HTTP/1.1 or HTTP/2.0
 	arrived, at time.Time
 	concurrent  int // requests in flight when it arrived, itself included
+	order       int // its place among the requests, counted where concurrent is (arrived is taken before the body is read)
 	path, query string
 	header      http.Header
 	body        []byte
@@ -60,6 +61,7 @@ type app struct {
 	delay       time.Duration
 	inflight    map[string]int
 	inflightAll int
+	entered     int // requests counted in, in order
 	maxInflight int
 	overlaps    int
 	// gate, if set, runs first for each request, outside the lock (a test
@@ -101,7 +103,8 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 	}
 	a.inflight[id]++
 	a.inflightAll++
-	concurrent := a.inflightAll
+	a.entered++
+	concurrent, order := a.inflightAll, a.entered
 	a.maxInflight = max(a.maxInflight, a.inflightAll)
 	delay := a.delay
 	a.mu.Unlock()
@@ -114,7 +117,7 @@ func (a *app) serve(w http.ResponseWriter, r *http.Request) {
 	if a.answer != nil {
 		status, hdr = a.answer(n, r)
 	}
-	a.got = append(a.got, delivery{proto: r.Proto, arrived: arrived, at: time.Now(), concurrent: concurrent, path: r.URL.Path, query: r.URL.RawQuery, header: r.Header.Clone(), body: body, status: status})
+	a.got = append(a.got, delivery{proto: r.Proto, arrived: arrived, at: time.Now(), concurrent: concurrent, order: order, path: r.URL.Path, query: r.URL.RawQuery, header: r.Header.Clone(), body: body, status: status})
 	a.mu.Unlock()
 	for k, v := range hdr {
 		w.Header().Set(k, v)
