@@ -44,6 +44,10 @@ type Options struct {
 	EmbeddedSyncInterval time.Duration
 	// Name is this edge's name, used as the connection name.
 	Name string
+	// MaxMessage is the largest message the edge publishes (the body limit
+	// plus headers): the embedded server's max_payload is raised to take
+	// it, and a remote server that cannot is an error at start.
+	MaxMessage int64
 }
 
 // Broker is a live NATS connection, with the embedded server if it runs one.
@@ -114,6 +118,11 @@ func Start(ctx context.Context, o Options, log *zap.Logger) (*Broker, error) {
 		return nil, connectError(o, err, dialer.errs())
 	}
 	b.Conn = nc
+	if mp := nc.MaxPayload(); o.MaxMessage > 0 && mp > 0 && o.MaxMessage > mp {
+		b.Close()
+		return nil, fmt.Errorf("broker: limits.max_body_bytes with the callback headers (%d bytes) is more than the NATS server's max_payload (%d): "+
+			"a callback that size could never be stored; lower limits.max_body_bytes or raise max_payload", o.MaxMessage, mp)
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		b.Close()
@@ -250,6 +259,9 @@ func startEmbedded(o Options, log *zap.Logger) (*server.Server, error) {
 		StoreDir:   o.EmbeddedStoreDir,
 		NoSigs:     true,
 		SyncAlways: o.EmbeddedSyncInterval <= 0,
+	}
+	if o.MaxMessage > server.MAX_PAYLOAD_SIZE {
+		sopts.MaxPayload = int32(o.MaxMessage)
 	}
 	if o.EmbeddedSyncInterval > 0 {
 		sopts.SyncInterval = o.EmbeddedSyncInterval

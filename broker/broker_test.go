@@ -219,3 +219,30 @@ func TestStartErrorsNameKey(t *testing.T) {
 		}
 	})
 }
+
+// TestMaxMessageFits: the embedded server's max_payload is raised to take
+// the largest callback the body limit allows; a remote server whose
+// max_payload cannot take it stops the start, naming both (a callback that
+// size was answered 200 from the spool and could never be stored).
+func TestMaxMessageFits(t *testing.T) {
+	ctx := context.Background()
+	const big = 2<<20 + 8<<10
+	b, err := Start(ctx, Options{EmbeddedListen: "127.0.0.1:0", EmbeddedStoreDir: t.TempDir(), Name: "test", MaxMessage: big}, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if mp := b.Conn.MaxPayload(); mp < big {
+		t.Errorf("embedded max_payload %d, want at least %d", mp, big)
+	}
+	b.Close()
+	small := runServer(t, &server.Options{MaxPayload: 64 << 10})
+	_, err = Start(ctx, Options{URL: "nats://" + hostPort(small), Name: "test", MaxMessage: 1<<20 + 8<<10}, nil)
+	if err == nil || !strings.Contains(err.Error(), "limits.max_body_bytes") || !strings.Contains(err.Error(), "max_payload (65536)") {
+		t.Fatalf("a server that cannot take the largest callback: %v", err)
+	}
+	if b, err := Start(ctx, Options{URL: "nats://" + hostPort(small), Name: "test", MaxMessage: 32 << 10}, nil); err != nil {
+		t.Fatalf("a body limit that fits: %v", err)
+	} else {
+		b.Close()
+	}
+}

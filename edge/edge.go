@@ -151,6 +151,7 @@ func New(ctx context.Context, cfg config.Config, log *zap.Logger) (_ *Server, er
 		EmbeddedListen: cfg.NATS.Embedded.Listen, EmbeddedStoreDir: cfg.NATS.Embedded.StoreDir,
 		EmbeddedSyncInterval: cfg.NATS.Embedded.SyncInterval(),
 		Name:                 name,
+		MaxMessage:           cfg.Limits.MaxBodyBytes + publish.MaxHeaderBytes,
 	}, log)
 	if err != nil {
 		return nil, err

@@ -43,8 +43,12 @@ type Observer interface {
 // cannot be reached, and replays the spool. While the stream is out of
 // reach, single use is held in this replica's memory (the subjects of the
 // spooled first callbacks), so the same replica does not accept two
-// callbacks for one (token, kind); another replica cannot know, and a
-// conflict is found and reported on replay (replay_after_outage).
+// spooled callbacks for one (token, kind). It does not know what was
+// stored on the stream before the outage, nor what another replica
+// spooled: such a second callback is answered 200 and spooled, and the
+// conflict is found and reported on replay (replay_after_outage; the
+// stream keeps the first). A (token, kind) whose stored callback cannot
+// be read back to judge a publish is answered 503 (ErrUsedUnresolved).
 type Durable struct {
 	js       *JetStream
 	spool    Spool
@@ -121,6 +125,11 @@ func (d *Durable) Store(ctx context.Context, msg *nats.Msg, first bool) (Outcome
 	out, err := d.js.Store(ctx, msg, first)
 	if err == nil {
 		return out, nil
+	}
+	if errors.Is(err, ErrNotStorable) || errors.Is(err, ErrUsedUnresolved) {
+		// Reachable, and a retry is what decides: 503, nothing used up
+		// by this callback, nothing spooled.
+		return 0, fmt.Errorf("%w: %w", ErrNotDurable, err)
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()

@@ -1,8 +1,10 @@
 package publish
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"testing"
@@ -295,5 +297,53 @@ func TestDurableMasksPhoneNumbers(t *testing.T) {
 		if line := fmt.Sprint(e.Message, e.ContextMap()); strings.Contains(line, phone) {
 			t.Fatalf("log line holds the phone number: %s", line)
 		}
+	}
+}
+
+// TestOversizeNotSpooled: a callback larger than the server's max_payload
+// (the edge refuses to start with a body limit that allows one; this is
+// the defence behind it) is answered 503 and not spooled: spooled, it got
+// 200 and could never be replayed, and every record after it was stuck.
+func TestOversizeNotSpooled(t *testing.T) {
+	ctx := context.Background()
+	o := newOutage(t)
+	sp, err := spool.Open(t.TempDir(), 64<<20, nil) // room for it: the refusal must not be the spool's
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sp.Close()
+	d := NewDurable(New(o.nc, o.js, o.stream, time.Second), sp, o.s, nil, zap.NewNop())
+	big := o.f.msg("b2c.result", "tok_big", "AG_BIG")
+	big.Data = bytes.Repeat([]byte("x"), 1500<<10)
+	out, err := d.Store(ctx, big, true)
+	if !errors.Is(err, ErrNotDurable) || !errors.Is(err, ErrNotStorable) || d.Pending() != 0 {
+		t.Fatalf("a message over max_payload: %v %v, %d spooled; want ErrNotDurable (503), nothing spooled", out, err, d.Pending())
+	}
+}
+
+// failingGet is a stream whose reads fail.
+type failingGet struct{ jetstream.Stream }
+
+func (failingGet) GetMsg(context.Context, uint64, ...jetstream.GetMsgOpt) (*jetstream.RawStreamMsg, error) {
+	return nil, context.DeadlineExceeded
+}
+func (failingGet) GetLastMsgForSubject(context.Context, string) (*jetstream.RawStreamMsg, error) {
+	return nil, context.DeadlineExceeded
+}
+
+// TestUsedUnresolvedNotSpooled: the stream says the (token, kind) holds a
+// callback but the read that tells a duplicate from a replay fails: 503,
+// nothing spooled (spooled, a different callback got 200 on a used token).
+func TestUsedUnresolvedNotSpooled(t *testing.T) {
+	ctx := context.Background()
+	o := newOutage(t)
+	good := NewDurable(New(o.nc, o.js, o.stream, time.Second), o.spool, o.s, nil, zap.NewNop())
+	if out, err := good.Store(ctx, o.f.msg("b2c.result", "tok_a", "AG_1"), true); err != nil || out != Stored {
+		t.Fatal(out, err)
+	}
+	d := NewDurable(New(o.nc, o.js, failingGet{o.stream}, time.Second), o.spool, o.s, nil, zap.NewNop())
+	out, err := d.Store(ctx, o.f.msg("b2c.result", "tok_a", "AG_2"), true)
+	if !errors.Is(err, ErrNotDurable) || !errors.Is(err, ErrUsedUnresolved) || d.Pending() != 0 {
+		t.Fatalf("a used (token, kind) that could not be read back: %v %v, %d spooled; want 503, nothing spooled", out, err, d.Pending())
 	}
 }

@@ -166,6 +166,22 @@ const errCodeDuplicateInProcess jetstream.ErrorCode = 10158
 // safe.
 var ErrNotAcked = errors.New("publish: no JetStream ack")
 
+// ErrNotStorable is a message the stream can never take (larger than the
+// server's max_payload): spooling it would answer 200 for a callback that
+// never reaches the stream, and stop every replay behind it.
+var ErrNotStorable = errors.New("publish: the stream can never take this message")
+
+// ErrUsedUnresolved is a single-use publish the stream refused because
+// the subject already holds a message, which could then not be read to
+// tell a duplicate from a replay. The (token, kind) is used: spooling the
+// callback would answer 200 to what may be another callback.
+var ErrUsedUnresolved = errors.New("publish: the subject holds a message that could not be read")
+
+// MaxHeaderBytes bounds the headers of a callback message (about 1 KiB in
+// practice, with a validation's decision answer): the body limit plus this
+// must fit the server's max_payload.
+const MaxHeaderBytes = 8 << 10
+
 // Outcome is what became of a callback handed to the stream.
 type Outcome int
 
@@ -228,6 +244,9 @@ func (p *JetStream) Store(ctx context.Context, msg *nats.Msg, first bool) (Outco
 		}
 		var apiErr *jetstream.APIError
 		if !errors.As(err, &apiErr) {
+			if errors.Is(err, nats.ErrMaxPayload) {
+				return 0, fmt.Errorf("%w: %s: %w", ErrNotStorable, msg.Subject, err)
+			}
 			return 0, fmt.Errorf("%w: %s: %w", ErrNotAcked, msg.Subject, err)
 		}
 		switch apiErr.ErrorCode {
@@ -289,7 +308,7 @@ func (p *JetStream) resolve(ctx context.Context, msg *nats.Msg, cause *jetstream
 		last, err = p.stream.GetLastMsgForSubject(ctx, msg.Subject)
 	}
 	if err != nil {
-		return 0, fmt.Errorf("%w: %s holds a message that could not be read: %w", ErrNotAcked, msg.Subject, err)
+		return 0, fmt.Errorf("%w: %w: %s: %w", ErrNotAcked, ErrUsedUnresolved, msg.Subject, err)
 	}
 	if last.Header.Get(HeaderMsgID) == msg.Header.Get(HeaderMsgID) {
 		return Duplicate, nil
