@@ -701,17 +701,23 @@ func TestRotateKeepsForwardPath(t *testing.T) {
 	}
 }
 
-func TestList(t *testing.T) {
-	ctx := context.Background()
-	s := newStore(t)
-	used := map[string]bool{}
-	iss := &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
+// usingIssuer is an Issuer whose stream shows a callback (for the token's
+// first kind) on every token id used holds.
+func usingIssuer(s *Store, used map[string]bool) *Issuer {
+	return &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
 		Uses: func(_ context.Context, rec Record) (map[daraja.Kind]string, error) {
 			if used[rec.ID] {
 				return map[daraja.Kind]string{rec.Kinds[0]: "TX-" + rec.ID}, nil
 			}
 			return nil, nil
 		}}
+}
+
+func TestList(t *testing.T) {
+	ctx := context.Background()
+	s := newStore(t)
+	used := map[string]bool{}
+	iss := usingIssuer(s, used)
 	var ids []string
 	for i := range 7 {
 		req := IssueRequest{Kinds: []daraja.Kind{daraja.STKCallback}, Shortcode: "174379", Reference: fmt.Sprintf("ORDER-%d", i%2)}
@@ -928,13 +934,7 @@ func TestRotateRefusesConsumed(t *testing.T) {
 	ctx := context.Background()
 	s := newStore(t)
 	used := map[string]bool{}
-	iss := &Issuer{Store: s, PublicURL: "https://cb.example", QueryParam: "t", Limits: limits,
-		Uses: func(_ context.Context, rec Record) (map[daraja.Kind]string, error) {
-			if used[rec.ID] {
-				return map[daraja.Kind]string{rec.Kinds[0]: "TX-" + rec.ID}, nil
-			}
-			return nil, nil
-		}}
+	iss := usingIssuer(s, used)
 	single := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.B2CResult, daraja.B2CTimeout}, Shortcode: "600000"})
 	reusable := issue(t, s, IssueRequest{Kinds: []daraja.Kind{daraja.C2BConfirmation}, Shortcode: "600638", Reusable: true})
 	used[single.Record.ID], used[reusable.Record.ID] = true, true
