@@ -250,23 +250,18 @@ func baselineTLS(cert tls.Certificate) *tls.Config {
 	}
 }
 
-// baseline is the least an edge could do: read the body, publish it to one
-// subject without conditions, wait for the ack, answer. No source check, no
-// token, no parsing, no log line. The message id and transaction header
-// come from the request (for de-duplication and the verification).
-func baseline(js jetstream.JetStream) http.Handler {
+// publishing reads each request's body, publishes the message msg makes of
+// it (tx: the transaction id the request carries), waits for the ack and
+// answers as the edge does. No source check, no token, no parsing, no log
+// line.
+func publishing(js jetstream.JetStream, msg func(tx string, body []byte) *nats.Msg) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 65536))
 		if err != nil {
 			w.WriteHeader(http.StatusBadRequest)
 			return
 		}
-		tx := r.Header.Get(headerBenchTx)
-		msg := &nats.Msg{Subject: baselineSubject, Data: body, Header: nats.Header{
-			jetstream.MsgIDHeader:       {"baseline:" + tx},
-			publish.HeaderTransactionID: {tx},
-		}}
-		if _, err := js.PublishMsg(r.Context(), msg); err != nil {
+		if _, err := js.PublishMsg(r.Context(), msg(r.Header.Get(headerBenchTx), body)); err != nil {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
 		}
@@ -275,23 +270,28 @@ func baseline(js jetstream.JetStream) http.Handler {
 	})
 }
 
+// baseline is the least an edge could do: publish the body to one subject
+// without conditions. The message id and transaction header come from the
+// request (for de-duplication and the verification).
+func baseline(js jetstream.JetStream) http.Handler {
+	return publishing(js, func(tx string, body []byte) *nats.Msg {
+		return &nats.Msg{Subject: baselineSubject, Data: body, Header: nats.Header{
+			jetstream.MsgIDHeader:       {"baseline:" + tx},
+			publish.HeaderTransactionID: {tx},
+		}}
+	})
+}
+
 // brokerEquivalent asks of the broker exactly what the edge asks, and
 // nothing of the edge's own work: each body is published on a subject of
 // its own with Nats-Expected-Last-Subject-Sequence: 0, a Nats-Msg-Id and the
-// edge's eleven Daraja-* headers (values of the edge's sizes), and the ack
-// awaited. No source check, no token, no parsing, no log line. The edge
+// edge's eleven Daraja-* headers (values of the edge's sizes). The edge
 // compared with it is the edge's own cost; it compared with the baseline
 // is the broker's cost of single use in one write.
 func brokerEquivalent(js jetstream.JetStream) http.Handler {
 	received := time.Now().UTC().Format(time.RFC3339Nano)
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 65536))
-		if err != nil {
-			w.WriteHeader(http.StatusBadRequest)
-			return
-		}
-		tx := r.Header.Get(headerBenchTx)
-		msg := &nats.Msg{Subject: "baseline.tok.stk.callback.174379." + tx, Data: body, Header: nats.Header{
+	return publishing(js, func(tx string, body []byte) *nats.Msg {
+		return &nats.Msg{Subject: "baseline.tok.stk.callback.174379." + tx, Data: body, Header: nats.Header{
 			jetstream.MsgIDHeader:               {"stk.callback:" + tx},
 			jetstream.ExpectedLastSubjSeqHeader: {"0"},
 			publish.HeaderKind:                  {"stk.callback"},
@@ -305,12 +305,6 @@ func brokerEquivalent(js jetstream.JetStream) http.Handler {
 			publish.HeaderReceivedAt:            {received},
 			publish.HeaderEdge:                  {"bench"},
 		}}
-		if _, err := js.PublishMsg(r.Context(), msg); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_, _ = w.Write([]byte(`{"ResultCode":0,"ResultDesc":"Accepted"}`))
 	})
 }
 
