@@ -359,24 +359,25 @@ type callback struct {
 	replayID string
 }
 
-// forwards reports whether subject is a callback d delivers:
-// <prefix>.cb.<kind>.<shortcode>.<token id> of one of its kinds (never a
-// validation, which is asked, not delivered) and, when it names
-// shortcodes, one of them.
+// forwards reports whether subject is a callback d delivers: one its
+// consumer's filter subjects take.
 func (d *dest) forwards(subject string) bool {
-	rest, ok := strings.CutPrefix(subject, d.f.o.Prefix+".cb.")
-	if !ok {
+	return slices.ContainsFunc(d.filters(), func(f string) bool { return subjectMatches(f, subject) })
+}
+
+// subjectMatches reports whether subject matches filter, whose "*" tokens
+// match any one token (the filters here use no ">").
+func subjectMatches(filter, subject string) bool {
+	ft, st := strings.Split(filter, "."), strings.Split(subject, ".")
+	if len(ft) != len(st) {
 		return false
 	}
-	parts := strings.Split(rest, ".")
-	if len(parts) < 3 {
-		return false
+	for i, t := range ft {
+		if t != "*" && t != st[i] {
+			return false
+		}
 	}
-	kind, sc := strings.Join(parts[:len(parts)-2], "."), parts[len(parts)-2]
-	if kind == string(daraja.C2BValidation) || !slices.Contains(d.cfg.Kinds, kind) {
-		return false
-	}
-	return len(d.cfg.Shortcodes) == 0 || slices.Contains(d.cfg.Shortcodes, sc)
+	return true
 }
 
 func (c *callback) get(k string) string { return c.header.Get(k) }
@@ -428,9 +429,9 @@ func (d *dest) newRecord(cb *callback) Delivery {
 }
 
 // decide reads rec at now: a replay request not seen before starts a new
-// round of the schedule in rec, once a round under way has ended; a lease of another attempt, the first
-// entry of the schedule and the next attempt's time (NextAt, kept across
-// replicas) make it wait.
+// round of the schedule in rec, once a round under way has ended; a lease
+// of another attempt, the first entry of the schedule and the next
+// attempt's time (NextAt, kept across replicas) make it wait.
 func (d *dest) decide(rec *Delivery, cb *callback, replay bool, holder string, now time.Time) (action, time.Duration) {
 	if replay && rec.ReplayID != cb.replayID {
 		if rec.State == StatePending && d.roundDriven(rec, holder, now) {
