@@ -161,16 +161,9 @@ func TestThreeG2FormatsAgree(t *testing.T) {
 	}
 	// Row numbers differ: a CSV row is named by the line it starts on, and
 	// a quoted newline makes a line of the file that is no row of a sheet.
-	noRows := func(st *Statement) []byte {
-		for i := range st.Lines {
-			st.Lines[i].Row = 0
-		}
-		st.Problems = nil
-		return dump(st)
-	}
-	want := noRows(csvSt)
+	want := withoutRows(csvSt)
 	for name, st := range map[string]*Statement{"xls": xlsSt, "xlsx": xlsxSt} {
-		if got := noRows(st); !bytes.Equal(got, want) {
+		if got := withoutRows(st); !bytes.Equal(got, want) {
 			t.Errorf("%s differs from csv:\n%s\nwant\n%s", name, got, want)
 		}
 	}
@@ -402,4 +395,14 @@ func FuzzReadExport(f *testing.F) {
 			t.Fatal("more lines than bytes")
 		}
 	})
+}
+
+// withoutRows dumps st's lines without their row numbers and problems, to
+// compare statements read from different formats.
+func withoutRows(st *Statement) []byte {
+	for i := range st.Lines {
+		st.Lines[i].Row = 0
+	}
+	st.Problems = nil
+	return dump(st)
 }
